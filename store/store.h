@@ -1,0 +1,146 @@
+// Store: durable storage of nexuskv sessions in an embedded RocksDB.
+//
+// A session is a sequence of segments (turns) keyed by (tenant, session_id, turn). Each segment is
+// one SegmentRecord plus, per layer, three tensors (keys, values, probe queries) stored as RocksDB
+// blob files (integrated BlobDB) with an XXH3-64 checksum that is verified on every read.
+// Compression results ("fits") are stored per (turn, method, layer) in their own column family.
+//
+//   NEXUSKV_ASSIGN_OR_RETURN(std::unique_ptr<Store> store, Store::Open({.path = "./data"}));
+//   NEXUSKV_ASSIGN_OR_RETURN(AppendOutcome out, store->AppendSegment(key, spec, record, layers));
+//   NEXUSKV_ASSIGN_OR_RETURN(std::string keys, store->ReadTensor(key, 0, 3, TensorKind::kKeys));
+//
+// Guarantees:
+//   - A segment is written with one WriteBatch (its tensors, its record and the updated session
+//     record): after a crash it is either wholly present or absent.
+//   - AppendSegment returns only after the batch is in the WAL, fsynced when Options::sync_writes.
+//   - Turn-order rules are checked and applied atomically per session (see AppendSegment).
+//   - A refused call writes nothing.
+// A Store is safe for concurrent use from multiple threads without external synchronization.
+#ifndef NEXUSKV_STORE_STORE_H_
+#define NEXUSKV_STORE_STORE_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "nexuskv/v1/kv_memory.pb.h"
+#include "store/records.pb.h"
+
+namespace nexuskv::store {
+
+struct Options {
+  // Directory of the RocksDB database; created when missing.
+  std::string path = "./data";
+  // fsync the WAL before acknowledging a write. false trades the last moments of acknowledged
+  // writes on power loss (not on process crash) for latency.
+  bool sync_writes = true;
+  // Values at least this large go to blob files instead of the LSM tree.
+  uint64_t min_blob_size = 4096;
+  // RocksDB block cache for the LSM (records, small values), bytes.
+  uint64_t block_cache_bytes = 64ull << 20;
+};
+
+// Which session a call is about. Both parts must be valid ids (see key_codec.h): 1..128 characters
+// of [A-Za-z0-9._:-]; the store refuses anything else with InvalidArgument.
+struct SessionKey {
+  std::string tenant;
+  std::string session_id;
+};
+
+// One layer of a segment, in the session dtype, exactly as appended.
+struct LayerTensors {
+  std::string keys;           // [H, T, D]
+  std::string values;         // [H, T, D]
+  std::string probe_queries;  // [Hq, P, D]; empty when P = 0.
+};
+
+enum class TensorKind : char { kKeys = 'k', kValues = 'v', kProbeQueries = 'q' };
+
+struct AppendOutcome {
+  bool already_stored = false;  // An identical copy of the turn was already there; nothing written.
+  SessionRecord session;        // The session after the call.
+};
+
+struct SessionPage {
+  std::vector<SessionRecord> sessions;  // In session_id order.
+  std::string next_page_token;          // Empty on the last page.
+};
+
+struct DeleteOutcome {
+  uint32_t deleted_turns = 0;
+  uint64_t freed_bytes = 0;
+};
+
+class Store {
+ public:
+  // Opens (creating if missing) the database at options.path. Errors: InvalidArgument for an
+  // unusable path, FailedPrecondition when another process holds the database lock, DataLoss for
+  // a corrupt database, Internal otherwise.
+  static absl::StatusOr<std::unique_ptr<Store>> Open(const Options& options);
+
+  Store(const Store&) = delete;
+  Store& operator=(const Store&) = delete;
+  // Flushes nothing extra: every acknowledged write is already in the WAL. Closes RocksDB.
+  virtual ~Store() = default;
+
+  // Stores one segment. The caller has validated shapes, sizes and values against `model`;
+  // layers.size() == model.num_layers() and record.layer_digests is empty (the store computes it).
+  //   - New session: record.turn must be 0; the session takes `model` as its spec.
+  //   - record.turn == num_turns: appended; record.first_position must equal next_position.
+  //   - record.turn < num_turns and identical (spec, header fields, every tensor digest): nothing
+  //     is written, already_stored = true.
+  // Errors: FailedPrecondition for a spec that differs from the session's, a turn after
+  // num_turns, or a first_position that does not follow the previous turn; AlreadyExists for a
+  // different payload of a stored turn; InvalidArgument for a bad key; ResourceExhausted when the
+  // disk is full; Internal for other I/O errors.
+  virtual absl::StatusOr<AppendOutcome> AppendSegment(const SessionKey& key,
+                                                      const nexuskv::v1::ModelSpec& model,
+                                                      SegmentRecord record,
+                                                      const std::vector<LayerTensors>& layers) = 0;
+
+  // NotFound when the session does not exist.
+  virtual absl::StatusOr<SessionRecord> GetSession(const SessionKey& key) = 0;
+
+  // All segment records of a session, in turn order. NotFound when the session does not exist.
+  virtual absl::StatusOr<std::vector<SegmentRecord>> ListSegments(const SessionKey& key) = 0;
+
+  // Sessions of `tenant` whose id starts with `prefix`, after page_token (a previous page's
+  // next_page_token, or empty), at most page_size (1..1000) of them. InvalidArgument for a bad
+  // tenant, page size or token.
+  virtual absl::StatusOr<SessionPage> ListSessions(std::string_view tenant, std::string_view prefix,
+                                                   std::string_view page_token,
+                                                   uint32_t page_size) = 0;
+
+  // One stored tensor of one layer of one turn, checksum verified. NotFound when absent (a probe
+  // tensor of a segment with P = 0 reads as the empty string, not NotFound); DataLoss when the
+  // checksum does not match (the corruption is logged).
+  virtual absl::StatusOr<std::string> ReadTensor(const SessionKey& key, uint32_t turn,
+                                                 uint32_t layer, TensorKind kind) = 0;
+
+  // Stores the per-layer fit results of `method` for one turn in one WriteBatch and adds their
+  // size to the session's compressed_bytes. Replaces an earlier fit of the same method. NotFound
+  // when the session or turn no longer exists (deleted meanwhile): nothing is written.
+  virtual absl::Status PutFit(const SessionKey& key, uint32_t turn, std::string_view method,
+                              const std::vector<std::string>& per_layer) = 0;
+
+  // The stored fit of one layer, checksum verified; nullopt when it was never stored. DataLoss on
+  // a checksum mismatch.
+  virtual absl::StatusOr<std::optional<std::string>> GetFit(const SessionKey& key, uint32_t turn,
+                                                            std::string_view method,
+                                                            uint32_t layer) = 0;
+
+  // Removes the session, its segments and its fits. NotFound when it does not exist.
+  virtual absl::StatusOr<DeleteOutcome> DeleteSession(const SessionKey& key) = 0;
+
+ protected:
+  Store() = default;
+};
+
+}  // namespace nexuskv::store
+
+#endif  // NEXUSKV_STORE_STORE_H_
