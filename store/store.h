@@ -29,6 +29,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "nexuskv/v1/kv_memory.pb.h"
+#include "store/key_codec.h"
 #include "store/records.pb.h"
 
 namespace nexuskv::store {
@@ -59,7 +60,7 @@ struct LayerTensors {
   std::string probe_queries;  // [Hq, P, D]; empty when P = 0.
 };
 
-enum class TensorKind : char { kKeys = 'k', kValues = 'v', kProbeQueries = 'q' };
+// TensorKind (keys, values, probe queries) is declared in store/key_codec.h.
 
 struct AppendOutcome {
   bool already_stored = false;  // An identical copy of the turn was already there; nothing written.
@@ -89,7 +90,8 @@ class Store {
   virtual ~Store() = default;
 
   // Stores one segment. The caller has validated shapes, sizes and values against `model`;
-  // layers.size() == model.num_layers() and record.layer_digests is empty (the store computes it).
+  // layers.size() == model.num_layers() (InvalidArgument otherwise) and record.layer_digests is
+  // empty: the store computes it, and record.raw_bytes, from `layers`.
   //   - New session: record.turn must be 0; the session takes `model` as its spec.
   //   - record.turn == num_turns: appended; record.first_position must equal next_position.
   //   - record.turn < num_turns and identical (spec, header fields, every tensor digest): nothing
@@ -111,7 +113,7 @@ class Store {
 
   // Sessions of `tenant` whose id starts with `prefix`, after page_token (a previous page's
   // next_page_token, or empty), at most page_size (1..1000) of them. InvalidArgument for a bad
-  // tenant, page size or token.
+  // tenant, page size or token, or a prefix that is not 0..128 id characters.
   virtual absl::StatusOr<SessionPage> ListSessions(std::string_view tenant, std::string_view prefix,
                                                    std::string_view page_token,
                                                    uint32_t page_size) = 0;
@@ -125,6 +127,8 @@ class Store {
   // Stores the per-layer fit results of `method` for one turn in one WriteBatch and adds their
   // size to the session's compressed_bytes. Replaces an earlier fit of the same method. NotFound
   // when the session or turn no longer exists (deleted meanwhile): nothing is written.
+  // `method` is an id (see key_codec.h, e.g. "sonic") and per_layer.size() must equal the
+  // session's num_layers; InvalidArgument otherwise.
   virtual absl::Status PutFit(const SessionKey& key, uint32_t turn, std::string_view method,
                               const std::vector<std::string>& per_layer) = 0;
 

@@ -1,0 +1,287 @@
+// RocksDbStore: opening, reads and listings. The mutating calls are in rocksdb_store_write.cc.
+#include "store/internal/rocksdb_store.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <system_error>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+#include "common/status_macros.h"
+#include "rocksdb/cache.h"
+#include "rocksdb/options.h"
+#include "rocksdb/table.h"
+#include "store/internal/absl_compat.h"
+#include "store/internal/rocksdb_status.h"
+
+namespace nexuskv::store::internal {
+namespace {
+
+constexpr uint32_t kMaxPageSize = 1000;
+
+// Column families in the order Open() passes them, which is the order of handles_.
+constexpr const char* kColumnFamilies[] = {"default", "sessions", "segments", "nexus"};
+enum CfIndex { kDefaultCf = 0, kSessionsCf = 1, kSegmentsCf = 2, kNexusCf = 3 };
+
+std::vector<rocksdb::ColumnFamilyDescriptor> ColumnFamilyDescriptors(const Options& options) {
+  rocksdb::BlockBasedTableOptions table;
+  table.block_cache = rocksdb::NewLRUCache(options.block_cache_bytes);
+  rocksdb::ColumnFamilyOptions records;
+  records.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
+  rocksdb::ColumnFamilyOptions blobs = records;
+  blobs.enable_blob_files = true;
+  blobs.min_blob_size = options.min_blob_size;
+  blobs.enable_blob_garbage_collection = true;
+  return {{kColumnFamilies[kDefaultCf], records},
+          {kColumnFamilies[kSessionsCf], records},
+          {kColumnFamilies[kSegmentsCf], blobs},
+          {kColumnFamilies[kNexusCf], blobs}};
+}
+
+}  // namespace
+
+absl::Status ValidateSessionKey(const SessionKey& key) {
+  NEXUSKV_RETURN_IF_ERROR(ValidateId("tenant", key.tenant));
+  return ValidateId("session_id", key.session_id);
+}
+
+absl::StatusOr<std::unique_ptr<Store>> RocksDbStore::Open(const Options& options) {
+  if (options.path.empty()) {
+    return absl::InvalidArgumentError("store path is empty; set Options.path to a directory");
+  }
+  std::error_code error;
+  std::filesystem::create_directories(options.path, error);
+  if (error) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot create the store directory \"",
+                                                   options.path, "\": ", error.message(),
+                                                   "; choose a writable directory"));
+  }
+  if (!std::filesystem::is_directory(options.path, error)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("store path \"", options.path, "\" is not a directory; choose a directory"));
+  }
+
+  rocksdb::DBOptions db_options;
+  db_options.create_if_missing = true;
+  db_options.create_missing_column_families = true;
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  rocksdb::DB* db = nullptr;
+  NEXUSKV_RETURN_IF_ERROR(FromRocksStatus(
+      rocksdb::DB::Open(db_options, options.path, ColumnFamilyDescriptors(options), &handles, &db),
+      absl::StrCat("open the store at \"", options.path, "\"")));
+  Log(LogLevel::kInfo, "store_opened", {{"path", options.path}, {"sync", options.sync_writes}});
+  return std::unique_ptr<Store>(new RocksDbStore(options, db, std::move(handles)));
+}
+
+RocksDbStore::RocksDbStore(const Options& options, rocksdb::DB* db,
+                           std::vector<rocksdb::ColumnFamilyHandle*> handles)
+    : options_(options),
+      db_(db),
+      handles_(std::move(handles)),
+      sessions_(handles_[kSessionsCf]),
+      segments_(handles_[kSegmentsCf]),
+      nexus_(handles_[kNexusCf]) {}
+
+RocksDbStore::~RocksDbStore() {
+  for (rocksdb::ColumnFamilyHandle* handle : handles_) db_->DestroyColumnFamilyHandle(handle);
+  const rocksdb::Status status = db_->Close();
+  if (!status.ok()) {
+    Log(LogLevel::kError, "store_close_failed",
+        {{"path", options_.path}, {"error", status.ToString()}});
+  }
+}
+
+absl::Mutex& RocksDbStore::SessionMutex(const SessionKey& key) {
+  return session_mu_[PayloadChecksum(EncodeSessionKey(key.tenant, key.session_id)) %
+                     kSessionStripes];
+}
+
+absl::Status RocksDbStore::Write(rocksdb::WriteBatch& batch, std::string_view context) {
+  rocksdb::WriteOptions write_options;
+  write_options.sync = options_.sync_writes;
+  return FromRocksStatus(db_->Write(write_options, &batch), context);
+}
+
+absl::StatusOr<std::optional<SessionRecord>> RocksDbStore::ReadSessionRecord(
+    const SessionKey& key) {
+  std::string value;
+  const rocksdb::Status status = db_->Get(rocksdb::ReadOptions(), sessions_,
+                                          EncodeSessionKey(key.tenant, key.session_id), &value);
+  if (status.IsNotFound()) return std::nullopt;
+  NEXUSKV_RETURN_IF_ERROR(
+      FromRocksStatus(status, absl::StrCat("read session \"", key.session_id, "\"")));
+  SessionRecord record;
+  if (!record.ParseFromString(value)) {
+    return absl::DataLossError(absl::StrCat("the record of session \"", key.session_id,
+                                            "\" is unreadable; delete the session"));
+  }
+  return record;
+}
+
+absl::StatusOr<std::optional<SegmentRecord>> RocksDbStore::ReadSegmentRecord(const SessionKey& key,
+                                                                             uint32_t turn) {
+  std::string value;
+  const rocksdb::Status status =
+      db_->Get(rocksdb::ReadOptions(), sessions_,
+               EncodeSegmentRecordKey(key.tenant, key.session_id, turn), &value);
+  if (status.IsNotFound()) return std::nullopt;
+  NEXUSKV_RETURN_IF_ERROR(FromRocksStatus(
+      status, absl::StrCat("read turn ", turn, " of session \"", key.session_id, "\"")));
+  SegmentRecord record;
+  if (!record.ParseFromString(value)) {
+    return absl::DataLossError(absl::StrCat("the record of turn ", turn, " of session \"",
+                                            key.session_id,
+                                            "\" is unreadable; delete the session"));
+  }
+  return record;
+}
+
+absl::StatusOr<std::optional<std::string>> RocksDbStore::ReadChecksummed(
+    rocksdb::ColumnFamilyHandle* cf, const std::string& key, std::string_view what) {
+  std::string value;
+  const rocksdb::Status status = db_->Get(rocksdb::ReadOptions(), cf, key, &value);
+  if (status.IsNotFound()) return std::nullopt;
+  absl::Status read = FromRocksStatus(status, absl::StrCat("read ", Sv(what)));
+  if (read.ok()) {
+    absl::StatusOr<std::string_view> payload = DecodeChecksummedValue(value);
+    if (payload.ok()) {
+      value.resize(payload->size());
+      return value;
+    }
+    read = absl::DataLossError(absl::StrCat(Sv(what), " is corrupt (", payload.status().message(),
+                                            "); delete the session and append it again"));
+  }
+  if (read.code() == absl::StatusCode::kDataLoss) {
+    Log(LogLevel::kError, "store_corruption",
+        {{"path", options_.path},
+         {"what", std::string(what)},
+         {"error", std::string(read.message())}});
+  }
+  return read;
+}
+
+absl::StatusOr<SessionRecord> RocksDbStore::GetSession(const SessionKey& key) {
+  NEXUSKV_RETURN_IF_ERROR(ValidateSessionKey(key));
+  NEXUSKV_ASSIGN_OR_RETURN(std::optional<SessionRecord> session, ReadSessionRecord(key));
+  if (!session) {
+    return absl::NotFoundError(absl::StrCat("session \"", key.session_id, "\" does not exist"));
+  }
+  return *std::move(session);
+}
+
+absl::StatusOr<std::vector<SegmentRecord>> RocksDbStore::ListSegments(const SessionKey& key) {
+  NEXUSKV_RETURN_IF_ERROR(ValidateSessionKey(key));
+  // One iterator is one consistent view: the session record sorts first, then its turns.
+  const std::string begin = SessionKeyBegin(key.tenant, key.session_id);
+  const std::string end = SessionKeyEnd(key.tenant, key.session_id);
+  rocksdb::Slice upper(end);
+  rocksdb::ReadOptions read_options;
+  read_options.iterate_upper_bound = &upper;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(read_options, sessions_));
+  it->Seek(begin);
+  const std::string context = absl::StrCat("list the turns of session \"", key.session_id, "\"");
+  if (!it->Valid() || it->key() != rocksdb::Slice(begin)) {
+    NEXUSKV_RETURN_IF_ERROR(FromRocksStatus(it->status(), context));
+    return absl::NotFoundError(absl::StrCat("session \"", key.session_id, "\" does not exist"));
+  }
+  std::vector<SegmentRecord> segments;
+  for (it->Next(); it->Valid(); it->Next()) {
+    SegmentRecord record;
+    absl::StatusOr<DecodedSessionsKey> decoded = DecodeSessionsKey(it->key().ToStringView());
+    if (!decoded.ok() || !decoded->turn ||
+        !record.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+      return absl::DataLossError(absl::StrCat(context,
+                                              ": a turn record is unreadable; delete "
+                                              "the session"));
+    }
+    segments.push_back(std::move(record));
+  }
+  NEXUSKV_RETURN_IF_ERROR(FromRocksStatus(it->status(), context));
+  return segments;
+}
+
+absl::StatusOr<SessionPage> RocksDbStore::ListSessions(std::string_view tenant,
+                                                       std::string_view prefix,
+                                                       std::string_view page_token,
+                                                       uint32_t page_size) {
+  NEXUSKV_RETURN_IF_ERROR(ValidateId("tenant", tenant));
+  if (page_size < 1 || page_size > kMaxPageSize) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("page_size is ", page_size, "; use 1..", kMaxPageSize));
+  }
+  if (!prefix.empty()) NEXUSKV_RETURN_IF_ERROR(ValidateId("prefix", prefix));
+  if (!page_token.empty()) {
+    absl::Status token = ValidateId("page_token", page_token);
+    if (!token.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          token.message(), "; pass the next_page_token of the previous page unchanged"));
+    }
+  }
+  // Sessions with the prefix are exactly the keys that start with `tenant \0 prefix`.
+  std::string start = absl::StrCat(TenantKeyBegin(tenant), Sv(prefix));
+  if (!page_token.empty()) start = std::max(start, SessionKeyEnd(tenant, page_token));
+  const std::string end = TenantKeyEnd(tenant);
+  rocksdb::Slice upper(end);
+  rocksdb::ReadOptions read_options;
+  read_options.iterate_upper_bound = &upper;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(read_options, sessions_));
+
+  SessionPage page;
+  for (it->Seek(start); it->Valid();) {
+    absl::StatusOr<DecodedSessionsKey> decoded = DecodeSessionsKey(it->key().ToStringView());
+    if (!decoded.ok()) {
+      return absl::DataLossError(absl::StrCat("listing sessions of tenant \"", Sv(tenant),
+                                              "\": ", decoded.status().message()));
+    }
+    if (!std::string_view(decoded->session_id).starts_with(prefix)) break;
+    if (!decoded->turn) {
+      if (page.sessions.size() == page_size) {
+        page.next_page_token = page.sessions.back().session_id();
+        break;
+      }
+      SessionRecord record;
+      if (!record.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+        return absl::DataLossError(absl::StrCat("the record of session \"", decoded->session_id,
+                                                "\" is unreadable; delete the session"));
+      }
+      page.sessions.push_back(std::move(record));
+    }
+    // Skip the session's turn records.
+    it->Seek(SessionKeyEnd(tenant, decoded->session_id));
+  }
+  NEXUSKV_RETURN_IF_ERROR(
+      FromRocksStatus(it->status(), absl::StrCat("list sessions of tenant \"", Sv(tenant), "\"")));
+  return page;
+}
+
+absl::StatusOr<std::string> RocksDbStore::ReadTensor(const SessionKey& key, uint32_t turn,
+                                                     uint32_t layer, TensorKind kind) {
+  NEXUSKV_RETURN_IF_ERROR(ValidateSessionKey(key));
+  const std::string what = absl::StrCat("the ", Sv(TensorKindName(kind)), " of turn ", turn,
+                                        ", layer ", layer, " of session \"", key.session_id, "\"");
+  NEXUSKV_ASSIGN_OR_RETURN(
+      std::optional<std::string> tensor,
+      ReadChecksummed(segments_, EncodeTensorKey(key.tenant, key.session_id, turn, layer, kind),
+                      what));
+  if (!tensor) {
+    return absl::NotFoundError(
+        absl::StrCat(what,
+                     " is not stored; check the session, turn and layer (GetSession lists "
+                     "the stored turns)"));
+  }
+  return *std::move(tensor);
+}
+
+absl::StatusOr<std::optional<std::string>> RocksDbStore::GetFit(const SessionKey& key,
+                                                                uint32_t turn,
+                                                                std::string_view method,
+                                                                uint32_t layer) {
+  NEXUSKV_RETURN_IF_ERROR(ValidateSessionKey(key));
+  NEXUSKV_RETURN_IF_ERROR(ValidateId("method", method));
+  return ReadChecksummed(nexus_, EncodeFitKey(key.tenant, key.session_id, turn, method, layer),
+                         absl::StrCat("the ", Sv(method), " fit of turn ", turn, ", layer ", layer,
+                                      " of session \"", key.session_id, "\""));
+}
+
+}  // namespace nexuskv::store::internal

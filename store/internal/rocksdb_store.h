@@ -1,0 +1,108 @@
+// RocksDbStore: the Store implementation (see store/store.h for the contract). Reached only
+// through Store::Open.
+//
+// Layout: column families "default" (unused), "sessions" (SessionRecord and SegmentRecord
+// protos, in the LSM), "segments" (tensors) and "nexus" (fits); the last two use integrated
+// BlobDB (values of at least Options::min_blob_size bytes live in blob files, garbage-collected
+// on compaction). Keys and value checksums: store/key_codec.h.
+//
+// Concurrency: RocksDB serializes nothing for us across the read-modify-write of a session
+// record, so every call that changes a session (AppendSegment, PutFit, DeleteSession) holds the
+// session's stripe mutex: one of kSessionStripes mutexes chosen by a hash of (tenant, session).
+// Calls on different sessions mostly proceed in parallel; readers take no lock and see RocksDB's
+// atomic batches.
+#ifndef NEXUSKV_STORE_INTERNAL_ROCKSDB_STORE_H_
+#define NEXUSKV_STORE_INTERNAL_ROCKSDB_STORE_H_
+
+#include <array>
+#include <cstddef>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "rocksdb/db.h"
+#include "rocksdb/write_batch.h"
+#include "store/store.h"
+
+namespace nexuskv::store::internal {
+
+// OK when both parts of `key` are valid ids (ValidateId); InvalidArgument naming the bad part.
+absl::Status ValidateSessionKey(const SessionKey& key);
+
+class RocksDbStore final : public Store {
+ public:
+  static constexpr size_t kSessionStripes = 64;
+
+  // See Store::Open.
+  static absl::StatusOr<std::unique_ptr<Store>> Open(const Options& options);
+
+  // Releases the column family handles and closes the database.
+  ~RocksDbStore() override;
+
+  absl::StatusOr<AppendOutcome> AppendSegment(const SessionKey& key,
+                                              const nexuskv::v1::ModelSpec& model,
+                                              SegmentRecord record,
+                                              const std::vector<LayerTensors>& layers) override;
+  absl::StatusOr<SessionRecord> GetSession(const SessionKey& key) override;
+  absl::StatusOr<std::vector<SegmentRecord>> ListSegments(const SessionKey& key) override;
+  absl::StatusOr<SessionPage> ListSessions(std::string_view tenant, std::string_view prefix,
+                                           std::string_view page_token,
+                                           uint32_t page_size) override;
+  absl::StatusOr<std::string> ReadTensor(const SessionKey& key, uint32_t turn, uint32_t layer,
+                                         TensorKind kind) override;
+  absl::Status PutFit(const SessionKey& key, uint32_t turn, std::string_view method,
+                      const std::vector<std::string>& per_layer) override;
+  absl::StatusOr<std::optional<std::string>> GetFit(const SessionKey& key, uint32_t turn,
+                                                    std::string_view method,
+                                                    uint32_t layer) override;
+  absl::StatusOr<DeleteOutcome> DeleteSession(const SessionKey& key) override;
+
+ private:
+  // Takes ownership of db and of the four handles (default, sessions, segments, nexus).
+  RocksDbStore(const Options& options, rocksdb::DB* db,
+               std::vector<rocksdb::ColumnFamilyHandle*> handles);
+
+  absl::Mutex& SessionMutex(const SessionKey& key);
+
+  // nullopt when absent; DataLoss when stored but unparsable.
+  absl::StatusOr<std::optional<SessionRecord>> ReadSessionRecord(const SessionKey& key);
+  absl::StatusOr<std::optional<SegmentRecord>> ReadSegmentRecord(const SessionKey& key,
+                                                                 uint32_t turn);
+  // Reads a checksummed value; nullopt when absent; DataLoss (logged) on a checksum mismatch.
+  absl::StatusOr<std::optional<std::string>> ReadChecksummed(rocksdb::ColumnFamilyHandle* cf,
+                                                             const std::string& key,
+                                                             std::string_view what);
+  absl::Status Write(rocksdb::WriteBatch& batch, std::string_view context);
+
+  // The bodies of the mutating calls, run with the session's stripe mutex held.
+  absl::StatusOr<AppendOutcome> AppendLocked(absl::Mutex& mu, const SessionKey& key,
+                                             const nexuskv::v1::ModelSpec& model,
+                                             const SegmentRecord& record,
+                                             const std::vector<LayerTensors>& layers)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
+  absl::Status PutFitLocked(absl::Mutex& mu, const SessionKey& key, uint32_t turn,
+                            std::string_view method, const std::vector<std::string>& per_layer)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
+  absl::StatusOr<DeleteOutcome> DeleteLocked(absl::Mutex& mu, const SessionKey& key)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
+
+  const Options options_;
+  std::unique_ptr<rocksdb::DB> db_;
+  std::vector<rocksdb::ColumnFamilyHandle*> handles_;  // Owned; destroyed before db_ closes.
+  rocksdb::ColumnFamilyHandle* const sessions_;
+  rocksdb::ColumnFamilyHandle* const segments_;
+  rocksdb::ColumnFamilyHandle* const nexus_;
+  // Serialize the read-modify-write of one session's records (see the file comment). What they
+  // guard lives in RocksDB, so it cannot carry ABSL_GUARDED_BY; the *Locked methods require them.
+  std::array<absl::Mutex, kSessionStripes> session_mu_;
+};
+
+}  // namespace nexuskv::store::internal
+
+#endif  // NEXUSKV_STORE_INTERNAL_ROCKSDB_STORE_H_

@@ -1,0 +1,224 @@
+// RocksDbStore: the calls that change a session (AppendSegment, PutFit, DeleteSession). Each
+// validates its input, takes the session's stripe mutex, checks the rules against the stored
+// records and writes one WriteBatch, or nothing when it refuses.
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "common/log.h"
+#include "common/status_macros.h"
+#include "store/internal/absl_compat.h"
+#include "store/internal/rocksdb_status.h"
+#include "store/internal/rocksdb_store.h"
+#include "store/internal/segment_rules.h"
+
+namespace nexuskv::store::internal {
+namespace {
+
+int64_t NowUnixMillis() { return absl::ToUnixMillis(absl::Now()); }
+
+std::string Quoted(std::string_view id) { return absl::StrCat("\"", Sv(id), "\""); }
+
+// Adds key -> payload || checksum trailer without concatenating the (possibly large) payload.
+absl::Status PutChecksummed(rocksdb::WriteBatch& batch, rocksdb::ColumnFamilyHandle* cf,
+                            const std::string& key, std::string_view payload) {
+  const std::string trailer = EncodeChecksumTrailer(payload);
+  const rocksdb::Slice key_part(key);
+  const rocksdb::Slice value_parts[2] = {rocksdb::Slice(payload.data(), payload.size()),
+                                         rocksdb::Slice(trailer)};
+  return FromRocksStatus(
+      batch.Put(cf, rocksdb::SliceParts(&key_part, 1), rocksdb::SliceParts(value_parts, 2)),
+      "stage a value");
+}
+
+absl::Status PutRecord(rocksdb::WriteBatch& batch, rocksdb::ColumnFamilyHandle* cf,
+                       const std::string& key, const google::protobuf::Message& record) {
+  return FromRocksStatus(batch.Put(cf, key, record.SerializeAsString()), "stage a record");
+}
+
+}  // namespace
+
+absl::StatusOr<AppendOutcome> RocksDbStore::AppendSegment(const SessionKey& key,
+                                                          const nexuskv::v1::ModelSpec& model,
+                                                          SegmentRecord record,
+                                                          const std::vector<LayerTensors>& layers) {
+  NEXUSKV_RETURN_IF_ERROR(ValidateSessionKey(key));
+  if (layers.size() != model.num_layers()) {
+    return absl::InvalidArgumentError(absl::StrCat("segment has ", layers.size(),
+                                                   " layers but the model spec says num_layers ",
+                                                   model.num_layers(), "; send every layer"));
+  }
+  // Hash outside the lock: it reads every byte of the segment.
+  const std::vector<uint64_t> digests = ComputeLayerDigests(layers);
+  record.mutable_layer_digests()->Assign(digests.begin(), digests.end());
+  record.set_raw_bytes(RawBytes(layers));
+  absl::Mutex& mu = SessionMutex(key);
+  absl::MutexLock lock(&mu);
+  return AppendLocked(mu, key, model, record, layers);
+}
+
+absl::StatusOr<AppendOutcome> RocksDbStore::AppendLocked(absl::Mutex& mu, const SessionKey& key,
+                                                         const nexuskv::v1::ModelSpec& model,
+                                                         const SegmentRecord& record,
+                                                         const std::vector<LayerTensors>& layers) {
+  mu.AssertHeld();
+  const std::string session = Quoted(key.session_id);
+  const uint32_t turn = record.turn();
+  NEXUSKV_ASSIGN_OR_RETURN(std::optional<SessionRecord> stored, ReadSessionRecord(key));
+  SessionRecord updated;
+  if (stored) {
+    const std::string spec_diff = DescribeSpecDifference(model, stored->model());
+    if (!spec_diff.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "model spec differs from the session's: ", spec_diff, " (this segment vs session ",
+          session, "); a session holds one model: start a new session for this one"));
+    }
+    if (turn < stored->num_turns()) {
+      NEXUSKV_ASSIGN_OR_RETURN(std::optional<SegmentRecord> stored_turn,
+                               ReadSegmentRecord(key, turn));
+      if (!stored_turn) {
+        return absl::DataLossError(absl::StrCat("session ", session, " has ", stored->num_turns(),
+                                                " turns but no record of turn ", turn,
+                                                "; delete the session"));
+      }
+      const std::string diff = DescribeSegmentDifference(record, *stored_turn);
+      if (!diff.empty()) {
+        return absl::AlreadyExistsError(absl::StrCat(
+            "turn ", turn, " of session ", session, " is already stored with different content (",
+            diff, "); start a new session or delete this one"));
+      }
+      return AppendOutcome{.already_stored = true, .session = *std::move(stored)};
+    }
+    updated = *std::move(stored);
+  } else {
+    updated.set_session_id(key.session_id);
+    *updated.mutable_model() = model;
+    updated.set_create_time_unix_ms(NowUnixMillis());
+  }
+  if (turn != updated.num_turns()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("session ", session, " expects turn ", updated.num_turns(), " next (it has ",
+                     updated.num_turns(), " turns); got turn ", turn));
+  }
+  if (turn > 0 && record.first_position() != updated.next_position()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "turn ", turn, " of session ", session, " must start at position ", updated.next_position(),
+        ", where turn ", turn - 1, " ends; got first_position ", record.first_position()));
+  }
+  updated.set_num_turns(turn + 1);
+  updated.set_total_tokens(updated.total_tokens() + record.num_tokens());
+  updated.set_next_position(record.first_position() + record.num_tokens());
+  updated.set_raw_bytes(updated.raw_bytes() + record.raw_bytes());
+  updated.set_update_time_unix_ms(NowUnixMillis());
+
+  rocksdb::WriteBatch batch;
+  for (uint32_t layer = 0; layer < layers.size(); ++layer) {
+    const LayerTensors& tensors = layers[layer];
+    const auto put = [&](TensorKind kind, std::string_view bytes) {
+      return PutChecksummed(batch, segments_,
+                            EncodeTensorKey(key.tenant, key.session_id, turn, layer, kind), bytes);
+    };
+    NEXUSKV_RETURN_IF_ERROR(put(TensorKind::kKeys, tensors.keys));
+    NEXUSKV_RETURN_IF_ERROR(put(TensorKind::kValues, tensors.values));
+    // Stored even when empty (P = 0) so that it reads back as "" rather than NotFound.
+    NEXUSKV_RETURN_IF_ERROR(put(TensorKind::kProbeQueries, tensors.probe_queries));
+  }
+  NEXUSKV_RETURN_IF_ERROR(PutRecord(
+      batch, sessions_, EncodeSegmentRecordKey(key.tenant, key.session_id, turn), record));
+  NEXUSKV_RETURN_IF_ERROR(
+      PutRecord(batch, sessions_, EncodeSessionKey(key.tenant, key.session_id), updated));
+  NEXUSKV_RETURN_IF_ERROR(
+      Write(batch, absl::StrCat("append turn ", turn, " of session ", session)));
+  return AppendOutcome{.already_stored = false, .session = std::move(updated)};
+}
+
+absl::Status RocksDbStore::PutFit(const SessionKey& key, uint32_t turn, std::string_view method,
+                                  const std::vector<std::string>& per_layer) {
+  NEXUSKV_RETURN_IF_ERROR(ValidateSessionKey(key));
+  NEXUSKV_RETURN_IF_ERROR(ValidateId("method", method));
+  absl::Mutex& mu = SessionMutex(key);
+  absl::MutexLock lock(&mu);
+  return PutFitLocked(mu, key, turn, method, per_layer);
+}
+
+absl::Status RocksDbStore::PutFitLocked(absl::Mutex& mu, const SessionKey& key, uint32_t turn,
+                                        std::string_view method,
+                                        const std::vector<std::string>& per_layer) {
+  mu.AssertHeld();
+  const std::string session = Quoted(key.session_id);
+  NEXUSKV_ASSIGN_OR_RETURN(std::optional<SessionRecord> stored, ReadSessionRecord(key));
+  if (!stored) {
+    return absl::NotFoundError(absl::StrCat("session ", session, " does not exist"));
+  }
+  if (turn >= stored->num_turns()) {
+    return absl::NotFoundError(absl::StrCat("session ", session, " has no turn ", turn, " (it has ",
+                                            stored->num_turns(), " turns)"));
+  }
+  if (per_layer.size() != stored->model().num_layers()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("fit has ", per_layer.size(), " layers but session ", session, " has ",
+                     stored->model().num_layers(), "; store one fit per layer"));
+  }
+
+  // Replace: remove every layer of an earlier fit of this method and un-count its bytes.
+  rocksdb::WriteBatch batch;
+  uint64_t old_bytes = 0;
+  const std::string prefix = EncodeFitPrefix(key.tenant, key.session_id, turn, method);
+  const std::string end = IdPrefixEnd(prefix);
+  rocksdb::Slice upper(end);
+  rocksdb::ReadOptions read_options;
+  read_options.iterate_upper_bound = &upper;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(read_options, nexus_));
+  for (it->Seek(prefix); it->Valid(); it->Next()) {
+    old_bytes += it->value().size() - std::min(it->value().size(), kChecksumBytes);
+    NEXUSKV_RETURN_IF_ERROR(FromRocksStatus(batch.Delete(nexus_, it->key()), "stage a delete"));
+  }
+  const std::string context =
+      absl::StrCat("store the ", Sv(method), " fit of turn ", turn, " of session ", session);
+  NEXUSKV_RETURN_IF_ERROR(FromRocksStatus(it->status(), context));
+
+  uint64_t new_bytes = 0;
+  for (uint32_t layer = 0; layer < per_layer.size(); ++layer) {
+    new_bytes += per_layer[layer].size();
+    NEXUSKV_RETURN_IF_ERROR(
+        PutChecksummed(batch, nexus_, EncodeFitKey(key.tenant, key.session_id, turn, method, layer),
+                       per_layer[layer]));
+  }
+  stored->set_compressed_bytes(stored->compressed_bytes() -
+                               std::min(old_bytes, stored->compressed_bytes()) + new_bytes);
+  stored->set_update_time_unix_ms(NowUnixMillis());
+  NEXUSKV_RETURN_IF_ERROR(
+      PutRecord(batch, sessions_, EncodeSessionKey(key.tenant, key.session_id), *stored));
+  return Write(batch, context);
+}
+
+absl::StatusOr<DeleteOutcome> RocksDbStore::DeleteSession(const SessionKey& key) {
+  NEXUSKV_RETURN_IF_ERROR(ValidateSessionKey(key));
+  absl::Mutex& mu = SessionMutex(key);
+  absl::MutexLock lock(&mu);
+  return DeleteLocked(mu, key);
+}
+
+absl::StatusOr<DeleteOutcome> RocksDbStore::DeleteLocked(absl::Mutex& mu, const SessionKey& key) {
+  mu.AssertHeld();
+  NEXUSKV_ASSIGN_OR_RETURN(std::optional<SessionRecord> stored, ReadSessionRecord(key));
+  if (!stored) {
+    return absl::NotFoundError(absl::StrCat("session ", Quoted(key.session_id), " does not exist"));
+  }
+  const std::string begin = SessionKeyBegin(key.tenant, key.session_id);
+  const std::string end = SessionKeyEnd(key.tenant, key.session_id);
+  rocksdb::WriteBatch batch;
+  for (rocksdb::ColumnFamilyHandle* cf : {sessions_, segments_, nexus_}) {
+    NEXUSKV_RETURN_IF_ERROR(
+        FromRocksStatus(batch.DeleteRange(cf, begin, end), "stage a range delete"));
+  }
+  NEXUSKV_RETURN_IF_ERROR(Write(batch, absl::StrCat("delete session ", Quoted(key.session_id))));
+  Log(LogLevel::kInfo, "session_deleted",
+      {{"tenant", key.tenant}, {"session", key.session_id}, {"turns", stored->num_turns()}});
+  return DeleteOutcome{.deleted_turns = stored->num_turns(),
+                       .freed_bytes = stored->raw_bytes() + stored->compressed_bytes()};
+}
+
+}  // namespace nexuskv::store::internal
