@@ -52,9 +52,12 @@ void Log(LogLevel level, std::string_view event, std::initializer_list<LogField>
   if (static_cast<int>(level) < min_level.load(std::memory_order_relaxed)) return;
   std::string line = absl::StrCat(
       "ts=", absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::Now(), absl::UTCTimeZone()),
-      " level=", LevelName(level), " event=", event);
+      " level=", LevelName(level), " event=");
+  line.append(event);
   for (const LogField& field : fields) {
-    absl::StrAppend(&line, " ", field.key(), "=");
+    line.push_back(' ');
+    line.append(field.key());
+    line.push_back('=');
     AppendValue(line, field.value());
   }
   line.push_back('\n');

@@ -25,6 +25,9 @@ class LogField {
  public:
   template <typename T>
   LogField(std::string_view key, const T& value) : key_(key), value_(absl::StrCat(value)) {}
+  LogField(std::string_view key, std::string_view value) : key_(key), value_(value) {}
+  LogField(std::string_view key, const std::string& value) : key_(key), value_(value) {}
+  LogField(std::string_view key, const char* value) : key_(key), value_(value) {}
   LogField(std::string_view key, bool value) : key_(key), value_(value ? "true" : "false") {}
 
   std::string_view key() const { return key_; }
@@ -34,6 +37,10 @@ class LogField {
   std::string_view key_;
   std::string value_;
 };
+
+// An absl::StrJoin formatter for std::string_view elements (Debian's Abseil has its own
+// absl::string_view, which StrJoin's default formatter expects).
+inline void AppendView(std::string* out, std::string_view s) { out->append(s); }
 
 // Events below this level are dropped. Default kInfo. Thread-safe.
 void SetMinLogLevel(LogLevel level);

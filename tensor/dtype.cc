@@ -26,7 +26,7 @@ T Load(const char* p) {
 
 size_t DTypeSize(DType dtype) { return dtype == DType::kFloat32 ? 4 : 2; }
 
-std::string_view DTypeName(DType dtype) {
+const char* DTypeName(DType dtype) {
   switch (dtype) {
     case DType::kFloat32:
       return "float32";
@@ -39,7 +39,7 @@ std::string_view DTypeName(DType dtype) {
 }
 
 std::optional<DType> ParseDType(std::string_view name) {
-  const std::string n = absl::AsciiStrToLower(name);
+  const std::string n = absl::AsciiStrToLower(std::string(name));
   if (n == "float32" || n == "fp32" || n == "f32") return DType::kFloat32;
   if (n == "float16" || n == "fp16" || n == "f16" || n == "half") return DType::kFloat16;
   if (n == "bfloat16" || n == "bf16") return DType::kBFloat16;
@@ -52,7 +52,7 @@ absl::StatusOr<uint64_t> TensorBytes(std::initializer_list<uint64_t> dims, DType
   for (uint64_t d : dims) {
     total *= d;
     if (total > static_cast<unsigned __int128>(std::numeric_limits<int64_t>::max())) {
-      return absl::InvalidArgumentError(absl::StrCat(what, ": tensor size overflows 63 bits"));
+      return absl::InvalidArgumentError(absl::StrCat(std::string(what), ": tensor size overflows 63 bits"));
     }
   }
   return static_cast<uint64_t>(total);

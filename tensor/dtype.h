@@ -30,7 +30,7 @@ enum class DType { kFloat32, kFloat16, kBFloat16 };
 size_t DTypeSize(DType dtype);
 
 // "float32", "float16", "bfloat16".
-std::string_view DTypeName(DType dtype);
+const char* DTypeName(DType dtype);
 
 // Parses a DTypeName (also accepts "fp32", "f32", "fp16", "f16", "half", "bf16"); nullopt otherwise.
 std::optional<DType> ParseDType(std::string_view name);

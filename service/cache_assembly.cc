@@ -1,0 +1,136 @@
+#include "service/cache_assembly.h"
+
+#include <cstring>
+#include <string>
+#include <utility>
+
+#include "common/status_macros.h"
+#include "service/internal/layer_loader.h"
+#include "service/validation.h"
+
+namespace nexuskv::service {
+
+namespace v1 = ::nexuskv::v1;
+
+// One turn's contribution to one layer, already in the output dtype.
+struct CacheAssembly::TurnBlock {
+  int64_t entries = 0;             // n per kv head.
+  std::string keys;                // [H, n, D]
+  std::string values;              // [H, n, D]
+  std::vector<float> bias;         // [H, n]; empty means all zero.
+  std::vector<int64_t> positions;  // [H, n]
+};
+
+CacheAssembly::CacheAssembly(store::Store* store, store::SessionKey key,
+                             v1::ModelSpec session_model, DType output_dtype,
+                             const compressor::Compressor* method, std::vector<TurnPlan> turns,
+                             v1::CacheHeader header)
+    : store_(store),
+      key_(std::move(key)),
+      session_model_(std::move(session_model)),
+      session_dtype_(*ToTensorDType(session_model_.dtype(), "model.dtype")),
+      output_dtype_(output_dtype),
+      method_(method),
+      turns_(std::move(turns)),
+      header_(std::move(header)) {}
+
+absl::StatusOr<CacheAssembly::TurnBlock> CacheAssembly::RawBlock(const TurnPlan& turn,
+                                                                 uint32_t layer) {
+  TurnBlock block;
+  block.entries = turn.record.num_tokens();
+  NEXUSKV_ASSIGN_OR_RETURN(block.keys, store_->ReadTensor(key_, turn.record.turn(), layer,
+                                                          store::TensorKind::kKeys));
+  NEXUSKV_ASSIGN_OR_RETURN(block.values, store_->ReadTensor(key_, turn.record.turn(), layer,
+                                                            store::TensorKind::kValues));
+  if (output_dtype_ != session_dtype_) {
+    std::vector<float> scratch(block.keys.size() / DTypeSize(session_dtype_));
+    for (std::string* tensor : {&block.keys, &block.values}) {
+      NEXUSKV_RETURN_IF_ERROR(DecodeToFloat(*tensor, session_dtype_, scratch));
+      *tensor = EncodeFromFloat(scratch, output_dtype_);
+    }
+  }
+  const int64_t heads = session_model_.num_kv_heads();
+  block.positions.resize(heads * block.entries);
+  for (int64_t h = 0; h < heads; ++h) {
+    for (int64_t t = 0; t < block.entries; ++t) {
+      block.positions[h * block.entries + t] =
+          static_cast<int64_t>(turn.record.first_position()) + t;
+    }
+  }
+  return block;
+}
+
+absl::StatusOr<CacheAssembly::TurnBlock> CacheAssembly::CompressedBlock(const TurnPlan& turn,
+                                                                        uint32_t layer) {
+  NEXUSKV_ASSIGN_OR_RETURN(DecodedLayer decoded,
+                           LoadDecodedLayer(*store_, key_, session_model_, turn.record, layer,
+                                            /*with_probes=*/false));
+  std::string fit;
+  if (method_->has_fit()) {
+    NEXUSKV_ASSIGN_OR_RETURN(std::optional<std::string> stored,
+                             store_->GetFit(key_, turn.record.turn(), method_->name(), layer));
+    if (!stored.has_value()) {
+      return absl::InternalError(absl::StrCat("the ", std::string(method_->name()), " fit of turn ",
+                                              turn.record.turn(), " vanished while serving"));
+    }
+    fit = std::move(*stored);
+  }
+  NEXUSKV_ASSIGN_OR_RETURN(
+      compressor::LayerEntries entries,
+      method_->Materialize(decoded.view, fit, static_cast<int>(turn.entries)));
+  TurnBlock block;
+  block.entries = entries.num_entries;
+  block.keys = EncodeFromFloat(entries.keys, output_dtype_);
+  block.values = EncodeFromFloat(entries.values, output_dtype_);
+  block.bias = std::move(entries.bias);
+  block.positions = std::move(entries.positions);
+  return block;
+}
+
+absl::StatusOr<v1::CacheLayer> CacheAssembly::BuildLayer(uint32_t layer) {
+  if (layer >= num_layers()) {
+    return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " is out of range"));
+  }
+  std::vector<TurnBlock> blocks;
+  blocks.reserve(turns_.size());
+  for (const TurnPlan& turn : turns_) {
+    if (turn.entries == 0) continue;
+    NEXUSKV_ASSIGN_OR_RETURN(TurnBlock block,
+                             turn.raw ? RawBlock(turn, layer) : CompressedBlock(turn, layer));
+    blocks.push_back(std::move(block));
+  }
+
+  const int64_t heads = session_model_.num_kv_heads();
+  const size_t row = size_t{session_model_.head_dim()} * DTypeSize(output_dtype_);
+  v1::CacheLayer out;
+  out.set_layer(layer);
+  std::string& keys = *out.mutable_keys();
+  std::string& values = *out.mutable_values();
+  std::vector<float> bias;
+  std::vector<int64_t> positions;
+  for (int64_t h = 0; h < heads; ++h) {
+    for (const TurnBlock& b : blocks) {
+      const size_t offset = h * b.entries * row;
+      keys.append(b.keys, offset, b.entries * row);
+      values.append(b.values, offset, b.entries * row);
+      positions.insert(positions.end(), b.positions.begin() + h * b.entries,
+                       b.positions.begin() + (h + 1) * b.entries);
+      if (!header_.has_bias()) continue;
+      if (b.bias.empty()) {
+        bias.insert(bias.end(), b.entries, 0.0f);
+      } else {
+        bias.insert(bias.end(), b.bias.begin() + h * b.entries,
+                    b.bias.begin() + (h + 1) * b.entries);
+      }
+    }
+  }
+  out.mutable_positions()->assign(reinterpret_cast<const char*>(positions.data()),
+                                  positions.size() * sizeof(int64_t));
+  if (header_.has_bias()) {
+    out.mutable_bias()->assign(reinterpret_cast<const char*>(bias.data()),
+                               bias.size() * sizeof(float));
+  }
+  return out;
+}
+
+}  // namespace nexuskv::service

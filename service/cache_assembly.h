@@ -1,0 +1,63 @@
+// CacheAssembly: one GetCache answer, planned and ready to be built layer by layer.
+//
+// Planning (KvMemoryCore::PlanCache) fixes everything the CacheHeader says: which turns are raw,
+// how many entries each compressed turn keeps, the output dtype. BuildLayer then reads only the
+// one layer it builds from the store, so a server streams an answer of any size in the memory of
+// one layer.
+//
+// Not thread-safe: one caller at a time (the GetCache reactor builds layers one after another).
+// BuildLayer may fail with the store's DATA_LOSS / NOT_FOUND (session deleted meanwhile).
+#ifndef NEXUSKV_SERVICE_CACHE_ASSEMBLY_H_
+#define NEXUSKV_SERVICE_CACHE_ASSEMBLY_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "compressor/compressor.h"
+#include "nexuskv/v1/kv_memory.pb.h"
+#include "store/store.h"
+#include "tensor/dtype.h"
+
+namespace nexuskv::service {
+
+// What the plan decided for one turn.
+struct TurnPlan {
+  store::SegmentRecord record;
+  bool raw = false;     // Served uncompressed.
+  int64_t entries = 0;  // Entries per kv head (== num_tokens when raw).
+};
+
+class CacheAssembly {
+ public:
+  // `store` and `method` must outlive the assembly; method is ignored for raw turns.
+  CacheAssembly(store::Store* store, store::SessionKey key, nexuskv::v1::ModelSpec session_model,
+                DType output_dtype, const compressor::Compressor* method,
+                std::vector<TurnPlan> turns, nexuskv::v1::CacheHeader header);
+  CacheAssembly(const CacheAssembly&) = delete;
+  CacheAssembly& operator=(const CacheAssembly&) = delete;
+
+  const nexuskv::v1::CacheHeader& header() const { return header_; }
+  uint32_t num_layers() const { return session_model_.num_layers(); }
+
+  // The answer's layer `layer` (0 <= layer < num_layers()).
+  absl::StatusOr<nexuskv::v1::CacheLayer> BuildLayer(uint32_t layer);
+
+ private:
+  struct TurnBlock;
+  absl::StatusOr<TurnBlock> RawBlock(const TurnPlan& turn, uint32_t layer);
+  absl::StatusOr<TurnBlock> CompressedBlock(const TurnPlan& turn, uint32_t layer);
+
+  store::Store* const store_;
+  const store::SessionKey key_;
+  const nexuskv::v1::ModelSpec session_model_;
+  const DType session_dtype_;
+  const DType output_dtype_;
+  const compressor::Compressor* const method_;
+  const std::vector<TurnPlan> turns_;
+  const nexuskv::v1::CacheHeader header_;
+};
+
+}  // namespace nexuskv::service
+
+#endif  // NEXUSKV_SERVICE_CACHE_ASSEMBLY_H_

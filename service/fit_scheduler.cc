@@ -1,0 +1,102 @@
+#include "service/fit_scheduler.h"
+
+#include <utility>
+#include <vector>
+
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "common/log.h"
+#include "common/status_macros.h"
+#include "service/internal/layer_loader.h"
+
+namespace nexuskv::service {
+
+struct FitScheduler::InFlight {
+  absl::Notification done;
+  absl::Status status;
+};
+
+FitScheduler::FitScheduler(store::Store* store, int num_threads, size_t max_queued)
+    : store_(store), pool_("fit", num_threads, max_queued) {}
+
+FitScheduler::~FitScheduler() { Shutdown(); }
+
+void FitScheduler::Shutdown() { pool_.Shutdown(); }
+
+FitScheduler::JobId FitScheduler::IdOf(const FitJob& job) {
+  return {job.key.tenant, job.key.session_id, job.record.turn(), std::string(job.method->name())};
+}
+
+void FitScheduler::Submit(FitJob job) {
+  const bool queued = pool_.TrySchedule([this, job = std::move(job)] {
+    const absl::Status status = RunOnce(job);
+    // A session deleted while its fit was queued is not an error worth more than a debug line.
+    const LogLevel level = status.ok() || absl::IsNotFound(status) ? LogLevel::kDebug
+                                                                   : LogLevel::kWarning;
+    Log(level, "fit_done", {{"session", job.key.session_id}, {"turn", job.record.turn()},
+                            {"method", job.method->name()}, {"status", status.ToString()}});
+  });
+  if (!queued) {
+    Log(LogLevel::kWarning, "fit_queue_full",
+        {{"session", job.key.session_id}, {"turn", job.record.turn()},
+         {"method", job.method->name()}, {"action", "computed on the next GetCache"}});
+  }
+}
+
+absl::Status FitScheduler::Ensure(const FitJob& job) { return RunOnce(job); }
+
+absl::Status FitScheduler::RunOnce(const FitJob& job) {
+  const JobId id = IdOf(job);
+  std::shared_ptr<InFlight> mine;
+  std::shared_ptr<InFlight> theirs;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = in_flight_.find(id);
+    if (it != in_flight_.end()) {
+      theirs = it->second;
+    } else {
+      mine = std::make_shared<InFlight>();
+      in_flight_.emplace(id, mine);
+    }
+  }
+  if (theirs) {
+    theirs->done.WaitForNotification();
+    return theirs->status;
+  }
+  absl::Status status;
+  auto stored = store_->GetFit(job.key, job.record.turn(), job.method->name(), 0);
+  if (!stored.ok()) {
+    status = stored.status();
+  } else if (!stored->has_value()) {
+    status = Compute(job);
+  }
+  mine->status = status;
+  {
+    absl::MutexLock lock(&mu_);
+    in_flight_.erase(id);
+  }
+  mine->done.Notify();
+  return status;
+}
+
+absl::Status FitScheduler::Compute(const FitJob& job) {
+  const absl::Time start = absl::Now();
+  std::vector<std::string> per_layer;
+  per_layer.reserve(job.model.num_layers());
+  for (uint32_t layer = 0; layer < job.model.num_layers(); ++layer) {
+    NEXUSKV_ASSIGN_OR_RETURN(DecodedLayer decoded,
+                             LoadDecodedLayer(*store_, job.key, job.model, job.record, layer,
+                                              /*with_probes=*/true));
+    NEXUSKV_ASSIGN_OR_RETURN(std::string fit, job.method->Fit(decoded.view));
+    per_layer.push_back(std::move(fit));
+  }
+  NEXUSKV_RETURN_IF_ERROR(
+      store_->PutFit(job.key, job.record.turn(), job.method->name(), per_layer));
+  Log(LogLevel::kDebug, "fit_stored",
+      {{"session", job.key.session_id}, {"turn", job.record.turn()},
+       {"method", job.method->name()},
+       {"ms", absl::ToDoubleMilliseconds(absl::Now() - start)}});
+  return absl::OkStatus();
+}
+
+}  // namespace nexuskv::service

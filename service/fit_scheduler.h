@@ -1,0 +1,71 @@
+// FitScheduler: computes and stores per-turn compression fits off the request path.
+//
+// After a turn is acknowledged, AppendSegment submits one job per method that has a fit; a bounded
+// pool of workers runs them (each job: decode every layer, Compressor::Fit, Store::PutFit in one
+// batch). When the queue is full a job is dropped and logged, not lost: GetCache calls Ensure(),
+// which waits for a job already running for that (session, turn, method) or runs it inline.
+//
+// Thread-safe. Shutdown() stops the workers; queued jobs are dropped (Ensure recomputes on demand).
+#ifndef NEXUSKV_SERVICE_FIT_SCHEDULER_H_
+#define NEXUSKV_SERVICE_FIT_SCHEDULER_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <tuple>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "compressor/compressor.h"
+#include "nexuskv/v1/kv_memory.pb.h"
+#include "service/internal/thread_pool.h"
+#include "store/store.h"
+
+namespace nexuskv::service {
+
+struct FitJob {
+  store::SessionKey key;
+  nexuskv::v1::ModelSpec model;
+  store::SegmentRecord record;
+  const compressor::Compressor* method = nullptr;  // Registry-owned; has_fit() is true.
+};
+
+class FitScheduler {
+ public:
+  // `store` must outlive the scheduler.
+  FitScheduler(store::Store* store, int num_threads, size_t max_queued);
+  FitScheduler(const FitScheduler&) = delete;
+  FitScheduler& operator=(const FitScheduler&) = delete;
+  ~FitScheduler();
+
+  // Queues the job for a background worker; drops it (logged) when the queue is full.
+  void Submit(FitJob job);
+
+  // Returns once the job's fit is stored: immediately when it already is, after waiting when a
+  // worker is running it, or after running it on the calling thread. Errors of the fit or the
+  // store pass through.
+  absl::Status Ensure(const FitJob& job);
+
+  // Stops the workers after their current job. Idempotent.
+  void Shutdown();
+
+ private:
+  using JobId = std::tuple<std::string, std::string, uint32_t, std::string>;
+  struct InFlight;
+
+  static JobId IdOf(const FitJob& job);
+  // Runs the job unless it is stored already or in flight (then waits for that run).
+  absl::Status RunOnce(const FitJob& job);
+  absl::Status Compute(const FitJob& job);
+
+  store::Store* const store_;
+  absl::Mutex mu_;
+  std::map<JobId, std::shared_ptr<InFlight>> in_flight_ ABSL_GUARDED_BY(mu_);
+  ThreadPool pool_;
+};
+
+}  // namespace nexuskv::service
+
+#endif  // NEXUSKV_SERVICE_FIT_SCHEDULER_H_

@@ -1,0 +1,202 @@
+#include "service/grpc_service.h"
+
+#include <memory>
+#include <utility>
+
+#include "common/log.h"
+
+namespace nexuskv::service {
+namespace {
+
+namespace v1 = ::nexuskv::v1;
+
+const grpc::Status kBusy(grpc::StatusCode::UNAVAILABLE,
+                         "server busy: its request queue is full; retry with backoff");
+
+}  // namespace
+
+grpc::Status ToGrpcStatus(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
+}
+
+absl::StatusOr<std::string> KvMemoryService::TenantOf(grpc::CallbackServerContext*) {
+  return std::string("default");
+}
+
+KvMemoryService::KvMemoryService(KvMemoryCore* core, ThreadPool* executor, Limits limits)
+    : core_(core), executor_(executor), limits_(limits) {}
+
+// Receives the stream into a SegmentAssembler (validating each message as it arrives), then
+// commits on the executor once the client half-closes.
+class KvMemoryService::AppendReactor final
+    : public grpc::ServerReadReactor<v1::AppendSegmentRequest> {
+ public:
+  AppendReactor(KvMemoryService* service, grpc::CallbackServerContext* context,
+                v1::AppendSegmentResponse* response)
+      : service_(service), context_(context), response_(response),
+        assembler_(service->limits_) {
+    StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (ok) {
+      const absl::Status status = assembler_.Add(std::move(request_));
+      if (!status.ok()) {
+        Refuse(status);
+        return;
+      }
+      request_.Clear();
+      StartRead(&request_);
+      return;
+    }
+    // The client half-closed (or went away): commit what it sent, if it is whole.
+    if (context_->IsCancelled()) {
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the append"));
+      return;
+    }
+    if (!service_->executor_->TrySchedule([this] { Commit(); })) Finish(kBusy);
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  void Refuse(const absl::Status& status) {
+    Log(LogLevel::kInfo, "append_refused",
+        {{"session", assembler_.header().session_id()}, {"turn", assembler_.header().turn()},
+         {"code", absl::StatusCodeToString(status.code())}, {"reason", status.message()}});
+    Finish(ToGrpcStatus(status));
+  }
+
+  void Commit() {
+    absl::StatusOr<std::string> tenant = TenantOf(context_);
+    if (!tenant.ok()) return Finish(ToGrpcStatus(tenant.status()));
+    absl::StatusOr<AssembledSegment> segment = std::move(assembler_).Finish();
+    if (!segment.ok()) return Refuse(segment.status());
+    absl::StatusOr<v1::AppendSegmentResponse> ack =
+        service_->core_->Append(*tenant, std::move(*segment));
+    if (!ack.ok()) return Refuse(ack.status());
+    *response_ = std::move(*ack);
+    Finish(grpc::Status::OK);
+  }
+
+  KvMemoryService* const service_;
+  grpc::CallbackServerContext* const context_;
+  v1::AppendSegmentResponse* const response_;
+  SegmentAssembler assembler_;
+  v1::AppendSegmentRequest request_;
+};
+
+// Plans the answer on the executor, writes the header, then builds and writes one layer at a
+// time: only one layer of the answer is in memory.
+class KvMemoryService::GetCacheReactor final
+    : public grpc::ServerWriteReactor<v1::GetCacheResponse> {
+ public:
+  GetCacheReactor(KvMemoryService* service, grpc::CallbackServerContext* context,
+                  const v1::GetCacheRequest* request)
+      : service_(service), context_(context), request_(*request) {
+    if (!service_->executor_->TrySchedule([this] { Plan(); })) Finish(kBusy);
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the client stopped reading the cache"));
+      return;
+    }
+    if (next_layer_ == assembly_->num_layers()) {
+      Finish(grpc::Status::OK);
+      return;
+    }
+    if (!service_->executor_->TrySchedule([this] { WriteNextLayer(); })) Finish(kBusy);
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  void Plan() {
+    absl::StatusOr<std::string> tenant = TenantOf(context_);
+    if (!tenant.ok()) return Finish(ToGrpcStatus(tenant.status()));
+    absl::StatusOr<std::unique_ptr<CacheAssembly>> plan =
+        service_->core_->PlanCache(*tenant, request_);
+    if (!plan.ok()) return Finish(ToGrpcStatus(plan.status()));
+    assembly_ = std::move(*plan);
+    *response_.mutable_header() = assembly_->header();
+    StartWrite(&response_);
+  }
+
+  void WriteNextLayer() {
+    if (context_->IsCancelled()) {
+      return Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled"));
+    }
+    absl::StatusOr<v1::CacheLayer> layer = assembly_->BuildLayer(next_layer_++);
+    if (!layer.ok()) {
+      Log(LogLevel::kWarning, "get_cache_failed",
+          {{"session", request_.session_id()}, {"status", layer.status().ToString()}});
+      return Finish(ToGrpcStatus(layer.status()));
+    }
+    response_.mutable_layer()->Swap(&*layer);
+    StartWrite(&response_);
+  }
+
+  KvMemoryService* const service_;
+  grpc::CallbackServerContext* const context_;
+  const v1::GetCacheRequest request_;
+  std::unique_ptr<CacheAssembly> assembly_;
+  uint32_t next_layer_ = 0;
+  v1::GetCacheResponse response_;
+};
+
+grpc::ServerReadReactor<v1::AppendSegmentRequest>* KvMemoryService::AppendSegment(
+    grpc::CallbackServerContext* context, v1::AppendSegmentResponse* response) {
+  return new AppendReactor(this, context, response);
+}
+
+grpc::ServerWriteReactor<v1::GetCacheResponse>* KvMemoryService::GetCache(
+    grpc::CallbackServerContext* context, const v1::GetCacheRequest* request) {
+  return new GetCacheReactor(this, context, request);
+}
+
+grpc::ServerUnaryReactor* KvMemoryService::RunUnary(
+    grpc::CallbackServerContext* context,
+    std::function<absl::Status(const std::string& tenant)> fn) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  const bool scheduled = executor_->TrySchedule([context, reactor, fn = std::move(fn)] {
+    absl::StatusOr<std::string> tenant = TenantOf(context);
+    reactor->Finish(ToGrpcStatus(tenant.ok() ? fn(*tenant) : tenant.status()));
+  });
+  if (!scheduled) reactor->Finish(kBusy);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* KvMemoryService::GetSession(grpc::CallbackServerContext* context,
+                                                      const v1::GetSessionRequest* request,
+                                                      v1::SessionInfo* response) {
+  return RunUnary(context, [this, request, response](const std::string& tenant) {
+    absl::StatusOr<v1::SessionInfo> info = core_->GetSession(tenant, request->session_id());
+    if (info.ok()) *response = std::move(*info);
+    return info.status();
+  });
+}
+
+grpc::ServerUnaryReactor* KvMemoryService::ListSessions(grpc::CallbackServerContext* context,
+                                                        const v1::ListSessionsRequest* request,
+                                                        v1::ListSessionsResponse* response) {
+  return RunUnary(context, [this, request, response](const std::string& tenant) {
+    absl::StatusOr<v1::ListSessionsResponse> page = core_->ListSessions(tenant, *request);
+    if (page.ok()) *response = std::move(*page);
+    return page.status();
+  });
+}
+
+grpc::ServerUnaryReactor* KvMemoryService::DeleteSession(grpc::CallbackServerContext* context,
+                                                         const v1::DeleteSessionRequest* request,
+                                                         v1::DeleteSessionResponse* response) {
+  return RunUnary(context, [this, request, response](const std::string& tenant) {
+    absl::StatusOr<v1::DeleteSessionResponse> out =
+        core_->DeleteSession(tenant, request->session_id());
+    if (out.ok()) *response = std::move(*out);
+    return out.status();
+  });
+}
+
+}  // namespace nexuskv::service

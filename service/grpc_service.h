@@ -1,0 +1,62 @@
+// KvMemoryService: the gRPC face of KvMemoryCore (callback API, one reactor per streaming RPC).
+//
+// It moves messages and maps absl::Status codes one to one onto grpc::Status; every decision is in
+// KvMemoryCore. Blocking work (RocksDB, cache assembly) runs on `executor`, never on gRPC's
+// threads; when the executor's queue is full a call fails fast with UNAVAILABLE (retry later).
+// Thread-safe.
+#ifndef NEXUSKV_SERVICE_GRPC_SERVICE_H_
+#define NEXUSKV_SERVICE_GRPC_SERVICE_H_
+
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "grpcpp/grpcpp.h"
+#include "nexuskv/v1/kv_memory.grpc.pb.h"
+#include "service/internal/thread_pool.h"
+#include "service/kv_memory_core.h"
+
+namespace nexuskv::service {
+
+// absl::Status -> grpc::Status, code and message kept.
+grpc::Status ToGrpcStatus(const absl::Status& status);
+
+class KvMemoryService final : public nexuskv::v1::KvMemory::CallbackService {
+ public:
+  // `core` and `executor` must outlive the service (and the grpc::Server it is registered with).
+  KvMemoryService(KvMemoryCore* core, ThreadPool* executor, Limits limits);
+
+  grpc::ServerReadReactor<nexuskv::v1::AppendSegmentRequest>* AppendSegment(
+      grpc::CallbackServerContext* context,
+      nexuskv::v1::AppendSegmentResponse* response) override;
+  grpc::ServerWriteReactor<nexuskv::v1::GetCacheResponse>* GetCache(
+      grpc::CallbackServerContext* context, const nexuskv::v1::GetCacheRequest* request) override;
+  grpc::ServerUnaryReactor* GetSession(grpc::CallbackServerContext* context,
+                                       const nexuskv::v1::GetSessionRequest* request,
+                                       nexuskv::v1::SessionInfo* response) override;
+  grpc::ServerUnaryReactor* ListSessions(grpc::CallbackServerContext* context,
+                                         const nexuskv::v1::ListSessionsRequest* request,
+                                         nexuskv::v1::ListSessionsResponse* response) override;
+  grpc::ServerUnaryReactor* DeleteSession(grpc::CallbackServerContext* context,
+                                          const nexuskv::v1::DeleteSessionRequest* request,
+                                          nexuskv::v1::DeleteSessionResponse* response) override;
+
+  // The tenant a call acts for. Until authentication exists every caller is tenant "default".
+  static absl::StatusOr<std::string> TenantOf(grpc::CallbackServerContext* context);
+
+ private:
+  class AppendReactor;
+  class GetCacheReactor;
+
+  // Runs fn on the executor and finishes the unary call with its status.
+  grpc::ServerUnaryReactor* RunUnary(grpc::CallbackServerContext* context,
+                                     std::function<absl::Status(const std::string& tenant)> fn);
+
+  KvMemoryCore* const core_;
+  ThreadPool* const executor_;
+  const Limits limits_;
+};
+
+}  // namespace nexuskv::service
+
+#endif  // NEXUSKV_SERVICE_GRPC_SERVICE_H_

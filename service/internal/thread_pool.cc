@@ -1,0 +1,69 @@
+#include "service/internal/thread_pool.h"
+
+#include <utility>
+
+namespace nexuskv::service {
+
+ThreadPool::ThreadPool(std::string name, int num_threads, size_t max_queued)
+    : name_(std::move(name)), max_queued_(max_queued) {
+  workers_.reserve(num_threads);
+  for (int i = 0; i < num_threads; ++i) workers_.emplace_back([this] { WorkerLoop(); });
+}
+
+ThreadPool::~ThreadPool() { Shutdown(); }
+
+bool ThreadPool::TrySchedule(std::function<void()> task) {
+  absl::MutexLock lock(&mu_);
+  if (shutting_down_ || queue_.size() >= max_queued_) return false;
+  queue_.push_back(std::move(task));
+  return true;
+}
+
+bool ThreadPool::Schedule(std::function<void()> task) {
+  absl::MutexLock lock(&mu_);
+  mu_.Await(absl::Condition(
+      +[](ThreadPool* p) ABSL_EXCLUSIVE_LOCKS_REQUIRED(p->mu_) {
+        return p->shutting_down_ || p->queue_.size() < p->max_queued_;
+      },
+      this));
+  if (shutting_down_) return false;
+  queue_.push_back(std::move(task));
+  return true;
+}
+
+void ThreadPool::Shutdown() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (shutting_down_ && workers_.empty()) return;
+    shutting_down_ = true;
+  }
+  for (std::thread& worker : workers_) {
+    if (worker.joinable()) worker.join();
+  }
+  workers_.clear();
+}
+
+size_t ThreadPool::queued() const {
+  absl::MutexLock lock(&mu_);
+  return queue_.size();
+}
+
+void ThreadPool::WorkerLoop() {
+  while (true) {
+    std::function<void()> task;
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.Await(absl::Condition(
+          +[](ThreadPool* p) ABSL_EXCLUSIVE_LOCKS_REQUIRED(p->mu_) {
+            return p->shutting_down_ || !p->queue_.empty();
+          },
+          this));
+      if (queue_.empty()) return;  // Shutting down and drained.
+      task = std::move(queue_.front());
+      queue_.pop_front();
+    }
+    task();
+  }
+}
+
+}  // namespace nexuskv::service

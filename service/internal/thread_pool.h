@@ -1,0 +1,59 @@
+// ThreadPool: a fixed set of worker threads draining a bounded FIFO of tasks.
+//
+// The gRPC callback API runs reactions on gRPC's own threads, which must not block; nexuskv moves
+// blocking work (RocksDB writes with fsync, cache assembly, compression fits) onto pools like this.
+//
+//   ThreadPool pool("fit", /*num_threads=*/2, /*max_queued=*/256);
+//   if (!pool.TrySchedule([] { ... })) { /* queue full: do it later */ }
+//   pool.Shutdown();  // runs what is queued, then joins
+//
+// Thread-safe. The destructor calls Shutdown().
+#ifndef NEXUSKV_SERVICE_INTERNAL_THREAD_POOL_H_
+#define NEXUSKV_SERVICE_INTERNAL_THREAD_POOL_H_
+
+#include <cstddef>
+#include <deque>
+#include <functional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+
+namespace nexuskv::service {
+
+class ThreadPool {
+ public:
+  ThreadPool(std::string name, int num_threads, size_t max_queued);
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+  ~ThreadPool();
+
+  // Queues task; false (task dropped) when the queue holds max_queued tasks or the pool is shut
+  // down.
+  bool TrySchedule(std::function<void()> task);
+
+  // Queues task, waiting for room; false (task dropped) when the pool is shut down.
+  bool Schedule(std::function<void()> task);
+
+  // Stops accepting tasks, runs the queued ones, joins the workers. Idempotent.
+  void Shutdown();
+
+  // Tasks queued and not yet started.
+  size_t queued() const;
+
+ private:
+  void WorkerLoop();
+
+  const std::string name_;
+  const size_t max_queued_;
+  mutable absl::Mutex mu_;
+  std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(mu_);
+  bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<std::thread> workers_;
+};
+
+}  // namespace nexuskv::service
+
+#endif  // NEXUSKV_SERVICE_INTERNAL_THREAD_POOL_H_

@@ -1,0 +1,264 @@
+#include "service/kv_memory_core.h"
+
+#include <algorithm>
+#include <cmath>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/log.h"
+#include "common/status_macros.h"
+#include "service/validation.h"
+#include "store/key_codec.h"
+
+namespace nexuskv::service {
+namespace {
+
+namespace v1 = ::nexuskv::v1;
+
+v1::SessionInfo ToSessionInfo(const store::SessionRecord& r) {
+  v1::SessionInfo info;
+  info.set_session_id(r.session_id());
+  *info.mutable_model() = r.model();
+  info.set_num_turns(r.num_turns());
+  info.set_total_tokens(r.total_tokens());
+  info.set_next_position(r.next_position());
+  info.set_raw_bytes(r.raw_bytes());
+  info.set_compressed_bytes(r.compressed_bytes());
+  info.set_create_time_unix_ms(r.create_time_unix_ms());
+  info.set_update_time_unix_ms(r.update_time_unix_ms());
+  return info;
+}
+
+// Entries per kv head that the compressed turns may hold, from the budget and the raw turns.
+absl::StatusOr<int64_t> CompressedBudget(const v1::GetCacheRequest& request,
+                                         const v1::ModelSpec& model, DType output_dtype,
+                                         bool has_bias, int64_t compressible_tokens,
+                                         int64_t raw_tokens) {
+  const v1::Budget& budget = request.budget();
+  if (budget.has_keep_ratio()) {
+    // The small epsilon keeps 0.2 * 10 at 2 despite binary rounding; the answer never exceeds it.
+    return static_cast<int64_t>(std::floor(budget.keep_ratio() * compressible_tokens + 1e-9));
+  }
+  int64_t max_tokens = 0;
+  std::string what;
+  if (budget.has_max_tokens()) {
+    max_tokens = static_cast<int64_t>(std::min<uint64_t>(budget.max_tokens(), INT64_MAX));
+    what = absl::StrCat("budget.max_tokens ", budget.max_tokens());
+  } else {
+    const uint64_t per_entry = uint64_t{model.num_layers()} * model.num_kv_heads() *
+                               (2ull * model.head_dim() * DTypeSize(output_dtype) +
+                                (has_bias ? 4 : 0));
+    max_tokens = static_cast<int64_t>(budget.max_bytes() / per_entry);
+    what = absl::StrCat("budget.max_bytes ", budget.max_bytes(), " (", max_tokens,
+                        " entries of ", per_entry, " bytes)");
+  }
+  if (max_tokens < raw_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, " cannot hold the ", raw_tokens, " tokens of the turns kept raw; raise the budget "
+        "or lower keep_recent_turns"));
+  }
+  return max_tokens - raw_tokens;
+}
+
+}  // namespace
+
+KvMemoryCore::KvMemoryCore(store::Store* store, const compressor::CompressorRegistry* registry,
+                           CoreOptions options)
+    : store_(store),
+      registry_(registry),
+      options_(std::move(options)),
+      fits_(store, options_.fit_threads, options_.fit_queue) {}
+
+void KvMemoryCore::Shutdown() { fits_.Shutdown(); }
+
+absl::StatusOr<v1::AppendSegmentResponse> KvMemoryCore::Append(std::string_view tenant,
+                                                               AssembledSegment segment) {
+  const v1::SegmentHeader& h = segment.header;
+  store::SegmentRecord record;
+  record.set_turn(h.turn());
+  record.set_num_tokens(h.num_tokens());
+  record.set_first_position(h.first_position());
+  record.set_role(h.role());
+  record.set_num_probe_queries(h.num_probe_queries());
+  uint64_t bytes = 0;
+  for (const store::LayerTensors& l : segment.layers) {
+    bytes += l.keys.size() + l.values.size() + l.probe_queries.size();
+  }
+  record.set_raw_bytes(bytes);
+
+  store::SessionKey key{std::string(tenant), h.session_id()};
+  NEXUSKV_ASSIGN_OR_RETURN(store::AppendOutcome outcome,
+                           store_->AppendSegment(key, h.model(), record, segment.layers));
+  if (!outcome.already_stored && options_.precompute_fits) {
+    for (std::string_view name : registry_->names()) {
+      const compressor::Compressor* method = registry_->Find(name);
+      if (method->has_fit()) fits_.Submit(FitJob{key, h.model(), record, method});
+    }
+  }
+  Log(LogLevel::kInfo, "segment_appended",
+      {{"tenant", tenant}, {"session", h.session_id()}, {"turn", h.turn()},
+       {"tokens", h.num_tokens()}, {"bytes", bytes}, {"already_stored", outcome.already_stored}});
+
+  v1::AppendSegmentResponse response;
+  response.set_session_id(h.session_id());
+  response.set_turn(h.turn());
+  response.set_already_stored(outcome.already_stored);
+  response.set_num_turns(outcome.session.num_turns());
+  response.set_next_position(outcome.session.next_position());
+  response.set_stored_bytes(bytes);
+  return response;
+}
+
+absl::StatusOr<std::unique_ptr<CacheAssembly>> KvMemoryCore::PlanCache(
+    std::string_view tenant, const v1::GetCacheRequest& request) {
+  NEXUSKV_RETURN_IF_ERROR(ValidateGetCacheRequest(request));
+  const v1::Method method =
+      request.method() == v1::METHOD_UNSPECIFIED ? v1::SONIC : request.method();
+  const std::string& method_name = v1::Method_Name(method);
+  const compressor::Compressor* compressor = registry_->Find(method_name);
+  if (compressor == nullptr) {
+    return absl::UnimplementedError(absl::StrCat(
+        "method ", method_name, " is not available in this server; available: ",
+        absl::StrJoin(registry_->names(), ", ", AppendView)));
+  }
+
+  store::SessionKey key{std::string(tenant), request.session_id()};
+  NEXUSKV_ASSIGN_OR_RETURN(store::SessionRecord session, store_->GetSession(key));
+  NEXUSKV_ASSIGN_OR_RETURN(std::vector<store::SegmentRecord> segments, store_->ListSegments(key));
+  const uint32_t last = request.has_last_turn() ? request.last_turn() : session.num_turns() - 1;
+  if (last >= session.num_turns() || request.first_turn() > last) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "turn range ", request.first_turn(), "..", last, " is outside session \"",
+        request.session_id(), "\", which has turns 0..", session.num_turns() - 1));
+  }
+
+  const DType output_dtype =
+      request.output_dtype() == v1::DTYPE_UNSPECIFIED
+          ? *ToTensorDType(session.model().dtype(), "model.dtype")
+          : *ToTensorDType(request.output_dtype(), "output_dtype");
+  const uint32_t count = last - request.first_turn() + 1;
+  const uint32_t raw_from = method == v1::FULL || request.keep_recent_turns() >= count
+                                ? request.first_turn()
+                                : last + 1 - request.keep_recent_turns();
+
+  std::vector<TurnPlan> plan;
+  std::vector<compressor::TurnShape> shapes;
+  int64_t raw_tokens = 0;
+  int64_t compressible_tokens = 0;
+  for (uint32_t t = request.first_turn(); t <= last; ++t) {
+    TurnPlan turn{.record = segments[t], .raw = t >= raw_from};
+    if (turn.raw) {
+      turn.entries = turn.record.num_tokens();
+      raw_tokens += turn.entries;
+    } else {
+      compressible_tokens += turn.record.num_tokens();
+      shapes.push_back({.num_tokens = turn.record.num_tokens(), .session_start = t == 0});
+    }
+    plan.push_back(std::move(turn));
+  }
+
+  // Selection methods carry no bias; SONIC will set it (and honour BIAS_MODE_NONE).
+  const bool has_bias = false;
+  if (!shapes.empty()) {
+    NEXUSKV_ASSIGN_OR_RETURN(int64_t budget,
+                             CompressedBudget(request, session.model(), output_dtype, has_bias,
+                                              compressible_tokens, raw_tokens));
+    const std::vector<int64_t> allocation = compressor->Allocate(shapes, budget);
+    size_t i = 0;
+    for (TurnPlan& turn : plan) {
+      if (turn.raw) continue;
+      turn.entries = allocation[i++];
+      if (turn.entries > 0 && compressor->has_fit()) {
+        NEXUSKV_RETURN_IF_ERROR(
+            fits_.Ensure(FitJob{key, session.model(), turn.record, compressor}));
+      }
+    }
+  }
+
+  v1::CacheHeader header;
+  header.set_session_id(request.session_id());
+  *header.mutable_model() = session.model();
+  header.mutable_model()->set_dtype(request.output_dtype() == v1::DTYPE_UNSPECIFIED
+                                        ? session.model().dtype()
+                                        : request.output_dtype());
+  header.set_method(method);
+  header.set_next_position(session.next_position());
+  header.set_has_bias(has_bias);
+  int64_t entries = 0;
+  uint64_t original = 0;
+  for (const TurnPlan& turn : plan) {
+    v1::TurnAllocation* a = header.add_turns();
+    a->set_turn(turn.record.turn());
+    a->set_role(turn.record.role());
+    a->set_original_tokens(turn.record.num_tokens());
+    a->set_kept_entries(static_cast<uint32_t>(turn.entries));
+    a->set_raw(turn.raw);
+    a->set_method(turn.raw ? v1::FULL : method);
+    entries += turn.entries;
+    original += turn.record.num_tokens();
+  }
+  header.set_original_tokens(original);
+  for (uint32_t l = 0; l < session.model().num_layers(); ++l) {
+    header.add_entries_per_layer(static_cast<uint32_t>(entries));
+  }
+  const v1::ModelSpec& m = session.model();
+  header.set_cache_bytes(uint64_t(entries) * m.num_layers() * m.num_kv_heads() *
+                         (2ull * m.head_dim() * DTypeSize(output_dtype) + (has_bias ? 4 : 0)));
+  return std::make_unique<CacheAssembly>(store_, std::move(key), session.model(), output_dtype,
+                                         compressor, std::move(plan), std::move(header));
+}
+
+absl::StatusOr<v1::SessionInfo> KvMemoryCore::GetSession(std::string_view tenant,
+                                                         std::string_view session_id) {
+  NEXUSKV_RETURN_IF_ERROR(store::ValidateId("session_id", session_id));
+  store::SessionKey key{std::string(tenant), std::string(session_id)};
+  NEXUSKV_ASSIGN_OR_RETURN(store::SessionRecord session, store_->GetSession(key));
+  NEXUSKV_ASSIGN_OR_RETURN(std::vector<store::SegmentRecord> segments, store_->ListSegments(key));
+  v1::SessionInfo info = ToSessionInfo(session);
+  for (const store::SegmentRecord& s : segments) {
+    v1::TurnInfo* t = info.add_turns();
+    t->set_turn(s.turn());
+    t->set_role(s.role());
+    t->set_num_tokens(s.num_tokens());
+    t->set_first_position(s.first_position());
+    t->set_num_probe_queries(s.num_probe_queries());
+    t->set_raw_bytes(s.raw_bytes());
+  }
+  return info;
+}
+
+absl::StatusOr<v1::ListSessionsResponse> KvMemoryCore::ListSessions(
+    std::string_view tenant, const v1::ListSessionsRequest& request) {
+  constexpr uint32_t kDefaultPageSize = 100;
+  constexpr uint32_t kMaxPageSize = 1000;
+  const uint32_t page_size = request.page_size() == 0 ? kDefaultPageSize : request.page_size();
+  if (page_size > kMaxPageSize) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("page_size ", page_size, " is over the maximum of ", kMaxPageSize));
+  }
+  NEXUSKV_ASSIGN_OR_RETURN(
+      store::SessionPage page,
+      store_->ListSessions(tenant, request.prefix(), request.page_token(), page_size));
+  v1::ListSessionsResponse response;
+  for (const store::SessionRecord& r : page.sessions) *response.add_sessions() = ToSessionInfo(r);
+  response.set_next_page_token(page.next_page_token);
+  return response;
+}
+
+absl::StatusOr<v1::DeleteSessionResponse> KvMemoryCore::DeleteSession(
+    std::string_view tenant, std::string_view session_id) {
+  NEXUSKV_RETURN_IF_ERROR(store::ValidateId("session_id", session_id));
+  NEXUSKV_ASSIGN_OR_RETURN(
+      store::DeleteOutcome outcome,
+      store_->DeleteSession({std::string(tenant), std::string(session_id)}));
+  Log(LogLevel::kInfo, "session_deleted",
+      {{"tenant", tenant}, {"session", session_id}, {"turns", outcome.deleted_turns},
+       {"bytes", outcome.freed_bytes}});
+  v1::DeleteSessionResponse response;
+  response.set_deleted_turns(outcome.deleted_turns);
+  response.set_freed_bytes(outcome.freed_bytes);
+  return response;
+}
+
+}  // namespace nexuskv::service

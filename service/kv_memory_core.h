@@ -1,0 +1,79 @@
+// KvMemoryCore: what the KvMemory service does, without gRPC.
+//
+// The gRPC layer (grpc_service.h) only moves messages; every decision is made here and returned as
+// absl::Status / StatusOr with the code the contract names, so it can be unit-tested directly:
+//
+//   KvMemoryCore core(store.get(), &CompressorRegistry::Default(), CoreOptions{});
+//   NEXUSKV_ASSIGN_OR_RETURN(auto ack, core.Append("default", std::move(segment)));
+//   NEXUSKV_ASSIGN_OR_RETURN(auto cache, core.PlanCache("default", request));
+//   for (uint32_t l = 0; l < cache->num_layers(); ++l) Send(cache->BuildLayer(l));
+//
+// Every method takes the caller's tenant; sessions of other tenants are invisible (NOT_FOUND).
+// Thread-safe.
+#ifndef NEXUSKV_SERVICE_KV_MEMORY_CORE_H_
+#define NEXUSKV_SERVICE_KV_MEMORY_CORE_H_
+
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "absl/status/statusor.h"
+#include "compressor/compressor.h"
+#include "nexuskv/v1/kv_memory.pb.h"
+#include "service/cache_assembly.h"
+#include "service/fit_scheduler.h"
+#include "service/limits.h"
+#include "service/segment_assembler.h"
+#include "store/store.h"
+
+namespace nexuskv::service {
+
+struct CoreOptions {
+  Limits limits;
+  // Background fit workers and their queue (see FitScheduler).
+  int fit_threads = 1;
+  size_t fit_queue = 1024;
+  // Compute fits right after each append (true) or only when a GetCache needs them (false).
+  bool precompute_fits = true;
+};
+
+class KvMemoryCore {
+ public:
+  // `store` and `registry` must outlive the core.
+  KvMemoryCore(store::Store* store, const compressor::CompressorRegistry* registry,
+               CoreOptions options);
+  KvMemoryCore(const KvMemoryCore&) = delete;
+  KvMemoryCore& operator=(const KvMemoryCore&) = delete;
+
+  // Stores a validated segment (durably) and schedules its fits. Store errors pass through
+  // (FAILED_PRECONDITION, ALREADY_EXISTS, RESOURCE_EXHAUSTED, ...).
+  absl::StatusOr<nexuskv::v1::AppendSegmentResponse> Append(std::string_view tenant,
+                                                            AssembledSegment segment);
+
+  // Validates the request against the session, allocates the budget across turns, makes sure the
+  // fits it needs are stored, and returns the plan that builds each layer. NOT_FOUND for a missing
+  // session, INVALID_ARGUMENT for a bad request or a turn range outside the session,
+  // UNIMPLEMENTED for a method this server does not have.
+  absl::StatusOr<std::unique_ptr<CacheAssembly>> PlanCache(
+      std::string_view tenant, const nexuskv::v1::GetCacheRequest& request);
+
+  absl::StatusOr<nexuskv::v1::SessionInfo> GetSession(std::string_view tenant,
+                                                      std::string_view session_id);
+  absl::StatusOr<nexuskv::v1::ListSessionsResponse> ListSessions(
+      std::string_view tenant, const nexuskv::v1::ListSessionsRequest& request);
+  absl::StatusOr<nexuskv::v1::DeleteSessionResponse> DeleteSession(std::string_view tenant,
+                                                                   std::string_view session_id);
+
+  // Stops background fits (GetCache still computes what it needs). Idempotent.
+  void Shutdown();
+
+ private:
+  store::Store* const store_;
+  const compressor::CompressorRegistry* const registry_;
+  const CoreOptions options_;
+  FitScheduler fits_;
+};
+
+}  // namespace nexuskv::service
+
+#endif  // NEXUSKV_SERVICE_KV_MEMORY_CORE_H_

@@ -1,0 +1,55 @@
+// nexuskv-server: the nexuskv KV-cache memory tier. Flags, logging, RunServer; nothing else.
+#include <cstdlib>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "common/log.h"
+#include "service/server.h"
+
+ABSL_FLAG(std::string, listen, "localhost:50051", "Address to serve gRPC on (host:port).");
+ABSL_FLAG(std::string, data_dir, "./data", "RocksDB data directory (created when missing).");
+ABSL_FLAG(bool, sync_writes, true, "fsync the WAL before acknowledging an append.");
+ABSL_FLAG(uint64_t, max_message_bytes, 64ull << 20, "Largest gRPC message accepted or sent.");
+ABSL_FLAG(uint32_t, max_tokens_per_turn, 65536, "Most tokens in one appended segment.");
+ABSL_FLAG(uint64_t, max_segment_bytes, 2ull << 30,
+          "Most tensor bytes (keys + values + probes, all layers) in one segment.");
+ABSL_FLAG(int, fit_threads, 1, "Background compression workers.");
+ABSL_FLAG(uint64_t, fit_queue, 1024, "Queued background fits beyond which new ones wait for "
+                                     "the next GetCache.");
+ABSL_FLAG(bool, precompute_fits, true, "Compress each turn right after it is appended.");
+ABSL_FLAG(int, rpc_threads, 8, "Threads for blocking RPC work (RocksDB, cache assembly).");
+ABSL_FLAG(int, shutdown_grace_s, 20, "Seconds in-flight RPCs get to finish on SIGTERM/SIGINT.");
+ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error.");
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("nexuskv-server --listen=HOST:PORT --data_dir=DIR");
+  absl::ParseCommandLine(argc, argv);
+
+  const std::string level = absl::GetFlag(FLAGS_log_level);
+  nexuskv::SetMinLogLevel(level == "debug"     ? nexuskv::LogLevel::kDebug
+                          : level == "warning" ? nexuskv::LogLevel::kWarning
+                          : level == "error"   ? nexuskv::LogLevel::kError
+                                               : nexuskv::LogLevel::kInfo);
+
+  nexuskv::service::ServerOptions options;
+  options.listen = absl::GetFlag(FLAGS_listen);
+  options.store.path = absl::GetFlag(FLAGS_data_dir);
+  options.store.sync_writes = absl::GetFlag(FLAGS_sync_writes);
+  options.core.limits.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  options.core.limits.max_tokens_per_turn = absl::GetFlag(FLAGS_max_tokens_per_turn);
+  options.core.limits.max_segment_bytes = absl::GetFlag(FLAGS_max_segment_bytes);
+  options.core.fit_threads = absl::GetFlag(FLAGS_fit_threads);
+  options.core.fit_queue = absl::GetFlag(FLAGS_fit_queue);
+  options.core.precompute_fits = absl::GetFlag(FLAGS_precompute_fits);
+  options.rpc_threads = absl::GetFlag(FLAGS_rpc_threads);
+  options.shutdown_grace = absl::Seconds(absl::GetFlag(FLAGS_shutdown_grace_s));
+
+  const absl::Status status = nexuskv::service::RunServer(options);
+  if (!status.ok()) {
+    nexuskv::Log(nexuskv::LogLevel::kError, "server_failed", {{"status", status.ToString()}});
+    return EXIT_FAILURE;
+  }
+  return EXIT_SUCCESS;
+}

@@ -1,0 +1,37 @@
+// RunServer: wires store, compressors, core and gRPC into a running nexuskv server.
+//
+//   ServerOptions options;
+//   options.listen = "0.0.0.0:50051";
+//   return RunServer(options).ok() ? 0 : 1;
+//
+// RunServer blocks until SIGTERM or SIGINT, then shuts down gracefully: health turns NOT_SERVING,
+// in-flight RPCs get options.shutdown_grace to finish (then are cancelled), background fits stop,
+// RocksDB is closed. Call it from main() before starting any other thread (it blocks the two
+// signals for the whole process and waits for them on the calling thread).
+#ifndef NEXUSKV_SERVICE_SERVER_H_
+#define NEXUSKV_SERVICE_SERVER_H_
+
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "service/kv_memory_core.h"
+#include "store/store.h"
+
+namespace nexuskv::service {
+
+struct ServerOptions {
+  std::string listen = "localhost:50051";  // host:port; port 0 picks a free one (logged).
+  store::Options store;                    // store.path is the data directory.
+  CoreOptions core;
+  int rpc_threads = 8;              // Executor threads for blocking RPC work.
+  size_t rpc_queue = 4096;          // Queued RPC work beyond which calls fail with UNAVAILABLE.
+  absl::Duration shutdown_grace = absl::Seconds(20);
+};
+
+// Errors: the store's Open errors; UNAVAILABLE when the address cannot be bound.
+absl::Status RunServer(const ServerOptions& options);
+
+}  // namespace nexuskv::service
+
+#endif  // NEXUSKV_SERVICE_SERVER_H_
