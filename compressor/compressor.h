@@ -13,6 +13,30 @@
 //
 // All math is float32; callers decode float16/bfloat16 first (tensor/dtype.h). Compressors are
 // stateless and thread-safe; the registry is immutable after construction.
+//
+// The built-in methods (CPU reference; positions are first_position + token index):
+//   FULL           No fit (a non-empty one is refused); Materialize requires n == T and returns
+//                  every token.
+//   STREAMING_LLM  No fit (a non-empty one is refused). Keeps the turn's most recent tokens; the
+//                  session-start turn keeps its first 4 tokens (attention sinks) before anything
+//                  else. Its Allocate gives the session-start turn its sinks, then fills the
+//                  budget from the most recent turn backwards: one global sink + recent window
+//                  over the session.
+//   H2O            Fit ranks each kv head's tokens by alternating the most recent token not yet
+//                  taken with the heaviest hitter not yet taken (most recent first), so any budget
+//                  holds about half of each. Heavy = attention accumulated over the scoring
+//                  queries (below), summed over the query-head group.
+//   SNAPKV         Fit ranks each kv head's scoring window (last W tokens, most recent first), then
+//                  the tokens before it by their attention from the window's queries, averaged over
+//                  the query-head group, summed over the window, average-pooled (kernel 5), as
+//                  kvpress's SnapKVPress.
+// Scoring queries: the probes when P > 0 (causal: probe j is token T-P+j and sees tokens <= it);
+// when P = 0, the proxy: the keys of the last W = min(T, 16) tokens of the same kv head, used by
+// every query head of its group, with the same causal rule. Selection methods store one ranking
+// per kv head (most important first), so the entries kept at n are a subset of those at n + 1 and
+// every budget is served from one fit; they add no bias. Ties in scores go to the lower index.
+// Every Fit and Materialize first checks the view (H, Hq, T, D >= 1, Hq % H == 0, 0 <= P <= T,
+// first_position >= 0, span sizes H*T*D, H*T*D and Hq*P*D) and returns InvalidArgument otherwise.
 #ifndef NEXUSKV_COMPRESSOR_COMPRESSOR_H_
 #define NEXUSKV_COMPRESSOR_COMPRESSOR_H_
 

@@ -1,0 +1,46 @@
+// The built-in methods, constructed by CompressorRegistry::Default(), and the pure ranking rules
+// behind them (exposed here so that tests can check them on hand-made scores).
+#ifndef NEXUSKV_COMPRESSOR_INTERNAL_METHODS_H_
+#define NEXUSKV_COMPRESSOR_INTERNAL_METHODS_H_
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "compressor/compressor.h"
+
+namespace nexuskv::compressor::internal {
+
+// Attention sinks: tokens at the start of the session that StreamingLLM always keeps.
+inline constexpr int kSinkTokens = 4;
+
+// SnapKV's 1-D average pooling kernel (kvpress SnapKVPress default).
+inline constexpr int kSnapKvPoolKernel = 5;
+
+std::unique_ptr<Compressor> NewFullCompressor();
+std::unique_ptr<Compressor> NewStreamingLlmCompressor();
+std::unique_ptr<Compressor> NewH2OCompressor();
+std::unique_ptr<Compressor> NewSnapKvCompressor();
+
+// StreamingLLM's order for a turn of T tokens: with `session_start` its first min(T, kSinkTokens)
+// tokens, then the rest from the most recent back; otherwise all tokens, most recent first.
+std::vector<uint32_t> StreamingLlmOrder(int num_tokens, bool session_start);
+
+// H2O's order for one kv head from its accumulated attention ([T]): alternately the most recent
+// token not yet taken and the highest-scoring token not yet taken (ties to the lower index),
+// starting with the most recent.
+std::vector<uint32_t> H2OOrder(std::span<const float> scores);
+
+// SnapKV's pooling: out[i] = sum of scores[i-2 .. i+2] / 5, out-of-range terms counting as 0
+// (avg_pool1d with kernel 5, padding 2, stride 1, padding counted).
+std::vector<float> AveragePool(std::span<const float> scores);
+
+// SnapKV's order for one kv head: the last `window` tokens, most recent first, then the prefix
+// [0, T - window) by descending pooled score (ties to the lower index). `prefix_scores` has
+// T - window entries, already pooled.
+std::vector<uint32_t> SnapKvOrder(std::span<const float> prefix_scores, int window);
+
+}  // namespace nexuskv::compressor::internal
+
+#endif  // NEXUSKV_COMPRESSOR_INTERNAL_METHODS_H_
