@@ -73,6 +73,7 @@ absl::Status RunServer(const ServerOptions& options) {
   server->Shutdown(std::chrono::system_clock::now() +
                    absl::ToChronoSeconds(options.shutdown_grace));
   server->Wait();
+  Log(LogLevel::kDebug, "rpcs_drained", {});
   executor.Shutdown();
   core.Shutdown();
   store.reset();  // Closes RocksDB after every writer has stopped.
