@@ -1,0 +1,182 @@
+// nexuskv::client: the C++ client of the nexuskv KV-cache memory tier (service
+// nexuskv.v1.KvMemory).
+//
+// An inference worker appends each finished turn's key/value tensors and, when a conversation
+// resumes, fetches a cache fitted to a budget:
+//
+//   ClientOptions options;
+//   options.target = "kv-tier.internal:50051";
+//   NEXUSKV_ASSIGN_OR_RETURN(std::unique_ptr<Client> client, Client::Connect(options));
+//
+//   TurnTensors turn;
+//   turn.session_id = "chat-42";
+//   turn.turn = 0;
+//   turn.role = v1::ROLE_USER;
+//   turn.model = spec;                       // L, H, Hq, D, dtype
+//   turn.layers = {{k0, v0, q0}, {k1, v1, q1}, ...};  // bytes in spec.dtype(), [H,T,D] / [Hq,P,D]
+//   NEXUSKV_ASSIGN_OR_RETURN(v1::AppendSegmentResponse ack, client->AppendTurn(turn));
+//
+//   v1::GetCacheRequest request;
+//   request.set_session_id("chat-42");
+//   request.mutable_budget()->set_keep_ratio(0.2);
+//   NEXUSKV_ASSIGN_OR_RETURN(Cache cache, client->GetCache(request));
+//
+// Errors: every method returns the server's gRPC status converted one to one (same code, same
+// message) as an absl::Status, plus these client-side codes:
+//   InvalidArgument   the request was refused before sending (shapes, sizes, empty ids).
+//   ResourceExhausted one message would exceed ClientOptions::max_message_bytes.
+//   Internal          the server broke the stream protocol (missing header, layers out of order,
+//                     a page token that does not advance).
+//   DataLoss          the server sent tensors whose byte lengths do not match the header.
+//
+// Thread safety: a Client is safe for concurrent use from many threads without external
+// synchronization. All calls share one gRPC channel; each call carries its own deadline.
+#ifndef NEXUSKV_CLIENTS_CPP_CLIENT_H_
+#define NEXUSKV_CLIENTS_CPP_CLIENT_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "nexuskv/v1/kv_memory.grpc.pb.h"
+#include "tensor/dtype.h"
+
+namespace nexuskv::client {
+
+namespace v1 = ::nexuskv::v1;
+
+struct ClientOptions {
+  // gRPC target, for instance "localhost:50051" or "dns:///kv-tier:50051". Must not be empty.
+  std::string target = "localhost:50051";
+  // Deadline of every call, measured from its start (a whole stream counts as one call). > 0.
+  absl::Duration timeout = absl::Seconds(30);
+  // Largest message sent or received. One LayerChunk / CacheLayer must fit. > 0.
+  int max_message_bytes = 64 << 20;
+  // When true, calls wait (up to their deadline) for the channel to become ready instead of
+  // failing fast with UNAVAILABLE while the server is unreachable.
+  bool wait_for_ready = false;
+  // Transport credentials; null means insecure (plaintext), as for a sidecar or a local tier.
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
+};
+
+// One layer of a turn in the session dtype, little-endian, row-major. Views: the caller keeps the
+// bytes alive for the duration of AppendTurn. std::string and byte spans convert through
+// AsBytes().
+struct LayerBytes {
+  std::string_view keys;           // [H, T, D]
+  std::string_view values;         // [H, T, D]
+  std::string_view probe_queries;  // [Hq, P, D]; empty when the turn has no probes.
+};
+
+// A turn ready to append. T (num_tokens) and P (num_probe_queries) are derived from the byte
+// lengths and must be the same in every layer.
+struct TurnTensors {
+  std::string session_id;
+  uint32_t turn = 0;
+  uint64_t first_position = 0;
+  v1::Role role = v1::ROLE_UNSPECIFIED;
+  v1::ModelSpec model;             // dtype must be set; layers.size() == model.num_layers().
+  std::vector<LayerBytes> layers;  // layers[l] is layer l.
+};
+
+// The same turn as float32 values; AppendTurn encodes each layer to model.dtype() while sending.
+struct FloatLayer {
+  std::span<const float> keys;           // [H, T, D]
+  std::span<const float> values;         // [H, T, D]
+  std::span<const float> probe_queries;  // [Hq, P, D]; empty when the turn has no probes.
+};
+struct FloatTurnTensors {
+  std::string session_id;
+  uint32_t turn = 0;
+  uint64_t first_position = 0;
+  v1::Role role = v1::ROLE_UNSPECIFIED;
+  v1::ModelSpec model;
+  std::vector<FloatLayer> layers;
+};
+
+// A GetCache answer: the header, then layers[l] for every layer l in 0..L-1 (layers[l].layer() ==
+// l). Byte lengths were checked against the header: keys/values [H, N_l, D] in header.model()
+// dtype, bias [H, N_l] float32 when header.has_bias() (else empty), positions [H, N_l] int64.
+struct Cache {
+  v1::CacheHeader header;
+  std::vector<v1::CacheLayer> layers;
+};
+
+class Client {
+ public:
+  // Creates the channel. Channels connect lazily, so an unreachable server shows up as
+  // UNAVAILABLE (or DEADLINE_EXCEEDED with wait_for_ready) on the first call, not here.
+  // InvalidArgument for an empty target or a non-positive timeout or message size.
+  static absl::StatusOr<std::unique_ptr<Client>> Connect(const ClientOptions& options);
+
+  // For tests and for callers that manage channels themselves. `channel` must not be null.
+  Client(std::shared_ptr<grpc::Channel> channel, const ClientOptions& options);
+
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+  // Streams one turn (header, then layers 0..L-1) and returns the server's acknowledgement, sent
+  // once the turn is durable. Retrying an identical turn is safe (already_stored is then true).
+  // InvalidArgument before sending when the layer count or a byte length does not fit the spec.
+  absl::StatusOr<v1::AppendSegmentResponse> AppendTurn(const TurnTensors& turn);
+  absl::StatusOr<v1::AppendSegmentResponse> AppendTurn(const FloatTurnTensors& turn);
+
+  // Fetches the whole answer into memory and checks its shape (see Cache).
+  absl::StatusOr<Cache> GetCache(const v1::GetCacheRequest& request);
+
+  // Session metadata with per-turn info. NotFound when the session does not exist.
+  absl::StatusOr<v1::SessionInfo> GetSession(std::string_view session_id);
+
+  // One page of sessions (SessionInfo.turns left empty by the server).
+  absl::StatusOr<v1::ListSessionsResponse> ListSessions(const v1::ListSessionsRequest& request);
+
+  // Every session whose id starts with `prefix`, following page tokens; each page is its own
+  // call with its own deadline. Internal when the server repeats a page token.
+  absl::StatusOr<std::vector<v1::SessionInfo>> ListAllSessions(std::string_view prefix = "");
+
+  // Deletes every turn and fit of a session. NotFound when it does not exist.
+  absl::StatusOr<v1::DeleteSessionResponse> DeleteSession(std::string_view session_id);
+
+  const ClientOptions& options() const { return options_; }
+
+ private:
+  // Produces the chunk of one layer, called for layers 0..L-1 in order while streaming.
+  using LayerSource = std::function<absl::StatusOr<v1::LayerChunk>(uint32_t layer)>;
+  absl::StatusOr<v1::AppendSegmentResponse> Append(const v1::SegmentHeader& header,
+                                                   const LayerSource& source);
+  void PrepareContext(grpc::ClientContext& context) const;
+
+  const ClientOptions options_;
+  const std::shared_ptr<grpc::Channel> channel_;
+  const std::unique_ptr<v1::KvMemory::Stub> stub_;
+};
+
+// A byte view over any contiguous buffer of bytes (std::string, std::vector<uint8_t>,
+// std::span<const std::byte>...), for LayerBytes.
+template <typename T>
+std::string_view AsBytes(std::span<const T> bytes) {
+  static_assert(sizeof(T) == 1, "AsBytes takes spans of single bytes");
+  return std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+}
+
+// grpc::Status -> absl::Status, same code and message (gRPC's codes are absl's codes).
+absl::Status FromGrpcStatus(const grpc::Status& status);
+
+// The nexuskv::DType of a wire dtype; InvalidArgument for DTYPE_UNSPECIFIED or unknown values.
+absl::StatusOr<DType> ToTensorDType(v1::DType dtype);
+
+// The wire dtype of a nexuskv::DType.
+v1::DType ToWireDType(DType dtype);
+
+}  // namespace nexuskv::client
+
+#endif  // NEXUSKV_CLIENTS_CPP_CLIENT_H_
