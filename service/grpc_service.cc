@@ -20,12 +20,24 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
 }
 
-absl::StatusOr<std::string> KvMemoryService::TenantOf(grpc::CallbackServerContext*) {
-  return std::string("default");
+absl::StatusOr<std::string> KvMemoryService::TenantOf(
+    grpc::CallbackServerContext* context) const {
+  if (tenants_ == nullptr) return std::string("default");
+  const auto& metadata = context->client_metadata();
+  auto it = metadata.find("authorization");
+  const std::string_view header =
+      it == metadata.end() ? std::string_view() : std::string_view(it->second.data(), it->second.size());
+  absl::StatusOr<std::string> tenant = tenants_->TenantForAuthorization(header);
+  if (!tenant.ok()) {
+    Log(LogLevel::kWarning, "unauthenticated",
+        {{"peer", context->peer()}, {"reason", tenant.status().message()}});
+  }
+  return tenant;
 }
 
-KvMemoryService::KvMemoryService(KvMemoryCore* core, ThreadPool* executor, Limits limits)
-    : core_(core), executor_(executor), limits_(limits) {}
+KvMemoryService::KvMemoryService(KvMemoryCore* core, ThreadPool* executor, Limits limits,
+                                 const TenantDirectory* tenants)
+    : core_(core), executor_(executor), limits_(limits), tenants_(tenants) {}
 
 // Receives the stream into a SegmentAssembler (validating each message as it arrives), then
 // commits on the executor once the client half-closes.
@@ -69,7 +81,7 @@ class KvMemoryService::AppendReactor final
   }
 
   void Commit() {
-    absl::StatusOr<std::string> tenant = TenantOf(context_);
+    absl::StatusOr<std::string> tenant = service_->TenantOf(context_);
     if (!tenant.ok()) return Finish(ToGrpcStatus(tenant.status()));
     absl::StatusOr<AssembledSegment> segment = std::move(assembler_).Finish();
     if (!segment.ok()) return Refuse(segment.status());
@@ -114,7 +126,7 @@ class KvMemoryService::GetCacheReactor final
 
  private:
   void Plan() {
-    absl::StatusOr<std::string> tenant = TenantOf(context_);
+    absl::StatusOr<std::string> tenant = service_->TenantOf(context_);
     if (!tenant.ok()) return Finish(ToGrpcStatus(tenant.status()));
     absl::StatusOr<std::unique_ptr<CacheAssembly>> plan =
         service_->core_->PlanCache(*tenant, request_);
@@ -160,7 +172,7 @@ grpc::ServerUnaryReactor* KvMemoryService::RunUnary(
     grpc::CallbackServerContext* context,
     std::function<absl::Status(const std::string& tenant)> fn) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  const bool scheduled = executor_->TrySchedule([context, reactor, fn = std::move(fn)] {
+  const bool scheduled = executor_->TrySchedule([this, context, reactor, fn = std::move(fn)] {
     absl::StatusOr<std::string> tenant = TenantOf(context);
     reactor->Finish(ToGrpcStatus(tenant.ok() ? fn(*tenant) : tenant.status()));
   });

@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "grpcpp/grpcpp.h"
 #include "nexuskv/v1/kv_memory.grpc.pb.h"
+#include "service/auth.h"
 #include "service/internal/thread_pool.h"
 #include "service/kv_memory_core.h"
 
@@ -23,8 +24,10 @@ grpc::Status ToGrpcStatus(const absl::Status& status);
 
 class KvMemoryService final : public nexuskv::v1::KvMemory::CallbackService {
  public:
-  // `core` and `executor` must outlive the service (and the grpc::Server it is registered with).
-  KvMemoryService(KvMemoryCore* core, ThreadPool* executor, Limits limits);
+  // `core`, `executor` and `tenants` must outlive the service (and the grpc::Server it is
+  // registered with). `tenants` null: no authentication, every caller is tenant "default".
+  KvMemoryService(KvMemoryCore* core, ThreadPool* executor, Limits limits,
+                  const TenantDirectory* tenants = nullptr);
 
   grpc::ServerReadReactor<nexuskv::v1::AppendSegmentRequest>* AppendSegment(
       grpc::CallbackServerContext* context,
@@ -41,8 +44,9 @@ class KvMemoryService final : public nexuskv::v1::KvMemory::CallbackService {
                                           const nexuskv::v1::DeleteSessionRequest* request,
                                           nexuskv::v1::DeleteSessionResponse* response) override;
 
-  // The tenant a call acts for. Until authentication exists every caller is tenant "default".
-  static absl::StatusOr<std::string> TenantOf(grpc::CallbackServerContext* context);
+  // The tenant a call acts for: from its "authorization: Bearer <token>" metadata when the server
+  // has a TenantDirectory (UNAUTHENTICATED otherwise), else "default".
+  absl::StatusOr<std::string> TenantOf(grpc::CallbackServerContext* context) const;
 
  private:
   class AppendReactor;
@@ -55,6 +59,7 @@ class KvMemoryService final : public nexuskv::v1::KvMemory::CallbackService {
   KvMemoryCore* const core_;
   ThreadPool* const executor_;
   const Limits limits_;
+  const TenantDirectory* const tenants_;
 };
 
 }  // namespace nexuskv::service

@@ -21,6 +21,13 @@ ABSL_FLAG(uint64_t, fit_queue, 1024, "Queued background fits beyond which new on
 ABSL_FLAG(bool, precompute_fits, true, "Compress each turn right after it is appended.");
 ABSL_FLAG(int, rpc_threads, 8, "Threads for blocking RPC work (RocksDB, cache assembly).");
 ABSL_FLAG(int, shutdown_grace_s, 20, "Seconds in-flight RPCs get to finish on SIGTERM/SIGINT.");
+ABSL_FLAG(std::string, tls_cert_file, "", "PEM server certificate chain; with --tls_key_file "
+          "the server speaks TLS only.");
+ABSL_FLAG(std::string, tls_key_file, "", "PEM private key of --tls_cert_file.");
+ABSL_FLAG(std::string, tls_client_ca_file, "", "PEM CA bundle; set for mutual TLS (clients must "
+          "present a certificate it signed).");
+ABSL_FLAG(std::string, auth_tokens_file, "", "Bearer tokens -> tenants ('TENANT sha256:HEX' per "
+          "line; SIGHUP reloads). Empty: no authentication, tenant 'default'.");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error.");
 
 int main(int argc, char** argv) {
@@ -45,6 +52,10 @@ int main(int argc, char** argv) {
   options.core.precompute_fits = absl::GetFlag(FLAGS_precompute_fits);
   options.rpc_threads = absl::GetFlag(FLAGS_rpc_threads);
   options.shutdown_grace = absl::Seconds(absl::GetFlag(FLAGS_shutdown_grace_s));
+  options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert_file);
+  options.tls_key_file = absl::GetFlag(FLAGS_tls_key_file);
+  options.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca_file);
+  options.auth_tokens_file = absl::GetFlag(FLAGS_auth_tokens_file);
 
   const absl::Status status = nexuskv::service::RunServer(options);
   if (!status.ok()) {

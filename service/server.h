@@ -4,7 +4,8 @@
 //   options.listen = "0.0.0.0:50051";
 //   return RunServer(options).ok() ? 0 : 1;
 //
-// RunServer blocks until SIGTERM or SIGINT, then shuts down gracefully: health turns NOT_SERVING,
+// RunServer blocks until SIGTERM or SIGINT (SIGHUP reloads the tokens file), then shuts down
+// gracefully: health turns NOT_SERVING,
 // in-flight RPCs get options.shutdown_grace to finish (then are cancelled), background fits stop,
 // RocksDB is closed. Call it from main() before starting any other thread (it blocks the two
 // signals for the whole process and waits for them on the calling thread).
@@ -27,9 +28,20 @@ struct ServerOptions {
   int rpc_threads = 8;              // Executor threads for blocking RPC work.
   size_t rpc_queue = 4096;          // Queued RPC work beyond which calls fail with UNAVAILABLE.
   absl::Duration shutdown_grace = absl::Seconds(20);
+
+  // TLS: both set -> the server speaks TLS only (PEM files). tls_client_ca_file set as well ->
+  // mutual TLS: clients must present a certificate signed by that CA or the handshake fails.
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  std::string tls_client_ca_file;
+  // Bearer tokens -> tenants (see auth.h). Empty: no authentication, every caller is tenant
+  // "default" (the embedded quick start; logged as insecure). SIGHUP reloads the file.
+  std::string auth_tokens_file;
 };
 
-// Errors: the store's Open errors; UNAVAILABLE when the address cannot be bound.
+// Errors: the store's Open errors; UNAVAILABLE when the address cannot be bound; INVALID_ARGUMENT
+// or NOT_FOUND for unusable TLS or token files (half a TLS configuration is refused, never
+// silently downgraded to plaintext).
 absl::Status RunServer(const ServerOptions& options);
 
 }  // namespace nexuskv::service

@@ -151,9 +151,13 @@ absl::Status ServerProcess::Launch() {
   return absl::OkStatus();
 }
 
+std::shared_ptr<grpc::ChannelCredentials> ServerProcess::ChannelCredentials() const {
+  return options_.credentials ? options_.credentials : grpc::InsecureChannelCredentials();
+}
+
 absl::Status ServerProcess::WaitUntilServing() {
   const std::shared_ptr<grpc::Channel> channel =
-      grpc::CreateCustomChannel(address_, grpc::InsecureChannelCredentials(), FastReconnectArgs());
+      grpc::CreateCustomChannel(address_, ChannelCredentials(), FastReconnectArgs());
   const std::unique_ptr<grpc::health::v1::Health::Stub> health =
       grpc::health::v1::Health::NewStub(channel);
   const absl::Time deadline = absl::Now() + options_.startup_timeout;
@@ -252,7 +256,7 @@ absl::StatusOr<std::unique_ptr<client::Client>> ServerProcess::Connect(
   args.SetMaxReceiveMessageSize(options.max_message_bytes);
   args.SetMaxSendMessageSize(options.max_message_bytes);
   return std::make_unique<client::Client>(
-      grpc::CreateCustomChannel(address_, grpc::InsecureChannelCredentials(), args), options);
+      grpc::CreateCustomChannel(address_, ChannelCredentials(), args), options);
 }
 
 std::string ServerProcess::LogTail(size_t max_bytes) const {

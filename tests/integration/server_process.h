@@ -31,6 +31,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "clients/cpp/client.h"
+#include "grpcpp/security/credentials.h"
 
 namespace nexuskv::testing {
 
@@ -46,6 +47,9 @@ struct ServerProcessOptions {
   absl::Duration startup_timeout = absl::Seconds(30);
   // How long Stop waits after SIGTERM before SIGKILL.
   absl::Duration stop_timeout = absl::Seconds(10);
+  // Channel credentials for the health checks and Connect(); null means plaintext. Set them when
+  // extra_flags turn on TLS.
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
 };
 
 class ServerProcess {
@@ -69,6 +73,8 @@ class ServerProcess {
   // The last `max_bytes` of the log.
   std::string LogTail(size_t max_bytes = 16384) const;
 
+  // The server's process id while it runs, -1 otherwise (for sending it signals).
+  pid_t pid() const { return pid_; }
   // Whether the process is alive (reaps it if it has exited).
   bool running();
   // How the last process ended ("exit 0", "signal 9 (Killed)"); empty while running or before.
@@ -93,6 +99,7 @@ class ServerProcess {
   explicit ServerProcess(ServerProcessOptions options);
   absl::Status Launch();
   absl::Status WaitUntilServing();
+  std::shared_ptr<grpc::ChannelCredentials> ChannelCredentials() const;
   // Waits up to `timeout` for the process to exit; true when it did (and was reaped).
   bool WaitForExit(absl::Duration timeout);
   absl::Status WithLog(absl::Status status) const;
