@@ -3,6 +3,7 @@
 #include <memory>
 #include <utility>
 
+#include "absl/time/clock.h"
 #include "common/log.h"
 
 namespace nexuskv::service {
@@ -10,6 +11,8 @@ namespace {
 
 namespace v1 = ::nexuskv::v1;
 
+const grpc::Status kDraining(grpc::StatusCode::UNAVAILABLE,
+                             "server shutting down; retry on another replica or after restart");
 const grpc::Status kBusy(grpc::StatusCode::UNAVAILABLE,
                          "server busy: its request queue is full; retry with backoff");
 
@@ -35,6 +38,22 @@ absl::StatusOr<std::string> KvMemoryService::TenantOf(
   return tenant;
 }
 
+bool KvMemoryService::Enter() {
+  in_flight_.fetch_add(1);
+  if (!draining_.load()) return true;
+  in_flight_.fetch_sub(1);
+  return false;
+}
+
+bool KvMemoryService::WaitUntilIdle(absl::Duration timeout) const {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (in_flight_.load() > 0) {
+    if (absl::Now() >= deadline) return false;
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  return true;
+}
+
 KvMemoryService::KvMemoryService(KvMemoryCore* core, ThreadPool* executor, Limits limits,
                                  const TenantDirectory* tenants)
     : core_(core), executor_(executor), limits_(limits), tenants_(tenants) {}
@@ -47,7 +66,11 @@ class KvMemoryService::AppendReactor final
   AppendReactor(KvMemoryService* service, grpc::CallbackServerContext* context,
                 v1::AppendSegmentResponse* response)
       : service_(service), context_(context), response_(response),
-        assembler_(service->limits_) {
+        assembler_(service->limits_), entered_(service->Enter()) {
+    if (!entered_) {
+      Finish(kDraining);
+      return;
+    }
     StartRead(&request_);
   }
 
@@ -70,7 +93,10 @@ class KvMemoryService::AppendReactor final
     if (!service_->executor_->TrySchedule([this] { Commit(); })) Finish(kBusy);
   }
 
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    if (entered_) service_->Leave();
+    delete this;
+  }
 
  private:
   void Refuse(const absl::Status& status) {
@@ -96,6 +122,7 @@ class KvMemoryService::AppendReactor final
   grpc::CallbackServerContext* const context_;
   v1::AppendSegmentResponse* const response_;
   SegmentAssembler assembler_;
+  const bool entered_;
   v1::AppendSegmentRequest request_;
 };
 
@@ -106,7 +133,11 @@ class KvMemoryService::GetCacheReactor final
  public:
   GetCacheReactor(KvMemoryService* service, grpc::CallbackServerContext* context,
                   const v1::GetCacheRequest* request)
-      : service_(service), context_(context), request_(*request) {
+      : service_(service), context_(context), request_(*request), entered_(service->Enter()) {
+    if (!entered_) {
+      Finish(kDraining);
+      return;
+    }
     if (!service_->executor_->TrySchedule([this] { Plan(); })) Finish(kBusy);
   }
 
@@ -122,7 +153,10 @@ class KvMemoryService::GetCacheReactor final
     if (!service_->executor_->TrySchedule([this] { WriteNextLayer(); })) Finish(kBusy);
   }
 
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    if (entered_) service_->Leave();
+    delete this;
+  }
 
  private:
   void Plan() {
@@ -153,6 +187,7 @@ class KvMemoryService::GetCacheReactor final
   KvMemoryService* const service_;
   grpc::CallbackServerContext* const context_;
   const v1::GetCacheRequest request_;
+  const bool entered_;
   std::unique_ptr<CacheAssembly> assembly_;
   uint32_t next_layer_ = 0;
   v1::GetCacheResponse response_;
@@ -172,11 +207,19 @@ grpc::ServerUnaryReactor* KvMemoryService::RunUnary(
     grpc::CallbackServerContext* context,
     std::function<absl::Status(const std::string& tenant)> fn) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (!Enter()) {
+    reactor->Finish(kDraining);
+    return reactor;
+  }
   const bool scheduled = executor_->TrySchedule([this, context, reactor, fn = std::move(fn)] {
     absl::StatusOr<std::string> tenant = TenantOf(context);
     reactor->Finish(ToGrpcStatus(tenant.ok() ? fn(*tenant) : tenant.status()));
+    Leave();
   });
-  if (!scheduled) reactor->Finish(kBusy);
+  if (!scheduled) {
+    reactor->Finish(kBusy);
+    Leave();
+  }
   return reactor;
 }
 

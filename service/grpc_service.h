@@ -7,10 +7,12 @@
 #ifndef NEXUSKV_SERVICE_GRPC_SERVICE_H_
 #define NEXUSKV_SERVICE_GRPC_SERVICE_H_
 
+#include <atomic>
 #include <string>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
 #include "nexuskv/v1/kv_memory.grpc.pb.h"
 #include "service/auth.h"
@@ -44,6 +46,13 @@ class KvMemoryService final : public nexuskv::v1::KvMemory::CallbackService {
                                           const nexuskv::v1::DeleteSessionRequest* request,
                                           nexuskv::v1::DeleteSessionResponse* response) override;
 
+  // Lameduck: from now on new calls fail fast with UNAVAILABLE (clients retry elsewhere); calls
+  // already running continue.
+  void BeginDrain() { draining_.store(true); }
+
+  // Waits until no call is running or `timeout` passes; true when idle.
+  bool WaitUntilIdle(absl::Duration timeout) const;
+
   // The tenant a call acts for: from its "authorization: Bearer <token>" metadata when the server
   // has a TenantDirectory (UNAUTHENTICATED otherwise), else "default".
   absl::StatusOr<std::string> TenantOf(grpc::CallbackServerContext* context) const;
@@ -51,6 +60,10 @@ class KvMemoryService final : public nexuskv::v1::KvMemory::CallbackService {
  private:
   class AppendReactor;
   class GetCacheReactor;
+
+  // Counts a call in (false, and the call must be refused, while draining) and out.
+  bool Enter();
+  void Leave() { in_flight_.fetch_sub(1); }
 
   // Runs fn on the executor and finishes the unary call with its status.
   grpc::ServerUnaryReactor* RunUnary(grpc::CallbackServerContext* context,
@@ -60,6 +73,8 @@ class KvMemoryService final : public nexuskv::v1::KvMemory::CallbackService {
   ThreadPool* const executor_;
   const Limits limits_;
   const TenantDirectory* const tenants_;
+  std::atomic<bool> draining_{false};
+  std::atomic<int> in_flight_{0};
 };
 
 }  // namespace nexuskv::service

@@ -125,11 +125,16 @@ absl::Status RunServer(const ServerOptions& options) {
   Log(LogLevel::kInfo, "shutdown_started",
       {{"signal", signal == SIGTERM ? "SIGTERM" : "SIGINT"},
        {"grace_s", absl::ToDoubleSeconds(options.shutdown_grace)}});
+  // Lameduck first: health NOT_SERVING, new calls refused with UNAVAILABLE, running calls get
+  // the grace period. Then shut down at once: waiting inside grpc::Server::Shutdown would also
+  // wait for idle client connections to acknowledge GOAWAY, which can take seconds.
   server->GetHealthCheckService()->SetServingStatus(false);
-  server->Shutdown(std::chrono::system_clock::now() +
-                   absl::ToChronoSeconds(options.shutdown_grace));
+  service.BeginDrain();
+  const bool idle = service.WaitUntilIdle(options.shutdown_grace);
+  Log(idle ? LogLevel::kInfo : LogLevel::kWarning, "rpcs_drained",
+      {{"cancelled_remaining", !idle}});
+  server->Shutdown(std::chrono::system_clock::now());
   server->Wait();
-  Log(LogLevel::kDebug, "rpcs_drained", {});
   executor.Shutdown();
   core.Shutdown();
   store.reset();  // Closes RocksDB after every writer has stopped.
