@@ -1,5 +1,9 @@
 #include "clients/cpp/client.h"
 
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <iterator>
 #include <set>
 #include <utility>
 
@@ -145,7 +149,54 @@ absl::Status CheckCacheLayer(const v1::CacheHeader& header, const v1::CacheLayer
   return CheckLength(layer.positions(), hn * 8, l, "positions", hn_shape + " int64");
 }
 
+absl::Status CheckBearerToken(std::string_view token) {
+  for (const char c : token) {
+    // HTTP/2 header values: visible ASCII. A space would also split "Bearer <token>" wrongly.
+    if (c < '!' || c > '~') {
+      return absl::InvalidArgumentError(
+          "the bearer token must be printable ASCII without spaces (ClientOptions.bearer_token)");
+    }
+  }
+  return absl::OkStatus();
+}
+
+// The contents of a PEM file; `what` names it in errors.
+absl::StatusOr<std::string> ReadPemFile(const std::string& path, const char* what) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::NotFoundError(
+        absl::StrCat("cannot read the ", what, " file ", path, ": ", std::strerror(errno)));
+  }
+  std::string pem((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) return absl::NotFoundError(absl::StrCat("cannot read the ", what, " file ", path));
+  if (pem.find("-----BEGIN ") == std::string::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the ", what, " file ", path, " holds no PEM block (-----BEGIN ...)"));
+  }
+  return pem;
+}
+
 }  // namespace
+
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> TlsCredentialsFromFiles(
+    const TlsFiles& files) {
+  if (files.cert_chain_file.empty() != files.private_key_file.empty()) {
+    return absl::InvalidArgumentError(
+        "a client certificate needs its private key: set both cert_chain_file and "
+        "private_key_file, or neither");
+  }
+  grpc::SslCredentialsOptions ssl;
+  if (!files.root_ca_file.empty()) {
+    NEXUSKV_ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadPemFile(files.root_ca_file, "root CA"));
+  }
+  if (!files.cert_chain_file.empty()) {
+    NEXUSKV_ASSIGN_OR_RETURN(ssl.pem_cert_chain,
+                             ReadPemFile(files.cert_chain_file, "client certificate"));
+    NEXUSKV_ASSIGN_OR_RETURN(ssl.pem_private_key,
+                             ReadPemFile(files.private_key_file, "client private key"));
+  }
+  return grpc::SslCredentials(ssl);
+}
 
 absl::Status FromGrpcStatus(const grpc::Status& status) {
   if (status.ok()) return absl::OkStatus();
@@ -186,6 +237,7 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
   if (options.max_message_bytes <= 0) {
     return absl::InvalidArgumentError("ClientOptions.max_message_bytes must be positive");
   }
+  NEXUSKV_RETURN_IF_ERROR(CheckBearerToken(options.bearer_token));
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(options.max_message_bytes);
   args.SetMaxSendMessageSize(options.max_message_bytes);
@@ -201,6 +253,9 @@ Client::Client(std::shared_ptr<grpc::Channel> channel, const ClientOptions& opti
 void Client::PrepareContext(grpc::ClientContext& context) const {
   context.set_deadline(absl::ToChronoTime(absl::Now() + options_.timeout));
   context.set_wait_for_ready(options_.wait_for_ready);
+  if (!options_.bearer_token.empty()) {
+    context.AddMetadata("authorization", absl::StrCat("Bearer ", options_.bearer_token));
+  }
 }
 
 absl::StatusOr<v1::AppendSegmentResponse> Client::AppendTurn(const TurnTensors& turn) {
@@ -355,11 +410,13 @@ absl::StatusOr<v1::ListSessionsResponse> Client::ListSessions(
   return response;
 }
 
-absl::StatusOr<std::vector<v1::SessionInfo>> Client::ListAllSessions(std::string_view prefix) {
+absl::StatusOr<std::vector<v1::SessionInfo>> Client::ListAllSessions(std::string_view prefix,
+                                                                     uint32_t page_size) {
   std::vector<v1::SessionInfo> sessions;
   std::set<std::string> seen_tokens;
   v1::ListSessionsRequest request;
   request.set_prefix(std::string(prefix));
+  request.set_page_size(page_size);
   while (true) {
     NEXUSKV_ASSIGN_OR_RETURN(v1::ListSessionsResponse page, ListSessions(request));
     for (v1::SessionInfo& s : *page.mutable_sessions()) sessions.push_back(std::move(s));

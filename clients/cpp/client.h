@@ -29,6 +29,12 @@
 //                     a page token that does not advance).
 //   DataLoss          the server sent tensors whose byte lengths do not match the header.
 //
+// Security: against a server with TLS and bearer tokens, set both (see ClientOptions):
+//
+//   NEXUSKV_ASSIGN_OR_RETURN(options.credentials,
+//                            TlsCredentialsFromFiles({.root_ca_file = "/etc/nexuskv/ca.pem"}));
+//   options.bearer_token = token;
+//
 // Thread safety: a Client is safe for concurrent use from many threads without external
 // synchronization. All calls share one gRPC channel; each call carries its own deadline.
 #ifndef NEXUSKV_CLIENTS_CPP_CLIENT_H_
@@ -65,8 +71,36 @@ struct ClientOptions {
   // failing fast with UNAVAILABLE while the server is unreachable.
   bool wait_for_ready = false;
   // Transport credentials; null means insecure (plaintext), as for a sidecar or a local tier.
+  // TlsCredentialsFromFiles builds TLS and mutual-TLS credentials from PEM files.
   std::shared_ptr<grpc::ChannelCredentials> credentials;
+  // Bearer token for servers started with --auth_tokens_file: every call carries the metadata
+  // "authorization: Bearer <token>", and the server answers UNAUTHENTICATED for a missing or
+  // unknown token. Empty: no authorization metadata. It is sent per call, so it works over
+  // plaintext channels too (a loopback sidecar); anywhere else, pair it with TLS credentials, or
+  // the token crosses the network in the clear. Printable ASCII without spaces (Connect refuses
+  // anything else with InvalidArgument).
+  std::string bearer_token;
 };
+
+// PEM files for a TLS channel, for TlsCredentialsFromFiles.
+struct TlsFiles {
+  // CA bundle the server's certificate must chain to. Empty: gRPC's default roots
+  // ($GRPC_DEFAULT_SSL_ROOTS_FILE_PATH, else the roots gRPC ships).
+  std::string root_ca_file;
+  // Client certificate chain and its private key, presented to servers that require mutual TLS
+  // (--tls_client_ca_file). Both or neither.
+  std::string cert_chain_file;
+  std::string private_key_file;
+};
+
+// TLS channel credentials for ClientOptions::credentials; with a client certificate and key, mutual
+// TLS. The files are read once, here. The server's certificate must name the host of
+// ClientOptions::target (a subjectAltName such as IP:127.0.0.1 or DNS:kv-tier.internal).
+// InvalidArgument when only one of cert_chain_file and private_key_file is set or a file holds no
+// PEM block; NotFound when a file cannot be read. A handshake the server refuses (or whose server
+// certificate does not verify) is not detected here: calls then fail with UNAVAILABLE.
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> TlsCredentialsFromFiles(
+    const TlsFiles& files);
 
 // One layer of a turn in the session dtype, little-endian, row-major. Views: the caller keeps the
 // bytes alive for the duration of AppendTurn. std::string and byte spans convert through
@@ -115,10 +149,13 @@ class Client {
  public:
   // Creates the channel. Channels connect lazily, so an unreachable server shows up as
   // UNAVAILABLE (or DEADLINE_EXCEEDED with wait_for_ready) on the first call, not here.
-  // InvalidArgument for an empty target or a non-positive timeout or message size.
+  // InvalidArgument for an empty target, a non-positive timeout or message size, or a bearer
+  // token with characters other than printable ASCII.
   static absl::StatusOr<std::unique_ptr<Client>> Connect(const ClientOptions& options);
 
-  // For tests and for callers that manage channels themselves. `channel` must not be null.
+  // For tests and for callers that manage channels themselves. `channel` must not be null; of
+  // `options`, only timeout, wait_for_ready, max_message_bytes (checked before sending) and
+  // bearer_token apply, taken as given (Connect is what validates them).
   Client(std::shared_ptr<grpc::Channel> channel, const ClientOptions& options);
 
   Client(const Client&) = delete;
@@ -140,8 +177,10 @@ class Client {
   absl::StatusOr<v1::ListSessionsResponse> ListSessions(const v1::ListSessionsRequest& request);
 
   // Every session whose id starts with `prefix`, following page tokens; each page is its own
-  // call with its own deadline. Internal when the server repeats a page token.
-  absl::StatusOr<std::vector<v1::SessionInfo>> ListAllSessions(std::string_view prefix = "");
+  // call with its own deadline and asks for `page_size` sessions (0: the server's default).
+  // Internal when the server repeats a page token.
+  absl::StatusOr<std::vector<v1::SessionInfo>> ListAllSessions(std::string_view prefix = "",
+                                                               uint32_t page_size = 0);
 
   // Deletes every turn and fit of a session. NotFound when it does not exist.
   absl::StatusOr<v1::DeleteSessionResponse> DeleteSession(std::string_view session_id);

@@ -1,20 +1,28 @@
+// Client unit tests: what is decided locally (option and shape checks, status conversion) and the
+// client's defences against a broken server, driven by the FaultyKvMemory fault injector.
+// Behaviour against a correct server is tested against the real nexuskv-server in
+// tests/integration/client_test.cc.
 #include "clients/cpp/client.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
 #include <string>
 #include <vector>
 
-#include "clients/cpp/testing/fake_kv_memory.h"
+#include "clients/cpp/testing/faulty_kv_memory.h"
 
 namespace nexuskv::client {
 namespace {
 
-using ::nexuskv::client::testing::FakeKvMemoryServer;
-using ::testing::ElementsAre;
+using ::nexuskv::client::testing::FaultyKvMemoryServer;
 using ::testing::HasSubstr;
+using ::testing::UnorderedElementsAre;
 
 v1::ModelSpec Spec(uint32_t layers = 2) {
   v1::ModelSpec spec;
@@ -27,37 +35,26 @@ v1::ModelSpec Spec(uint32_t layers = 2) {
   return spec;
 }
 
-// A turn whose byte buffers live in `storage`: every byte of layer l, tensor k is a distinct
-// pattern so that misplaced rows show up.
-struct OwnedTurn {
-  std::vector<std::string> storage;
-  TurnTensors turn;
-};
-
-OwnedTurn MakeTurn(const std::string& session, uint32_t turn, uint32_t tokens, uint32_t probes,
-                   uint64_t first_position, uint32_t layers = 2) {
-  OwnedTurn t;
-  t.turn.session_id = session;
-  t.turn.turn = turn;
-  t.turn.first_position = first_position;
-  t.turn.role = v1::ROLE_USER;
-  t.turn.model = Spec(layers);
-  const size_t kv = 2 * tokens * 4 * 2;
-  const size_t pq = 4 * probes * 4 * 2;
-  t.storage.reserve(3 * layers);
-  for (uint32_t l = 0; l < layers; ++l) {
-    for (size_t size : {kv, kv, pq}) {
-      std::string bytes(size, '\0');
-      for (size_t i = 0; i < size; ++i) bytes[i] = static_cast<char>(turn * 31 + l * 7 + i);
-      t.storage.push_back(std::move(bytes));
-    }
-    const size_t base = t.storage.size() - 3;
-    t.turn.layers.push_back({t.storage[base], t.storage[base + 1], t.storage[base + 2]});
+// A correct FULL answer for Spec(): header, then layers 0 and 1 of 3 entries per head (keys and
+// values [2, 3, 4] float16 = 48 bytes, positions [2, 3] int64 = 48 bytes, no bias).
+std::vector<v1::GetCacheResponse> ValidFullAnswer() {
+  std::vector<v1::GetCacheResponse> messages(3);
+  v1::CacheHeader& header = *messages[0].mutable_header();
+  header.set_session_id("s");
+  *header.mutable_model() = Spec();
+  header.set_method(v1::FULL);
+  for (uint32_t l = 0; l < 2; ++l) {
+    header.add_entries_per_layer(3);
+    v1::CacheLayer& layer = *messages[1 + l].mutable_layer();
+    layer.set_layer(l);
+    layer.set_keys(std::string(48, static_cast<char>(l)));
+    layer.set_values(std::string(48, static_cast<char>(l + 1)));
+    layer.set_positions(std::string(48, '\0'));
   }
-  return t;
+  return messages;
 }
 
-class ClientTest : public ::testing::Test {
+class FaultyServerTest : public ::testing::Test {
  protected:
   void SetUp() override {
     ClientOptions options;
@@ -68,20 +65,14 @@ class ClientTest : public ::testing::Test {
     client_ = *std::move(client);
   }
 
-  void Append(const std::string& session, uint32_t turn, uint32_t tokens, uint64_t first) {
-    OwnedTurn t = MakeTurn(session, turn, tokens, /*probes=*/1, first);
-    absl::StatusOr<v1::AppendSegmentResponse> ack = client_->AppendTurn(t.turn);
-    ASSERT_TRUE(ack.ok()) << ack.status();
-  }
-
-  absl::StatusOr<Cache> GetFull(const std::string& session) {
+  absl::StatusOr<Cache> GetFull() {
     v1::GetCacheRequest request;
-    request.set_session_id(session);
+    request.set_session_id("s");
     request.set_method(v1::FULL);
     return client_->GetCache(request);
   }
 
-  FakeKvMemoryServer server_;
+  FaultyKvMemoryServer server_;
   std::unique_ptr<Client> client_;
 };
 
@@ -95,6 +86,14 @@ TEST(ClientConnectTest, RejectsBadOptions) {
   options.timeout = absl::Seconds(1);
   options.max_message_bytes = 0;
   EXPECT_EQ(Client::Connect(options).status().code(), absl::StatusCode::kInvalidArgument);
+  options.max_message_bytes = 1 << 20;
+  for (const char* token : {"two words", "tab\there", "new\nline", "caf\xc3\xa9"}) {
+    options.bearer_token = token;
+    EXPECT_EQ(Client::Connect(options).status().code(), absl::StatusCode::kInvalidArgument)
+        << token;
+  }
+  options.bearer_token = "abc.DEF-123_~+/=";
+  EXPECT_TRUE(Client::Connect(options).ok());
 }
 
 TEST(ClientConnectTest, UnreachableServerIsUnavailable) {
@@ -116,138 +115,126 @@ TEST(FromGrpcStatusTest, KeepsEveryCodeAndTheMessage) {
   }
 }
 
-TEST_F(ClientTest, AppendedTurnsComeBackInFullCache) {
-  OwnedTurn t0 = MakeTurn("s1", 0, /*tokens=*/3, /*probes=*/2, /*first_position=*/0);
-  absl::StatusOr<v1::AppendSegmentResponse> ack = client_->AppendTurn(t0.turn);
-  ASSERT_TRUE(ack.ok()) << ack.status();
-  EXPECT_EQ(ack->num_turns(), 1u);
-  EXPECT_EQ(ack->next_position(), 3u);
-  EXPECT_EQ(ack->stored_bytes(), 2 * (2 * 48 + 64));
-  EXPECT_FALSE(ack->already_stored());
-  EXPECT_EQ(server_.service().last_append_chunks(), 2);
-  OwnedTurn t1 = MakeTurn("s1", 1, /*tokens=*/2, /*probes=*/0, /*first_position=*/3);
-  ASSERT_TRUE(client_->AppendTurn(t1.turn).ok());
+class TlsCredentialsFromFilesTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = ::testing::TempDir() + "nexuskv-tls-files-XXXXXX";
+    ASSERT_NE(::mkdtemp(dir_.data()), nullptr);
+    std::ofstream(dir_ + "/a.pem")
+        << "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+    std::ofstream(dir_ + "/not.pem") << "hello\n";
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+  std::string dir_;
+};
 
-  absl::StatusOr<Cache> cache = GetFull("s1");
-  ASSERT_TRUE(cache.ok()) << cache.status();
-  EXPECT_THAT(cache->header.entries_per_layer(), ElementsAre(5, 5));
-  ASSERT_EQ(cache->layers.size(), 2u);
-  // Head 0 of layer 1: turn 0's 3 rows then turn 1's 2 rows (8 bytes per fp16 row of D=4).
-  const std::string& keys = cache->layers[1].keys();
-  EXPECT_EQ(keys.substr(0, 24), t0.storage[3].substr(0, 24));
-  EXPECT_EQ(keys.substr(24, 16), t1.storage[3].substr(0, 16));
+TEST_F(TlsCredentialsFromFilesTest, ChecksTheFilesBeforeAnyHandshake) {
+  const std::string pem = dir_ + "/a.pem";
+  EXPECT_TRUE(TlsCredentialsFromFiles({}).ok()) << "default roots, no client certificate";
+  EXPECT_TRUE(TlsCredentialsFromFiles({.root_ca_file = pem}).ok());
+  EXPECT_TRUE(TlsCredentialsFromFiles(
+                  {.root_ca_file = pem, .cert_chain_file = pem, .private_key_file = pem})
+                  .ok());
+
+  const absl::Status half = TlsCredentialsFromFiles({.cert_chain_file = pem}).status();
+  EXPECT_EQ(half.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(half.message(), HasSubstr("private key"));
+  EXPECT_EQ(TlsCredentialsFromFiles({.private_key_file = pem}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+
+  const absl::Status missing = TlsCredentialsFromFiles({.root_ca_file = dir_ + "/no.pem"}).status();
+  EXPECT_EQ(missing.code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(missing.message(), HasSubstr("root CA file " + dir_ + "/no.pem"));
+  EXPECT_EQ(TlsCredentialsFromFiles({.cert_chain_file = pem, .private_key_file = dir_ + "/no.key"})
+                .status()
+                .code(),
+            absl::StatusCode::kNotFound);
+
+  const absl::Status not_pem =
+      TlsCredentialsFromFiles({.root_ca_file = dir_ + "/not.pem"}).status();
+  EXPECT_EQ(not_pem.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(not_pem.message(), HasSubstr("no PEM block"));
 }
 
-TEST_F(ClientTest, FloatTurnIsEncodedToTheSpecDtype) {
-  std::vector<float> kv(2 * 3 * 4);
-  for (size_t i = 0; i < kv.size(); ++i) kv[i] = 0.25f * static_cast<float>(i) - 2.0f;
-  FloatTurnTensors turn;
-  turn.session_id = "f";
-  turn.role = v1::ROLE_SYSTEM;
-  turn.model = Spec(1);
-  turn.layers = {{kv, kv, {}}};
-  absl::StatusOr<v1::AppendSegmentResponse> ack = client_->AppendTurn(turn);
-  ASSERT_TRUE(ack.ok()) << ack.status();
-  absl::StatusOr<Cache> cache = GetFull("f");
-  ASSERT_TRUE(cache.ok()) << cache.status();
-  std::vector<float> decoded(kv.size());
-  ASSERT_TRUE(DecodeToFloat(cache->layers[0].values(), DType::kFloat16, decoded).ok());
-  EXPECT_EQ(decoded, kv);  // Quarter steps are exact in float16.
-}
-
-TEST_F(ClientTest, BadShapesAreRefusedBeforeSending) {
-  OwnedTurn t = MakeTurn("s", 0, 3, 1, 0);
-  TurnTensors wrong_layers = t.turn;
+TEST_F(FaultyServerTest, BadShapesAreRefusedBeforeSending) {
+  std::vector<std::string> bytes = {std::string(48, 'k'), std::string(48, 'v'),
+                                    std::string(32, 'q')};
+  TurnTensors good;
+  good.session_id = "s";
+  good.role = v1::ROLE_USER;
+  good.model = Spec();
+  good.layers = {{bytes[0], bytes[1], bytes[2]}, {bytes[0], bytes[1], bytes[2]}};
+  TurnTensors wrong_layers = good;
   wrong_layers.layers.pop_back();
-  TurnTensors odd_bytes = t.turn;
+  TurnTensors odd_bytes = good;
   odd_bytes.layers[0].keys.remove_suffix(1);
-  TurnTensors values_differ = t.turn;
+  TurnTensors values_differ = good;
   values_differ.layers[1].values.remove_suffix(8);
-  TurnTensors layers_disagree = t.turn;
+  TurnTensors layers_disagree = good;
   layers_disagree.layers[1].keys.remove_suffix(16);  // One fp16 row per head less.
   layers_disagree.layers[1].values.remove_suffix(16);
-  TurnTensors bad_probes = t.turn;
+  TurnTensors bad_probes = good;
   bad_probes.layers[0].probe_queries.remove_suffix(2);
-  TurnTensors no_dtype = t.turn;
+  TurnTensors no_dtype = good;
   no_dtype.model.set_dtype(v1::DTYPE_UNSPECIFIED);
-  for (const TurnTensors* turn :
-       {&wrong_layers, &odd_bytes, &values_differ, &layers_disagree, &bad_probes, &no_dtype}) {
+  TurnTensors no_heads = good;
+  no_heads.model.set_num_kv_heads(0);
+  for (const TurnTensors* turn : {&wrong_layers, &odd_bytes, &values_differ, &layers_disagree,
+                                  &bad_probes, &no_dtype, &no_heads}) {
     EXPECT_EQ(client_->AppendTurn(*turn).status().code(), absl::StatusCode::kInvalidArgument);
   }
-  EXPECT_FALSE(server_.service().last_deadline().has_value())
-      << "a refused turn reached the server";
+  EXPECT_EQ(server_.service().calls(), 0) << "a refused turn reached the server";
+  // The same turn, well formed, does reach it (and the injector refuses it).
+  EXPECT_EQ(client_->AppendTurn(good).status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_EQ(server_.service().calls(), 1);
 }
 
-TEST_F(ClientTest, RetryIsAlreadyStoredAndConflictKeepsServerCode) {
-  OwnedTurn t = MakeTurn("s", 0, 3, 1, 0);
-  ASSERT_TRUE(client_->AppendTurn(t.turn).ok());
-  absl::StatusOr<v1::AppendSegmentResponse> again = client_->AppendTurn(t.turn);
-  ASSERT_TRUE(again.ok()) << again.status();
-  EXPECT_TRUE(again->already_stored());
-  t.storage[0][0] ^= 1;
-  const absl::Status conflict = client_->AppendTurn(t.turn).status();
-  EXPECT_EQ(conflict.code(), absl::StatusCode::kAlreadyExists);
-  EXPECT_EQ(conflict.message(), "turn 0 of s differs");
-}
-
-TEST_F(ClientTest, LayerOverMessageLimitIsResourceExhausted) {
-  ClientOptions options;
-  options.target = server_.address();
-  options.max_message_bytes = 100;
-  std::unique_ptr<Client> small = *Client::Connect(options);
-  OwnedTurn t = MakeTurn("big", 0, 8, 0, 0);  // 128 bytes of keys per layer.
-  const absl::Status s = small->AppendTurn(t.turn).status();
-  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
-  EXPECT_THAT(s.message(), HasSubstr("max_message_bytes=100"));
-  EXPECT_EQ(client_->GetSession("big").status().code(), absl::StatusCode::kNotFound);
-}
-
-TEST_F(ClientTest, ErrorsKeepCodeAndMessage) {
-  const absl::Status s = client_->GetSession("missing").status();
-  EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
-  EXPECT_EQ(s.message(), "session \"missing\" not found");
-}
-
-TEST_F(ClientTest, EveryCallCarriesTheDeadline) {
+TEST_F(FaultyServerTest, EveryCallCarriesTheDeadline) {
   const auto before = std::chrono::system_clock::now();
-  ASSERT_TRUE(client_->ListSessions({}).ok());
-  const std::optional<std::chrono::system_clock::time_point> deadline =
-      server_.service().last_deadline();
-  ASSERT_TRUE(deadline.has_value());
-  EXPECT_GT(*deadline, before + std::chrono::seconds(6));
-  EXPECT_LT(*deadline, before + std::chrono::seconds(8));
+  server_.service().set_cache_answer(ValidFullAnswer());
+  std::vector<std::string> bytes = {std::string(16, 'k'), std::string(16, 'v')};
+  TurnTensors turn;
+  turn.session_id = "s";
+  turn.model = Spec(1);
+  turn.layers = {{bytes[0], bytes[1], {}}};
+  client_->AppendTurn(turn).IgnoreError();
+  ASSERT_TRUE(GetFull().ok());
+  client_->GetSession("s").IgnoreError();
+  ASSERT_TRUE(client_->ListAllSessions().ok());
+  client_->DeleteSession("s").IgnoreError();
+  const std::map<std::string, std::chrono::system_clock::time_point> deadlines =
+      server_.service().deadlines();
+  std::vector<std::string> methods;
+  for (const auto& [method, deadline] : deadlines) {
+    methods.push_back(method);
+    EXPECT_GT(deadline, before + std::chrono::seconds(6)) << method;
+    EXPECT_LT(deadline, before + std::chrono::seconds(8)) << method;
+  }
+  EXPECT_THAT(methods, UnorderedElementsAre("AppendSegment", "GetCache", "GetSession",
+                                            "ListSessions", "DeleteSession"));
 }
 
-TEST_F(ClientTest, SessionsAreListedAcrossPagesAndDeleted) {
-  server_.service().default_page_size = 2;
-  for (const char* id : {"a1", "a2", "b1", "a3", "a4"}) Append(id, 0, 2, 0);
-  absl::StatusOr<std::vector<v1::SessionInfo>> all = client_->ListAllSessions();
-  ASSERT_TRUE(all.ok()) << all.status();
-  std::vector<std::string> ids;
-  for (const v1::SessionInfo& s : *all) ids.push_back(s.session_id());
-  EXPECT_THAT(ids, ElementsAre("a1", "a2", "a3", "a4", "b1"));
-  absl::StatusOr<std::vector<v1::SessionInfo>> a = client_->ListAllSessions("a");
-  ASSERT_TRUE(a.ok()) << a.status();
-  EXPECT_EQ(a->size(), 4u);
-
-  absl::StatusOr<v1::DeleteSessionResponse> deleted = client_->DeleteSession("a2");
-  ASSERT_TRUE(deleted.ok()) << deleted.status();
-  EXPECT_EQ(deleted->deleted_turns(), 1u);
-  EXPECT_EQ(client_->GetSession("a2").status().code(), absl::StatusCode::kNotFound);
-  EXPECT_EQ(client_->DeleteSession("a2").status().code(), absl::StatusCode::kNotFound);
-}
-
-TEST_F(ClientTest, RepeatedPageTokenIsInternal) {
-  Append("s", 0, 2, 0);
-  server_.service().list_hook = [](v1::ListSessionsResponse* page) {
-    page->set_next_page_token("again");
-  };
+TEST_F(FaultyServerTest, RepeatedPageTokenIsInternal) {
+  v1::ListSessionsResponse page;
+  page.add_sessions()->set_session_id("s");
+  page.set_next_page_token("again");
+  server_.service().set_list_answer(page);
   const absl::Status s = client_->ListAllSessions().status();
   EXPECT_EQ(s.code(), absl::StatusCode::kInternal);
-  EXPECT_THAT(s.message(), HasSubstr("repeated page token"));
+  EXPECT_THAT(s.message(), HasSubstr("repeated page token \"again\""));
+  EXPECT_EQ(server_.service().calls(), 2) << "the second page repeats the first's token";
 }
 
-// Each case breaks a valid FULL answer (header, layer 0, layer 1) in one way.
+TEST_F(FaultyServerTest, UnbrokenAnswerIsAccepted) {
+  // The baseline every CacheStreamTest case breaks in one way: it must pass as it is.
+  server_.service().set_cache_answer(ValidFullAnswer());
+  absl::StatusOr<Cache> cache = GetFull();
+  ASSERT_TRUE(cache.ok()) << cache.status();
+  ASSERT_EQ(cache->layers.size(), 2u);
+  EXPECT_EQ(cache->layers[1].keys(), std::string(48, '\1'));
+}
+
+// Each case breaks ValidFullAnswer() (header, layer 0, layer 1) in one way.
 struct StreamFault {
   std::string name;
   std::function<void(std::vector<v1::GetCacheResponse>*)> edit;
@@ -257,12 +244,14 @@ struct StreamFault {
 
 void PrintTo(const StreamFault& fault, std::ostream* os) { *os << fault.name; }
 
-class CacheStreamTest : public ClientTest, public ::testing::WithParamInterface<StreamFault> {};
+class CacheStreamTest : public FaultyServerTest,
+                        public ::testing::WithParamInterface<StreamFault> {};
 
-TEST_P(CacheStreamTest, MisbehavingServerIsReported) {
-  Append("s", 0, 3, 0);
-  server_.service().cache_stream_hook = GetParam().edit;
-  const absl::Status s = GetFull("s").status();
+TEST_P(CacheStreamTest, BrokenAnswerIsReported) {
+  std::vector<v1::GetCacheResponse> answer = ValidFullAnswer();
+  GetParam().edit(&answer);
+  server_.service().set_cache_answer(answer);
+  const absl::Status s = GetFull().status();
   EXPECT_EQ(s.code(), GetParam().code) << s;
   EXPECT_THAT(s.message(), HasSubstr(GetParam().message));
 }
@@ -287,12 +276,23 @@ INSTANTIATE_TEST_SUITE_P(
         StreamFault{"EntriesCountWrong",
                     [](auto* m) { (*m)[0].mutable_header()->add_entries_per_layer(1); },
                     absl::StatusCode::kInternal, "3 entries_per_layer for num_layers=2"},
+        StreamFault{"NoOutputDtype",
+                    [](auto* m) {
+                      (*m)[0].mutable_header()->mutable_model()->set_dtype(v1::DTYPE_UNSPECIFIED);
+                    },
+                    absl::StatusCode::kInternal, "no valid output dtype"},
         StreamFault{"KeysTruncated",
                     [](auto* m) { (*m)[2].mutable_layer()->mutable_keys()->pop_back(); },
                     absl::StatusCode::kDataLoss, "layer 1 keys has 47 bytes, expected 48"},
+        StreamFault{"ValuesTooLong",
+                    [](auto* m) { (*m)[1].mutable_layer()->mutable_values()->append(8, '\0'); },
+                    absl::StatusCode::kDataLoss, "layer 0 values has 56 bytes, expected 48"},
         StreamFault{"UnannouncedBias",
                     [](auto* m) { (*m)[1].mutable_layer()->set_bias(std::string(24, '\0')); },
                     absl::StatusCode::kDataLoss, "layer 0 bias has 24 bytes, expected 0"},
+        StreamFault{"AnnouncedBiasMissing",
+                    [](auto* m) { (*m)[0].mutable_header()->set_has_bias(true); },
+                    absl::StatusCode::kDataLoss, "layer 0 bias has 0 bytes, expected 24"},
         StreamFault{"PositionsMissing", [](auto* m) { (*m)[1].mutable_layer()->clear_positions(); },
                     absl::StatusCode::kDataLoss, "positions has 0 bytes, expected 48"}),
     [](const ::testing::TestParamInfo<StreamFault>& info) { return info.param.name; });

@@ -1,14 +1,13 @@
-// The `nexuskv` CLI end to end: demo-turn, put, ls, show, get, rm, run as a separate process.
-//
-// Built twice from this file: cli_test runs against the real nexuskv-server started by
-// ServerProcess; cli_fake_server_test (NEXUSKV_CLI_TEST_FAKE_SERVER) against the in-memory
-// FakeKvMemory, so the CLI is tested even where the server is not built.
+// The `nexuskv` CLI end to end against the real nexuskv-server started by ServerProcess: demo-turn,
+// put, ls, show, get, rm, run as a separate process; --token against a server with a tokens file
+// and --tls-* against mutual TLS.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -16,14 +15,13 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "clients/cpp/cli/safetensors.h"
+#include "service/auth.h"
+#include "tests/integration/pki.h"
 #include "tests/integration/server_process.h"
 #include "tests/integration/subprocess.h"
-
-#ifdef NEXUSKV_CLI_TEST_FAKE_SERVER
-#include "clients/cpp/testing/fake_kv_memory.h"
-#endif
 
 namespace nexuskv::testing {
 namespace {
@@ -47,18 +45,17 @@ uint64_t AsUint(const json& value) {
 class CliTest : public ::testing::Test {
  protected:
   void SetUp() override {
-#ifdef NEXUSKV_CLI_TEST_FAKE_SERVER
-    fake_ = std::make_unique<client::testing::FakeKvMemoryServer>();
-    address_ = fake_->address();
-#else
-    absl::StatusOr<std::unique_ptr<ServerProcess> > server = ServerProcess::Start();
-    ASSERT_TRUE(server.ok()) << server.status();
-    server_ = *std::move(server);
-    address_ = server_->address();
-#endif
     std::string dir = ::testing::TempDir() + "nexuskv-cli-test-XXXXXX";
     ASSERT_NE(::mkdtemp(dir.data()), nullptr);
     files_dir_ = dir;
+    ASSERT_NO_FATAL_FAILURE(StartServer({}));
+  }
+
+  void StartServer(ServerProcessOptions options) {
+    absl::StatusOr<std::unique_ptr<ServerProcess>> server = ServerProcess::Start(options);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    address_ = server_->address();
   }
 
   void TearDown() override {
@@ -125,9 +122,6 @@ class CliTest : public ::testing::Test {
     }
   }
 
-#ifdef NEXUSKV_CLI_TEST_FAKE_SERVER
-  std::unique_ptr<client::testing::FakeKvMemoryServer> fake_;
-#endif
   std::unique_ptr<ServerProcess> server_;
   std::string address_;
   std::string files_dir_;
@@ -239,6 +233,88 @@ TEST_F(CliTest, UsageAndFileErrorsHaveTheirExitCodes) {
   EXPECT_EQ(out_of_order.exit_code, 1);
   EXPECT_THAT(out_of_order.err, StartsWith("error: FAILED_PRECONDITION: "));
   EXPECT_EQ(CliJson({"ls"})["sessions"].size(), 0u);
+}
+
+// The security flags, each against a server configured for them (started by the test itself).
+class CliSecurityTest : public CliTest {
+ protected:
+  void SetUp() override {
+    std::string dir = ::testing::TempDir() + "nexuskv-cli-security-XXXXXX";
+    ASSERT_NE(::mkdtemp(dir.data()), nullptr);
+    files_dir_ = dir;
+  }
+};
+
+TEST_F(CliSecurityTest, TokenFlagAndEnvironmentVariable) {
+  const std::string tokens = files_dir_ + "/tokens";
+  std::ofstream(tokens) << "tenant-a sha256:" << service::TenantDirectory::HashToken("token-a")
+                        << "\n";
+  ASSERT_NO_FATAL_FAILURE(StartServer({.extra_flags = {"--auth_tokens_file=" + tokens}}));
+  ASSERT_EQ(Cli({"demo-turn", "--out", TurnPath(0), "--seed", "1"}).exit_code, 0);
+
+  const CommandResult put =
+      Cli({"--token", "token-a", "put", kSession, "--turn", "0", "--file", TurnPath(0)});
+  ASSERT_EQ(put.exit_code, 0) << put.err;
+  EXPECT_THAT(put.out, HasSubstr(absl::StrCat("stored turn 0 of ", kSession)));
+  const json listed = CliJson({"ls", "--token=token-a"});
+  ASSERT_EQ(listed["sessions"].size(), 1u) << listed.dump();
+  EXPECT_EQ(listed["sessions"][0]["session_id"], kSession);
+
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{"ls"}, std::vector<std::string>{"ls", "--token", "token-b"},
+        std::vector<std::string>{"show", kSession, "--token", "token-b"}}) {
+    const CommandResult refused = Cli(args);
+    EXPECT_EQ(refused.exit_code, 1) << absl::StrJoin(args, " ");
+    EXPECT_THAT(refused.err, StartsWith("error: UNAUTHENTICATED: ")) << absl::StrJoin(args, " ");
+  }
+  EXPECT_EQ(Cli({"ls", "--token="}).exit_code, 2) << "an empty --token is a usage error";
+
+  // $NEXUSKV_TOKEN stands in for --token; --token wins over it.
+  ASSERT_EQ(::setenv("NEXUSKV_TOKEN", "token-a", 1), 0);
+  const CommandResult from_env = Cli({"show", kSession});
+  const CommandResult flag_wins = Cli({"show", kSession, "--token", "token-b"});
+  ::unsetenv("NEXUSKV_TOKEN");
+  EXPECT_EQ(from_env.exit_code, 0) << from_env.err;
+  EXPECT_EQ(flag_wins.exit_code, 1);
+  EXPECT_THAT(flag_wins.err, StartsWith("error: UNAUTHENTICATED: "));
+}
+
+TEST_F(CliSecurityTest, TlsFlagsWithAClientCertificate) {
+  absl::StatusOr<Pki> pki = Pki::Make(files_dir_);
+  ASSERT_TRUE(pki.ok()) << pki.status();
+  grpc::SslCredentialsOptions harness;  // For the harness's own health checks.
+  harness.pem_root_certs = pki->pem("ca.pem");
+  harness.pem_cert_chain = pki->pem("client.pem");
+  harness.pem_private_key = pki->pem("client.key");
+  ASSERT_NO_FATAL_FAILURE(
+      StartServer({.extra_flags = {"--tls_cert_file=" + pki->path("server.pem"),
+                                   "--tls_key_file=" + pki->path("server.key"),
+                                   "--tls_client_ca_file=" + pki->path("ca.pem")},
+                   .credentials = grpc::SslCredentials(harness)}));
+  const std::vector<std::string> tls = {"--tls-ca",   pki->path("ca.pem"),
+                                        "--tls-cert", pki->path("client.pem"),
+                                        "--tls-key",  pki->path("client.key")};
+  auto with_tls = [&](std::vector<std::string> args) {
+    args.insert(args.end(), tls.begin(), tls.end());
+    return args;
+  };
+
+  ASSERT_EQ(Cli({"demo-turn", "--out", TurnPath(0), "--seed", "1"}).exit_code, 0);
+  const CommandResult put = Cli(with_tls({"put", kSession, "--turn", "0", "--file", TurnPath(0)}));
+  ASSERT_EQ(put.exit_code, 0) << put.err;
+  EXPECT_EQ(CliJson(with_tls({"ls"}))["sessions"].size(), 1u);
+
+  const CommandResult plaintext = Cli({"ls"});
+  EXPECT_EQ(plaintext.exit_code, 1);
+  EXPECT_THAT(plaintext.err, StartsWith("error: UNAVAILABLE: "));
+  const CommandResult no_cert = Cli({"ls", "--tls-ca", pki->path("ca.pem")});
+  EXPECT_EQ(no_cert.exit_code, 1);
+  EXPECT_THAT(no_cert.err, StartsWith("error: UNAVAILABLE: "));
+  EXPECT_EQ(Cli({"ls", "--tls-cert", pki->path("client.pem")}).exit_code, 2)
+      << "--tls-cert without --tls-key is a usage error";
+  const CommandResult missing = Cli({"ls", "--tls-ca", files_dir_ + "/nope.pem"});
+  EXPECT_EQ(missing.exit_code, 1);
+  EXPECT_THAT(missing.err, StartsWith("error: NOT_FOUND: cannot read the root CA file "));
 }
 
 }  // namespace

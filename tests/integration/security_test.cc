@@ -8,15 +8,15 @@
 #include <string>
 #include <vector>
 
+#include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/security/credentials.h"
 #include "gtest/gtest.h"
 #include "nexuskv/v1/kv_memory.grpc.pb.h"
-#include "absl/time/clock.h"
 #include "service/auth.h"
+#include "tests/integration/pki.h"
 #include "tests/integration/server_process.h"
-#include "tests/integration/subprocess.h"
 
 namespace nexuskv::testing {
 namespace {
@@ -30,42 +30,6 @@ std::string ReadAll(const std::string& path) {
   s << in.rdbuf();
   return s.str();
 }
-
-// A CA, a server certificate for 127.0.0.1/localhost, a client certificate signed by the CA, and
-// a client certificate signed by a different CA.
-class Pki {
- public:
-  static absl::StatusOr<Pki> Make(const std::string& dir) {
-    Pki pki(dir);
-    const std::string sh = absl::StrCat(
-        "set -e; cd ", dir, ";",
-        "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=nexuskv-test-ca "
-        "  -keyout ca.key -out ca.pem 2>/dev/null;",
-        "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=rogue-ca "
-        "  -keyout rogue.key -out rogue.pem 2>/dev/null;",
-        "printf 'subjectAltName=IP:127.0.0.1,DNS:localhost' > san.ext;",
-        "openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key "
-        "  -out server.csr 2>/dev/null;",
-        "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 "
-        "  -extfile san.ext -out server.pem 2>/dev/null;",
-        "for who in client:ca rogue-client:rogue; do n=${who%%:*}; c=${who##*:};"
-        "  openssl req -newkey rsa:2048 -nodes -subj /CN=$n -keyout $n.key -out $n.csr 2>/dev/null;"
-        "  openssl x509 -req -in $n.csr -CA $c.pem -CAkey $c.key -CAcreateserial -days 2 "
-        "    -out $n.pem 2>/dev/null; done");
-    auto result = RunCommand({"/bin/sh", "-c", sh});
-    if (!result.ok()) return result.status();
-    if (result->exit_code != 0) {
-      return absl::InternalError(absl::StrCat("openssl failed: ", result->err));
-    }
-    return pki;
-  }
-  std::string path(const std::string& name) const { return dir_ + "/" + name; }
-  std::string pem(const std::string& name) const { return ReadAll(path(name)); }
-
- private:
-  explicit Pki(std::string dir) : dir_(std::move(dir)) {}
-  std::string dir_;
-};
 
 class SecurityTest : public ::testing::Test {
  protected:
@@ -130,11 +94,11 @@ TEST_F(SecurityTest, MutualTlsRefusesClientsWithoutAValidCertificate) {
   good.pem_root_certs = pki->pem("ca.pem");
   good.pem_private_key = pki->pem("client.key");
   good.pem_cert_chain = pki->pem("client.pem");
-  auto server = ServerProcess::Start(
-      {.extra_flags = {"--tls_cert_file=" + pki->path("server.pem"),
-                       "--tls_key_file=" + pki->path("server.key"),
-                       "--tls_client_ca_file=" + pki->path("ca.pem")},
-       .credentials = grpc::SslCredentials(good)});
+  auto server =
+      ServerProcess::Start({.extra_flags = {"--tls_cert_file=" + pki->path("server.pem"),
+                                            "--tls_key_file=" + pki->path("server.key"),
+                                            "--tls_client_ca_file=" + pki->path("ca.pem")},
+                            .credentials = grpc::SslCredentials(good)});
   ASSERT_TRUE(server.ok()) << server.status();
   server_ = std::move(*server);
 

@@ -28,9 +28,16 @@ struct GlobalOptions {
   std::string server;  // --server, else $NEXUSKV_SERVER, else localhost:50051.
   bool json = false;   // --json
   absl::Duration timeout = absl::Seconds(30);  // --timeout SECONDS, per call.
+  std::string token;  // --token, else $NEXUSKV_TOKEN; empty: no bearer token.
+  // --tls-ca, --tls-cert, --tls-key (PEM files). Any of them set: the channel uses TLS.
+  std::string tls_ca;
+  std::string tls_cert;
+  std::string tls_key;
 };
 
-// Reads --server, --json and --timeout (marking them used). InvalidArgument for a bad value.
+// Reads --server, --json, --timeout, --token and the --tls-* flags (marking them used).
+// InvalidArgument for a bad value, an empty --token or --tls-* path, or --tls-cert without
+// --tls-key (or the reverse).
 absl::StatusOr<GlobalOptions> ReadGlobalOptions(CommandLine& cl);
 
 // Prints "nexuskv: <message>" and a pointer to help on stderr; returns kExitUsage.
@@ -41,7 +48,9 @@ int OperationError(const absl::Status& status);
 // Checks that the command got exactly `count` arguments after its name and no unknown flags.
 absl::Status CheckArguments(const CommandLine& cl, size_t count, std::string_view usage);
 
-// A client for options.server with the per-call timeout.
+// A client for options.server with the per-call timeout, the bearer token and, when a --tls-*
+// flag is set, TLS credentials. Errors of client::TlsCredentialsFromFiles (an unreadable or non-PEM
+// file) and client::Client::Connect (a token with spaces or non-ASCII characters).
 absl::StatusOr<std::unique_ptr<client::Client>> ConnectClient(const GlobalOptions& options);
 
 // The help text.

@@ -1,5 +1,6 @@
 #include <cstdlib>
 #include <iostream>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "clients/cpp/cli/commands.h"
@@ -20,6 +21,26 @@ absl::StatusOr<GlobalOptions> ReadGlobalOptions(CommandLine& cl) {
   if (timeout) {
     if (*timeout <= 0) return absl::InvalidArgumentError("--timeout must be positive seconds");
     options.timeout = absl::Seconds(*timeout);
+  }
+  const char* token = std::getenv("NEXUSKV_TOKEN");
+  if (token != nullptr) options.token = token;
+  if (std::optional<std::string> flag = cl.String("token")) {
+    if (flag->empty()) return absl::InvalidArgumentError("--token must not be empty");
+    options.token = *flag;
+  }
+  for (auto [name, field] :
+       {std::pair{"tls-ca", &options.tls_ca}, std::pair{"tls-cert", &options.tls_cert},
+        std::pair{"tls-key", &options.tls_key}}) {
+    if (std::optional<std::string> path = cl.String(name)) {
+      if (path->empty()) {
+        return absl::InvalidArgumentError(absl::StrCat("--", name, " must not be empty"));
+      }
+      *field = *path;
+    }
+  }
+  if (options.tls_cert.empty() != options.tls_key.empty()) {
+    return absl::InvalidArgumentError(
+        "--tls-cert and --tls-key go together (a client certificate and its private key)");
   }
   return options;
 }
@@ -49,13 +70,22 @@ absl::StatusOr<std::unique_ptr<client::Client>> ConnectClient(const GlobalOption
   client::ClientOptions client_options;
   client_options.target = options.server;
   client_options.timeout = options.timeout;
+  client_options.bearer_token = options.token;
+  if (!options.tls_ca.empty() || !options.tls_cert.empty()) {
+    NEXUSKV_ASSIGN_OR_RETURN(
+        client_options.credentials,
+        client::TlsCredentialsFromFiles({.root_ca_file = options.tls_ca,
+                                         .cert_chain_file = options.tls_cert,
+                                         .private_key_file = options.tls_key}));
+  }
   return client::Client::Connect(client_options);
 }
 
 std::string HelpText() {
   return R"(nexuskv: command-line client of the nexuskv KV-cache memory tier.
 
-Usage: nexuskv [--server HOST:PORT] [--json] [--timeout SECONDS] COMMAND [ARGS]
+Usage: nexuskv [--server HOST:PORT] [--json] [--timeout SECONDS] [--token TOKEN]
+               [--tls-ca CA.pem] [--tls-cert CERT.pem --tls-key KEY.pem] COMMAND [ARGS]
 
 Commands:
   ls [--prefix P]              List sessions.
@@ -79,6 +109,13 @@ Global flags:
   --server HOST:PORT   Server address (default $NEXUSKV_SERVER, else localhost:50051).
   --json               Print results as JSON (protobuf JSON mapping, proto field names).
   --timeout SECONDS    Deadline of each call (default 30).
+  --token TOKEN        Bearer token for a server with a tokens file (default $NEXUSKV_TOKEN;
+                       prefer the variable: other users can read command lines).
+  --tls-ca FILE        Use TLS, verifying the server against the CA certificates in this PEM
+                       file (without it, against gRPC's default roots).
+  --tls-cert FILE      Use TLS and present this client certificate (PEM), for servers that
+                       require mutual TLS. Needs --tls-key.
+  --tls-key FILE       The private key (PEM) of --tls-cert.
 
 Exit status: 0 success, 1 operation failed (printed as "error: CODE: message"), 2 usage error.
 File formats: docs/cli.md.
