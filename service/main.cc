@@ -11,6 +11,8 @@
 ABSL_FLAG(std::string, listen, "localhost:50051", "Address to serve gRPC on (host:port).");
 ABSL_FLAG(std::string, data_dir, "./data", "RocksDB data directory (created when missing).");
 ABSL_FLAG(bool, sync_writes, true, "fsync the WAL before acknowledging an append.");
+ABSL_FLAG(uint64_t, min_free_disk_bytes, 64ull << 20,
+          "Free disk space appends never eat into; below it they fail with RESOURCE_EXHAUSTED.");
 ABSL_FLAG(uint64_t, max_message_bytes, 64ull << 20, "Largest gRPC message accepted or sent.");
 ABSL_FLAG(uint32_t, max_tokens_per_turn, 65536, "Most tokens in one appended segment.");
 ABSL_FLAG(uint64_t, max_segment_bytes, 2ull << 30,
@@ -44,6 +46,7 @@ int main(int argc, char** argv) {
   options.listen = absl::GetFlag(FLAGS_listen);
   options.store.path = absl::GetFlag(FLAGS_data_dir);
   options.store.sync_writes = absl::GetFlag(FLAGS_sync_writes);
+  options.store.min_free_disk_bytes = absl::GetFlag(FLAGS_min_free_disk_bytes);
   options.core.limits.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   options.core.limits.max_tokens_per_turn = absl::GetFlag(FLAGS_max_tokens_per_turn);
   options.core.limits.max_segment_bytes = absl::GetFlag(FLAGS_max_segment_bytes);

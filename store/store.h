@@ -44,6 +44,10 @@ struct Options {
   uint64_t min_blob_size = 4096;
   // RocksDB block cache for the LSM (records, small values), bytes.
   uint64_t block_cache_bytes = 64ull << 20;
+  // Free space on the data disk that writes never eat into: a write that would leave less (after
+  // counting its own bytes twice and the unflushed memtables) is refused with ResourceExhausted
+  // before it reaches RocksDB, so a full disk never puts the database into an error state.
+  uint64_t min_free_disk_bytes = 64ull << 20;
 };
 
 // Which session a call is about. Both parts must be valid ids (see key_codec.h): 1..128 characters

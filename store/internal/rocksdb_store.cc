@@ -1,6 +1,8 @@
 // RocksDbStore: opening, reads and listings. The mutating calls are in rocksdb_store_write.cc.
 #include "store/internal/rocksdb_store.h"
 
+#include <sys/statvfs.h>
+
 #include <algorithm>
 #include <filesystem>
 #include <system_error>
@@ -97,7 +99,32 @@ absl::Mutex& RocksDbStore::SessionMutex(const SessionKey& key) {
                      kSessionStripes];
 }
 
+absl::Status RocksDbStore::CheckFreeSpace(uint64_t incoming, std::string_view context) {
+  struct statvfs fs;
+  if (::statvfs(options_.path.c_str(), &fs) != 0) return absl::OkStatus();  // Unknown: let RocksDB try.
+  const uint64_t free_bytes = uint64_t{fs.f_bavail} * fs.f_frsize;
+  // Unflushed memtables reach the disk at the next flush (their blobs too): count them as owed.
+  uint64_t owed = 0;
+  for (rocksdb::ColumnFamilyHandle* cf : handles_) {
+    uint64_t bytes = 0;
+    if (db_->GetIntProperty(cf, "rocksdb.cur-size-all-mem-tables", &bytes)) owed += bytes;
+  }
+  // The batch is written twice: to the WAL now, to a table or blob file at its flush.
+  const uint64_t needed = 2 * incoming + owed + options_.min_free_disk_bytes;
+  if (free_bytes >= needed) return absl::OkStatus();
+  Log(LogLevel::kWarning, "disk_low",
+      {{"path", options_.path}, {"free", free_bytes}, {"needed", needed}});
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "cannot ", Sv(context), ": the data disk is full (", free_bytes, " bytes free; this write needs ",
+      needed, ": its bytes twice, unflushed memtables, and the --min_free_disk_bytes reserve of ",
+      options_.min_free_disk_bytes, "); delete sessions or add disk. Reads still work"));
+}
+
 absl::Status RocksDbStore::Write(rocksdb::WriteBatch& batch, std::string_view context) {
+  // Refuse before RocksDB meets ENOSPC: a write failing inside RocksDB puts the database in an
+  // error state (and Debian's build asserts on it), while a refusal here changes nothing. Batches
+  // that only delete are always let through: they are how space comes back.
+  if (batch.HasPut()) NEXUSKV_RETURN_IF_ERROR(CheckFreeSpace(batch.GetDataSize(), context));
   rocksdb::WriteOptions write_options;
   write_options.sync = options_.sync_writes;
   return FromRocksStatus(db_->Write(write_options, &batch), context);

@@ -183,7 +183,8 @@ TEST_F(FullDiskTest, AppendsFailWithResourceExhaustedReadsWorkAndSpaceReturns) {
   std::cout << "full_disk_test: data dir on a 48 MiB " << (*capped)->kind() << std::endl;
 
   auto server = ServerProcess::Start(
-      {.extra_flags = {"--data_dir=" + (*capped)->mount_point() + "/data", "--sync_writes=true"}});
+      {.extra_flags = {"--data_dir=" + (*capped)->mount_point() + "/data", "--sync_writes=true",
+                       "--min_free_disk_bytes=4194304"}});
   ASSERT_TRUE(server.ok()) << server.status();
   server_ = std::move(*server);
   auto client = server_->Connect(absl::Seconds(20));
