@@ -78,7 +78,7 @@ class KvMemoryService::AppendReactor final
     if (ok) {
       const absl::Status status = assembler_.Add(std::move(request_));
       if (!status.ok()) {
-        Refuse(status);
+        Refuse(status, assembler_.header());
         return;
       }
       request_.Clear();
@@ -99,9 +99,10 @@ class KvMemoryService::AppendReactor final
   }
 
  private:
-  void Refuse(const absl::Status& status) {
+  // Logs and finishes with `status`. `header` is what the stream declared (empty before it).
+  void Refuse(const absl::Status& status, const v1::SegmentHeader& header) {
     Log(LogLevel::kInfo, "append_refused",
-        {{"session", assembler_.header().session_id()}, {"turn", assembler_.header().turn()},
+        {{"session", header.session_id()}, {"turn", header.turn()},
          {"code", absl::StatusCodeToString(status.code())}, {"reason", status.message()}});
     Finish(ToGrpcStatus(status));
   }
@@ -109,11 +110,12 @@ class KvMemoryService::AppendReactor final
   void Commit() {
     absl::StatusOr<std::string> tenant = service_->TenantOf(context_);
     if (!tenant.ok()) return Finish(ToGrpcStatus(tenant.status()));
+    const v1::SegmentHeader header = assembler_.header();  // The assembler is moved from below.
     absl::StatusOr<AssembledSegment> segment = std::move(assembler_).Finish();
-    if (!segment.ok()) return Refuse(segment.status());
+    if (!segment.ok()) return Refuse(segment.status(), header);
     absl::StatusOr<v1::AppendSegmentResponse> ack =
         service_->core_->Append(*tenant, std::move(*segment));
-    if (!ack.ok()) return Refuse(ack.status());
+    if (!ack.ok()) return Refuse(ack.status(), header);
     *response_ = std::move(*ack);
     Finish(grpc::Status::OK);
   }
