@@ -36,21 +36,6 @@ absl::Status CheckTensor(absl::string_view what, uint32_t layer, const std::stri
 
 }  // namespace
 
-absl::StatusOr<DType> ToTensorDType(v1::DType dtype, std::string_view field) {
-  switch (dtype) {
-    case v1::DTYPE_FLOAT32:
-      return DType::kFloat32;
-    case v1::DTYPE_FLOAT16:
-      return DType::kFloat16;
-    case v1::DTYPE_BFLOAT16:
-      return DType::kBFloat16;
-    default:
-      return absl::InvalidArgumentError(
-          absl::StrCat(std::string(field), " is ", static_cast<int>(dtype),
-                       "; use DTYPE_FLOAT32, DTYPE_FLOAT16 or DTYPE_BFLOAT16"));
-  }
-}
-
 absl::Status ValidateModelSpec(const v1::ModelSpec& spec) {
   const std::string& id = spec.model_id();
   if (id.empty() || id.size() > kMaxModelIdLength) {

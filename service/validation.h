@@ -12,13 +12,11 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "nexuskv/v1/kv_memory.pb.h"
+#include "proto/wire_dtype.h"
 #include "service/limits.h"
 #include "tensor/dtype.h"
 
 namespace nexuskv::service {
-
-// The tensor dtype of a contract dtype; INVALID_ARGUMENT for DTYPE_UNSPECIFIED or unknown values.
-absl::StatusOr<DType> ToTensorDType(nexuskv::v1::DType dtype, std::string_view field);
 
 // Model spec fields within their structural ranges, Hq a multiple of H, dtype known.
 absl::Status ValidateModelSpec(const nexuskv::v1::ModelSpec& spec);

@@ -54,6 +54,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "nexuskv/v1/kv_memory.grpc.pb.h"
+#include "proto/wire_dtype.h"
 #include "tensor/dtype.h"
 
 namespace nexuskv::client {
@@ -210,11 +211,7 @@ std::string_view AsBytes(std::span<const T> bytes) {
 // grpc::Status -> absl::Status, same code and message (gRPC's codes are absl's codes).
 absl::Status FromGrpcStatus(const grpc::Status& status);
 
-// The nexuskv::DType of a wire dtype; InvalidArgument for DTYPE_UNSPECIFIED or unknown values.
-absl::StatusOr<DType> ToTensorDType(v1::DType dtype);
 
-// The wire dtype of a nexuskv::DType.
-v1::DType ToWireDType(DType dtype);
 
 }  // namespace nexuskv::client
 

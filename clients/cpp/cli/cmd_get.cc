@@ -74,7 +74,7 @@ absl::StatusOr<GetOptions> ReadGetOptions(CommandLine& cl) {
       return absl::InvalidArgumentError(
           absl::StrCat("--dtype=", *dtype_name, ": expected float16, bfloat16 or float32"));
     }
-    r.set_output_dtype(client::ToWireDType(*dtype));
+    r.set_output_dtype(ToWireDType(*dtype));
   }
   NEXUSKV_ASSIGN_OR_RETURN(const bool no_bias, cl.Bool("no-bias"));
   if (no_bias) r.set_bias_mode(v1::BIAS_MODE_NONE);

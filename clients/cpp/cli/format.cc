@@ -29,7 +29,7 @@ std::string FormatUnixMillis(int64_t unix_ms) {
 }
 
 std::string DescribeModel(const nexuskv::v1::ModelSpec& model) {
-  const absl::StatusOr<DType> dtype = client::ToTensorDType(model.dtype());
+  const absl::StatusOr<DType> dtype = ToTensorDType(model.dtype());
   return absl::StrCat(model.model_id(), " (L=", model.num_layers(), " H=", model.num_kv_heads(),
                       " Hq=", model.num_query_heads(), " D=", model.head_dim(), " ",
                       dtype.ok() ? std::string(DTypeName(*dtype)) : "unknown dtype", ")");

@@ -246,7 +246,7 @@ absl::StatusOr<TurnFile> ParseTurnFile(SafetensorsFile file) {
   turn.model.set_num_kv_heads(static_cast<uint32_t>(kv_heads));
   turn.model.set_num_query_heads(static_cast<uint32_t>(query_heads));
   turn.model.set_head_dim(static_cast<uint32_t>(first_keys->shape[2]));
-  turn.model.set_dtype(client::ToWireDType(*dtype));
+  turn.model.set_dtype(ToWireDType(*dtype));
   for (uint32_t l = 0; l < num_layers; ++l) {
     const LayerTensors& lt = layers[l];
     turn.layers.push_back({lt.keys->data, lt.values->data,
@@ -314,7 +314,7 @@ absl::StatusOr<std::string> SerializeDemoTurn(const DemoTurnOptions& o) {
 
 absl::StatusOr<uint64_t> WriteCacheFile(const client::Cache& cache, const std::string& path) {
   const v1::CacheHeader& h = cache.header;
-  NEXUSKV_ASSIGN_OR_RETURN(const DType dtype, client::ToTensorDType(h.model().dtype()));
+  NEXUSKV_ASSIGN_OR_RETURN(const DType dtype, ToTensorDType(h.model().dtype()));
   const std::string dtype_name(SafetensorsDTypeName(dtype));
   const uint64_t heads = h.model().num_kv_heads();
   const uint64_t head_dim = h.model().head_dim();
