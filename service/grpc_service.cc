@@ -3,6 +3,7 @@
 #include <memory>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/log.h"
 
@@ -38,11 +39,20 @@ absl::StatusOr<std::string> KvMemoryService::TenantOf(
   return tenant;
 }
 
-bool KvMemoryService::Enter() {
-  in_flight_.fetch_add(1);
-  if (!draining_.load()) return true;
-  in_flight_.fetch_sub(1);
-  return false;
+grpc::Status KvMemoryService::Enter() {
+  const int running = in_flight_.fetch_add(1);
+  if (draining_.load()) {
+    in_flight_.fetch_sub(1);
+    return kDraining;
+  }
+  if (running >= static_cast<int>(limits_.max_concurrent_calls)) {
+    in_flight_.fetch_sub(1);
+    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                        absl::StrCat("server at its limit of ", limits_.max_concurrent_calls,
+                                     " concurrent calls (--max_concurrent_streams); retry with "
+                                     "backoff"));
+  }
+  return grpc::Status::OK;
 }
 
 bool KvMemoryService::WaitUntilIdle(absl::Duration timeout) const {
@@ -66,9 +76,9 @@ class KvMemoryService::AppendReactor final
   AppendReactor(KvMemoryService* service, grpc::CallbackServerContext* context,
                 v1::AppendSegmentResponse* response)
       : service_(service), context_(context), response_(response),
-        assembler_(service->limits_), entered_(service->Enter()) {
-    if (!entered_) {
-      Finish(kDraining);
+        assembler_(service->limits_), admission_(service->Enter()) {
+    if (!admission_.ok()) {
+      Finish(admission_);
       return;
     }
     StartRead(&request_);
@@ -94,7 +104,7 @@ class KvMemoryService::AppendReactor final
   }
 
   void OnDone() override {
-    if (entered_) service_->Leave();
+    if (admission_.ok()) service_->Leave();
     delete this;
   }
 
@@ -124,7 +134,7 @@ class KvMemoryService::AppendReactor final
   grpc::CallbackServerContext* const context_;
   v1::AppendSegmentResponse* const response_;
   SegmentAssembler assembler_;
-  const bool entered_;
+  const grpc::Status admission_;
   v1::AppendSegmentRequest request_;
 };
 
@@ -135,9 +145,9 @@ class KvMemoryService::GetCacheReactor final
  public:
   GetCacheReactor(KvMemoryService* service, grpc::CallbackServerContext* context,
                   const v1::GetCacheRequest* request)
-      : service_(service), context_(context), request_(*request), entered_(service->Enter()) {
-    if (!entered_) {
-      Finish(kDraining);
+      : service_(service), context_(context), request_(*request), admission_(service->Enter()) {
+    if (!admission_.ok()) {
+      Finish(admission_);
       return;
     }
     if (!service_->executor_->TrySchedule([this] { Plan(); })) Finish(kBusy);
@@ -156,7 +166,7 @@ class KvMemoryService::GetCacheReactor final
   }
 
   void OnDone() override {
-    if (entered_) service_->Leave();
+    if (admission_.ok()) service_->Leave();
     delete this;
   }
 
@@ -189,7 +199,7 @@ class KvMemoryService::GetCacheReactor final
   KvMemoryService* const service_;
   grpc::CallbackServerContext* const context_;
   const v1::GetCacheRequest request_;
-  const bool entered_;
+  const grpc::Status admission_;
   std::unique_ptr<CacheAssembly> assembly_;
   uint32_t next_layer_ = 0;
   v1::GetCacheResponse response_;
@@ -209,8 +219,8 @@ grpc::ServerUnaryReactor* KvMemoryService::RunUnary(
     grpc::CallbackServerContext* context,
     std::function<absl::Status(const std::string& tenant)> fn) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (!Enter()) {
-    reactor->Finish(kDraining);
+  if (grpc::Status admission = Enter(); !admission.ok()) {
+    reactor->Finish(admission);
     return reactor;
   }
   const bool scheduled = executor_->TrySchedule([this, context, reactor, fn = std::move(fn)] {

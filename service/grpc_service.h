@@ -61,8 +61,9 @@ class KvMemoryService final : public nexuskv::v1::KvMemory::CallbackService {
   class AppendReactor;
   class GetCacheReactor;
 
-  // Counts a call in (false, and the call must be refused, while draining) and out.
-  bool Enter();
+  // Counts a call in, or returns why it must be refused (draining; too many calls). Leave() only
+  // after an OK Enter().
+  grpc::Status Enter();
   void Leave() { in_flight_.fetch_sub(1); }
 
   // Runs fn on the executor and finishes the unary call with its status.

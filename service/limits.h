@@ -26,6 +26,9 @@ struct Limits {
   // --max_segment_bytes: keys + values + probes of all layers of one segment, as declared by its
   // header (checked before any tensor is received).
   uint64_t max_segment_bytes = 2ull << 30;
+  // --max_concurrent_streams: KvMemory calls running at once (streams and unary); beyond it new
+  // calls fail fast with RESOURCE_EXHAUSTED.
+  uint32_t max_concurrent_calls = 256;
 };
 
 }  // namespace nexuskv::service

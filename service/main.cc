@@ -17,6 +17,14 @@ ABSL_FLAG(uint64_t, max_message_bytes, 64ull << 20, "Largest gRPC message accept
 ABSL_FLAG(uint32_t, max_tokens_per_turn, 65536, "Most tokens in one appended segment.");
 ABSL_FLAG(uint64_t, max_segment_bytes, 2ull << 30,
           "Most tensor bytes (keys + values + probes, all layers) in one segment.");
+ABSL_FLAG(uint32_t, max_concurrent_streams, 256,
+          "KvMemory calls running at once; beyond it calls fail with RESOURCE_EXHAUSTED.");
+ABSL_FLAG(uint32_t, max_turns_per_session, 0, "Turns one session may hold (0: unlimited).");
+ABSL_FLAG(uint64_t, max_bytes_per_session, 0,
+          "Raw tensor bytes one session may hold (0: unlimited).");
+ABSL_FLAG(uint32_t, max_sessions_per_tenant, 0, "Sessions one tenant may hold (0: unlimited).");
+ABSL_FLAG(uint64_t, max_bytes_per_tenant, 0,
+          "Raw plus compressed bytes one tenant may hold (0: unlimited).");
 ABSL_FLAG(int, fit_threads, 1, "Background compression workers.");
 ABSL_FLAG(uint64_t, fit_queue, 1024, "Queued background fits beyond which new ones wait for "
                                      "the next GetCache.");
@@ -50,6 +58,11 @@ int main(int argc, char** argv) {
   options.core.limits.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   options.core.limits.max_tokens_per_turn = absl::GetFlag(FLAGS_max_tokens_per_turn);
   options.core.limits.max_segment_bytes = absl::GetFlag(FLAGS_max_segment_bytes);
+  options.core.limits.max_concurrent_calls = absl::GetFlag(FLAGS_max_concurrent_streams);
+  options.store.max_turns_per_session = absl::GetFlag(FLAGS_max_turns_per_session);
+  options.store.max_bytes_per_session = absl::GetFlag(FLAGS_max_bytes_per_session);
+  options.store.max_sessions_per_tenant = absl::GetFlag(FLAGS_max_sessions_per_tenant);
+  options.store.max_bytes_per_tenant = absl::GetFlag(FLAGS_max_bytes_per_tenant);
   options.core.fit_threads = absl::GetFlag(FLAGS_fit_threads);
   options.core.fit_queue = absl::GetFlag(FLAGS_fit_queue);
   options.core.precompute_fits = absl::GetFlag(FLAGS_precompute_fits);

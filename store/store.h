@@ -48,6 +48,13 @@ struct Options {
   // counting its own bytes twice and the unflushed memtables) is refused with ResourceExhausted
   // before it reaches RocksDB, so a full disk never puts the database into an error state.
   uint64_t min_free_disk_bytes = 64ull << 20;
+  // Quotas, 0 = unlimited. An append over one is refused with ResourceExhausted naming the
+  // quota; nothing is written. Bytes are raw tensor bytes for a session; raw plus stored fits for
+  // a tenant.
+  uint32_t max_turns_per_session = 0;
+  uint64_t max_bytes_per_session = 0;
+  uint32_t max_sessions_per_tenant = 0;
+  uint64_t max_bytes_per_tenant = 0;
 };
 
 // Which session a call is about. Both parts must be valid ids (see key_codec.h): 1..128 characters

@@ -72,8 +72,54 @@ absl::StatusOr<std::unique_ptr<Store>> RocksDbStore::Open(const Options& options
   NEXUSKV_RETURN_IF_ERROR(FromRocksStatus(
       rocksdb::DB::Open(db_options, options.path, ColumnFamilyDescriptors(options), &handles, &db),
       absl::StrCat("open the store at \"", options.path, "\"")));
+  std::unique_ptr<RocksDbStore> store(new RocksDbStore(options, db, std::move(handles)));
+  NEXUSKV_RETURN_IF_ERROR(store->LoadTenantUsage());
   Log(LogLevel::kInfo, "store_opened", {{"path", options.path}, {"sync", options.sync_writes}});
-  return std::unique_ptr<Store>(new RocksDbStore(options, db, std::move(handles)));
+  return std::unique_ptr<Store>(std::move(store));
+}
+
+absl::Status RocksDbStore::LoadTenantUsage() {
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), sessions_));
+  absl::MutexLock lock(&usage_mu_);
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    auto key = DecodeSessionsKey(std::string_view(it->key().data(), it->key().size()));
+    if (!key.ok() || key->turn.has_value()) continue;  // Segment records, or not ours.
+    SessionRecord record;
+    if (!record.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) continue;
+    TenantUsage& usage = usage_[key->tenant];
+    usage.sessions += 1;
+    usage.bytes += record.raw_bytes() + record.compressed_bytes();
+  }
+  return FromRocksStatus(it->status(), "count what each tenant stores");
+}
+
+absl::Status RocksDbStore::ReserveTenantUsage(const std::string& tenant, bool new_session,
+                                              uint64_t bytes) {
+  absl::MutexLock lock(&usage_mu_);
+  TenantUsage& usage = usage_[tenant];
+  if (new_session && options_.max_sessions_per_tenant > 0 &&
+      usage.sessions + 1 > options_.max_sessions_per_tenant) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "tenant \"", tenant, "\" has ", usage.sessions, " sessions, its quota "
+        "(--max_sessions_per_tenant=", options_.max_sessions_per_tenant,
+        "); delete sessions it no longer needs"));
+  }
+  if (options_.max_bytes_per_tenant > 0 && usage.bytes + bytes > options_.max_bytes_per_tenant) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "tenant \"", tenant, "\" stores ", usage.bytes, " bytes; ", bytes,
+        " more would pass its quota (--max_bytes_per_tenant=", options_.max_bytes_per_tenant,
+        "); delete sessions it no longer needs"));
+  }
+  usage.sessions += new_session ? 1 : 0;
+  usage.bytes += bytes;
+  return absl::OkStatus();
+}
+
+void RocksDbStore::AdjustTenantUsage(const std::string& tenant, int64_t sessions, int64_t bytes) {
+  absl::MutexLock lock(&usage_mu_);
+  TenantUsage& usage = usage_[tenant];
+  usage.sessions = static_cast<uint64_t>(std::max<int64_t>(0, int64_t(usage.sessions) + sessions));
+  usage.bytes = static_cast<uint64_t>(std::max<int64_t>(0, int64_t(usage.bytes) + bytes));
 }
 
 RocksDbStore::RocksDbStore(const Options& options, rocksdb::DB* db,

@@ -16,6 +16,7 @@
 
 #include <array>
 #include <cstddef>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -94,6 +95,18 @@ class RocksDbStore final : public Store {
   absl::StatusOr<DeleteOutcome> DeleteLocked(absl::Mutex& mu, const SessionKey& key)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
 
+  // What a tenant holds, kept in memory (rebuilt from the session records at Open) so that
+  // tenant quotas are checked without a tenant-wide lock around RocksDB writes.
+  struct TenantUsage {
+    uint64_t sessions = 0;
+    uint64_t bytes = 0;
+  };
+  // Counts a new session / new bytes for `tenant`, or ResourceExhausted (nothing counted) when a
+  // tenant quota would be exceeded. Release undoes it after a failed write.
+  absl::Status ReserveTenantUsage(const std::string& tenant, bool new_session, uint64_t bytes);
+  void AdjustTenantUsage(const std::string& tenant, int64_t sessions, int64_t bytes);
+  absl::Status LoadTenantUsage();
+
   const Options options_;
   std::unique_ptr<rocksdb::DB> db_;
   std::vector<rocksdb::ColumnFamilyHandle*> handles_;  // Owned; destroyed before db_ closes.
@@ -103,6 +116,8 @@ class RocksDbStore final : public Store {
   // Serialize the read-modify-write of one session's records (see the file comment). What they
   // guard lives in RocksDB, so it cannot carry ABSL_GUARDED_BY; the *Locked methods require them.
   std::array<absl::Mutex, kSessionStripes> session_mu_;
+  absl::Mutex usage_mu_;
+  std::map<std::string, TenantUsage> usage_ ABSL_GUARDED_BY(usage_mu_);
 };
 
 }  // namespace nexuskv::store::internal

@@ -112,6 +112,19 @@ absl::StatusOr<AppendOutcome> RocksDbStore::AppendLocked(absl::Mutex& mu, const 
   updated.set_next_position(record.first_position() + record.num_tokens());
   updated.set_raw_bytes(updated.raw_bytes() + record.raw_bytes());
   updated.set_update_time_unix_ms(NowUnixMillis());
+  if (options_.max_turns_per_session > 0 && updated.num_turns() > options_.max_turns_per_session) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "session ", session, " has ", turn, " turns, its quota (--max_turns_per_session=",
+        options_.max_turns_per_session, "); start a new session or delete old ones"));
+  }
+  if (options_.max_bytes_per_session > 0 &&
+      updated.raw_bytes() > options_.max_bytes_per_session) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "turn ", turn, " would bring session ", session, " to ", updated.raw_bytes(),
+        " bytes, over its quota (--max_bytes_per_session=", options_.max_bytes_per_session,
+        "); start a new session or delete old ones"));
+  }
+  NEXUSKV_RETURN_IF_ERROR(ReserveTenantUsage(key.tenant, !stored, record.raw_bytes()));
 
   rocksdb::WriteBatch batch;
   for (uint32_t layer = 0; layer < layers.size(); ++layer) {
@@ -129,8 +142,11 @@ absl::StatusOr<AppendOutcome> RocksDbStore::AppendLocked(absl::Mutex& mu, const 
       batch, sessions_, EncodeSegmentRecordKey(key.tenant, key.session_id, turn), record));
   NEXUSKV_RETURN_IF_ERROR(
       PutRecord(batch, sessions_, EncodeSessionKey(key.tenant, key.session_id), updated));
-  NEXUSKV_RETURN_IF_ERROR(
-      Write(batch, absl::StrCat("append turn ", turn, " of session ", session)));
+  if (absl::Status written = Write(batch, absl::StrCat("append turn ", turn, " of session ", session));
+      !written.ok()) {
+    AdjustTenantUsage(key.tenant, stored ? 0 : -1, -static_cast<int64_t>(record.raw_bytes()));
+    return written;
+  }
   return AppendOutcome{.already_stored = false, .session = std::move(updated)};
 }
 
@@ -191,7 +207,10 @@ absl::Status RocksDbStore::PutFitLocked(absl::Mutex& mu, const SessionKey& key, 
   stored->set_update_time_unix_ms(NowUnixMillis());
   NEXUSKV_RETURN_IF_ERROR(
       PutRecord(batch, sessions_, EncodeSessionKey(key.tenant, key.session_id), *stored));
-  return Write(batch, context);
+  NEXUSKV_RETURN_IF_ERROR(Write(batch, context));
+  // Fits are the server's own work: counted against the tenant, never refused for its quota.
+  AdjustTenantUsage(key.tenant, 0, static_cast<int64_t>(new_bytes) - int64_t(old_bytes));
+  return absl::OkStatus();
 }
 
 absl::StatusOr<DeleteOutcome> RocksDbStore::DeleteSession(const SessionKey& key) {
@@ -215,8 +234,8 @@ absl::StatusOr<DeleteOutcome> RocksDbStore::DeleteLocked(absl::Mutex& mu, const 
         FromRocksStatus(batch.DeleteRange(cf, begin, end), "stage a range delete"));
   }
   NEXUSKV_RETURN_IF_ERROR(Write(batch, absl::StrCat("delete session ", Quoted(key.session_id))));
-  Log(LogLevel::kInfo, "session_deleted",
-      {{"tenant", key.tenant}, {"session", key.session_id}, {"turns", stored->num_turns()}});
+  AdjustTenantUsage(key.tenant, -1,
+                    -static_cast<int64_t>(stored->raw_bytes() + stored->compressed_bytes()));
   return DeleteOutcome{.deleted_turns = stored->num_turns(),
                        .freed_bytes = stored->raw_bytes() + stored->compressed_bytes()};
 }

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
@@ -378,6 +379,61 @@ TEST(ServiceLimitsTest, RefusesMessagesOverTheSizeLimit) {
   ASSERT_TRUE(client.ok());
   EXPECT_EQ((*client)->GetSession("big").status().code(), absl::StatusCode::kNotFound);
   EXPECT_TRUE(RawAppend(*stub, Messages(MakeTurn("small", 0, 8, 0))).ok());
+}
+
+}  // namespace
+}  // namespace nexuskv::testing
+
+namespace nexuskv::testing {
+namespace {
+
+TEST(ServiceLimitsTest, QuotasAreResourceExhaustedNamingTheFlag) {
+  auto server = ServerProcess::Start(
+      {.extra_flags = {"--sync_writes=false", "--max_turns_per_session=2",
+                       "--max_sessions_per_tenant=2"}});
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto stub = v1::KvMemory::NewStub(
+      grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials()));
+  ASSERT_TRUE(RawAppend(*stub, Messages(MakeTurn("q1", 0, 4, 0))).ok());
+  ASSERT_TRUE(RawAppend(*stub, Messages(MakeTurn("q1", 1, 4, 4))).ok());
+  grpc::Status status = RawAppend(*stub, Messages(MakeTurn("q1", 2, 4, 8)));
+  EXPECT_EQ(status.error_code(), grpc::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(status.error_message(), HasSubstr("--max_turns_per_session=2"));
+  ASSERT_TRUE(RawAppend(*stub, Messages(MakeTurn("q2", 0, 4, 0))).ok());
+  status = RawAppend(*stub, Messages(MakeTurn("q3", 0, 4, 0)));
+  EXPECT_EQ(status.error_code(), grpc::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(status.error_message(), HasSubstr("--max_sessions_per_tenant=2"));
+}
+
+TEST(ServiceLimitsTest, ConcurrentCallsBeyondTheLimitAreResourceExhausted) {
+  auto server = ServerProcess::Start(
+      {.extra_flags = {"--sync_writes=false", "--max_concurrent_streams=1"}});
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto stub = v1::KvMemory::NewStub(
+      grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials()));
+  grpc::Status status;
+
+  // One stream held open uses the only call slot: anything else is refused until it ends.
+  grpc::ClientContext held;
+  v1::AppendSegmentResponse ignored;
+  auto writer = stub->AppendSegment(&held, &ignored);
+  ASSERT_TRUE(writer->Write(Messages(MakeTurn("q2", 1, 4, 4))[0]));
+  absl::SleepFor(absl::Milliseconds(200));  // Let the server admit the held stream.
+  grpc::ClientContext list_context;
+  v1::ListSessionsResponse page;
+  status = stub->ListSessions(&list_context, v1::ListSessionsRequest(), &page);
+  EXPECT_EQ(status.error_code(), grpc::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(status.error_message(), HasSubstr("--max_concurrent_streams"));
+  writer->WritesDone();
+  EXPECT_EQ(writer->Finish().error_code(), grpc::INVALID_ARGUMENT);  // Its layers never came.
+  // The slot frees once the server has finished the call, a moment after the client saw it end.
+  for (int attempt = 0; attempt < 50; ++attempt) {
+    grpc::ClientContext again;
+    status = stub->ListSessions(&again, v1::ListSessionsRequest(), &page);
+    if (status.ok()) break;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_TRUE(status.ok()) << status.error_message();
 }
 
 }  // namespace
