@@ -27,6 +27,7 @@ v1::SessionInfo ToSessionInfo(const store::SessionRecord& r) {
   info.set_compressed_bytes(r.compressed_bytes());
   info.set_create_time_unix_ms(r.create_time_unix_ms());
   info.set_update_time_unix_ms(r.update_time_unix_ms());
+  info.set_expire_time_unix_ms(r.expire_time_unix_ms());
   return info;
 }
 
@@ -81,6 +82,7 @@ absl::StatusOr<v1::AppendSegmentResponse> KvMemoryCore::Append(std::string_view 
   record.set_first_position(h.first_position());
   record.set_role(h.role());
   record.set_num_probe_queries(h.num_probe_queries());
+  record.set_ttl_seconds(h.ttl_seconds());
   uint64_t bytes = 0;
   for (const store::LayerTensors& l : segment.layers) {
     bytes += l.keys.size() + l.values.size() + l.probe_queries.size();

@@ -25,6 +25,11 @@ ABSL_FLAG(uint64_t, max_bytes_per_session, 0,
 ABSL_FLAG(uint32_t, max_sessions_per_tenant, 0, "Sessions one tenant may hold (0: unlimited).");
 ABSL_FLAG(uint64_t, max_bytes_per_tenant, 0,
           "Raw plus compressed bytes one tenant may hold (0: unlimited).");
+ABSL_FLAG(uint32_t, default_session_ttl_s, 0,
+          "TTL of sessions whose first append sets none (0: keep until deleted).");
+ABSL_FLAG(int, retention_sweep_s, 60, "Seconds between sweeps deleting expired sessions (0: off).");
+ABSL_FLAG(bool, purge_on_delete, true,
+          "Compact a deleted session's key range so its bytes leave the data files.");
 ABSL_FLAG(int, fit_threads, 1, "Background compression workers.");
 ABSL_FLAG(uint64_t, fit_queue, 1024, "Queued background fits beyond which new ones wait for "
                                      "the next GetCache.");
@@ -63,6 +68,9 @@ int main(int argc, char** argv) {
   options.store.max_bytes_per_session = absl::GetFlag(FLAGS_max_bytes_per_session);
   options.store.max_sessions_per_tenant = absl::GetFlag(FLAGS_max_sessions_per_tenant);
   options.store.max_bytes_per_tenant = absl::GetFlag(FLAGS_max_bytes_per_tenant);
+  options.store.default_session_ttl_seconds = absl::GetFlag(FLAGS_default_session_ttl_s);
+  options.store.purge_on_delete = absl::GetFlag(FLAGS_purge_on_delete);
+  options.retention_sweep = absl::Seconds(absl::GetFlag(FLAGS_retention_sweep_s));
   options.core.fit_threads = absl::GetFlag(FLAGS_fit_threads);
   options.core.fit_queue = absl::GetFlag(FLAGS_fit_queue);
   options.core.precompute_fits = absl::GetFlag(FLAGS_precompute_fits);

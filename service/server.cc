@@ -6,8 +6,11 @@
 #include <fstream>
 #include <memory>
 #include <sstream>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
 #include "absl/strings/str_join.h"
 #include "common/log.h"
 #include "common/status_macros.h"
@@ -114,6 +117,21 @@ absl::Status RunServer(const ServerOptions& options) {
                                  "bind to localhost or a private network only")}});
   }
 
+  // Retention: delete expired sessions every options.retention_sweep until shutdown.
+  absl::Notification stop_sweeping;
+  std::thread sweeper;
+  if (options.retention_sweep > absl::ZeroDuration()) {
+    sweeper = std::thread([&] {
+      while (!stop_sweeping.WaitForNotificationWithTimeout(options.retention_sweep)) {
+        absl::StatusOr<uint32_t> deleted = store->DeleteExpired(absl::ToUnixMillis(absl::Now()));
+        if (!deleted.ok() || *deleted > 0) {
+          Log(deleted.ok() ? LogLevel::kInfo : LogLevel::kError, "retention_sweep",
+              {{"deleted", deleted.ok() ? *deleted : 0}, {"status", deleted.status().ToString()}});
+        }
+      }
+    });
+  }
+
   int signal = 0;
   while (true) {
     sigwait(&signals, &signal);
@@ -135,6 +153,8 @@ absl::Status RunServer(const ServerOptions& options) {
       {{"cancelled_remaining", !idle}});
   server->Shutdown(std::chrono::system_clock::now());
   server->Wait();
+  stop_sweeping.Notify();
+  if (sweeper.joinable()) sweeper.join();
   executor.Shutdown();
   core.Shutdown();
   store.reset();  // Closes RocksDB after every writer has stopped.

@@ -37,6 +37,8 @@ struct ServerOptions {
   // Bearer tokens -> tenants (see auth.h). Empty: no authentication, every caller is tenant
   // "default" (the embedded quick start; logged as insecure). SIGHUP reloads the file.
   std::string auth_tokens_file;
+  // How often expired sessions are deleted (see SegmentHeader.ttl_seconds); 0 turns the sweep off.
+  absl::Duration retention_sweep = absl::Seconds(60);
 };
 
 // Errors: the store's Open errors; UNAVAILABLE when the address cannot be bound; INVALID_ARGUMENT

@@ -55,6 +55,11 @@ struct Options {
   uint64_t max_bytes_per_session = 0;
   uint32_t max_sessions_per_tenant = 0;
   uint64_t max_bytes_per_tenant = 0;
+  // TTL of a new session whose first append asks for none (SegmentRecord.ttl_seconds 0); 0: none.
+  uint32_t default_session_ttl_seconds = 0;
+  // After a delete, compact the session's key range (blob garbage forced) so that its bytes are
+  // physically gone from the data files, not only marked deleted.
+  bool purge_on_delete = true;
 };
 
 // Which session a call is about. Both parts must be valid ids (see key_codec.h): 1..128 characters
@@ -149,8 +154,13 @@ class Store {
                                                             std::string_view method,
                                                             uint32_t layer) = 0;
 
-  // Removes the session, its segments and its fits. NotFound when it does not exist.
+  // Removes the session, its segments and its fits (purged from the data files when
+  // Options::purge_on_delete). NotFound when it does not exist.
   virtual absl::StatusOr<DeleteOutcome> DeleteSession(const SessionKey& key) = 0;
+
+  // Deletes (as DeleteSession) every session, of any tenant, whose expiry is at or before
+  // `now_unix_ms`; returns how many. Errors stop the sweep; what was deleted stays deleted.
+  virtual absl::StatusOr<uint32_t> DeleteExpired(int64_t now_unix_ms) = 0;
 
  protected:
   Store() = default;

@@ -63,6 +63,7 @@ class RocksDbStore final : public Store {
                                                     std::string_view method,
                                                     uint32_t layer) override;
   absl::StatusOr<DeleteOutcome> DeleteSession(const SessionKey& key) override;
+  absl::StatusOr<uint32_t> DeleteExpired(int64_t now_unix_ms) override;
 
  private:
   // Takes ownership of db and of the four handles (default, sessions, segments, nexus).
@@ -106,6 +107,8 @@ class RocksDbStore final : public Store {
   absl::Status ReserveTenantUsage(const std::string& tenant, bool new_session, uint64_t bytes);
   void AdjustTenantUsage(const std::string& tenant, int64_t sessions, int64_t bytes);
   absl::Status LoadTenantUsage();
+  // Compacts [begin, end) in every column family, forcing blob garbage collection.
+  absl::Status Purge(const std::string& begin, const std::string& end);
 
   const Options options_;
   std::unique_ptr<rocksdb::DB> db_;

@@ -112,6 +112,10 @@ absl::StatusOr<AppendOutcome> RocksDbStore::AppendLocked(absl::Mutex& mu, const 
   updated.set_next_position(record.first_position() + record.num_tokens());
   updated.set_raw_bytes(updated.raw_bytes() + record.raw_bytes());
   updated.set_update_time_unix_ms(NowUnixMillis());
+  const uint32_t ttl = record.ttl_seconds() > 0 ? record.ttl_seconds()
+                       : !stored                 ? options_.default_session_ttl_seconds
+                                                 : 0;
+  if (ttl > 0) updated.set_expire_time_unix_ms(updated.update_time_unix_ms() + int64_t{ttl} * 1000);
   if (options_.max_turns_per_session > 0 && updated.num_turns() > options_.max_turns_per_session) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "session ", session, " has ", turn, " turns, its quota (--max_turns_per_session=",
@@ -236,8 +240,56 @@ absl::StatusOr<DeleteOutcome> RocksDbStore::DeleteLocked(absl::Mutex& mu, const 
   NEXUSKV_RETURN_IF_ERROR(Write(batch, absl::StrCat("delete session ", Quoted(key.session_id))));
   AdjustTenantUsage(key.tenant, -1,
                     -static_cast<int64_t>(stored->raw_bytes() + stored->compressed_bytes()));
+  if (options_.purge_on_delete) NEXUSKV_RETURN_IF_ERROR(Purge(begin, end));
   return DeleteOutcome{.deleted_turns = stored->num_turns(),
                        .freed_bytes = stored->raw_bytes() + stored->compressed_bytes()};
+}
+
+absl::Status RocksDbStore::Purge(const std::string& begin, const std::string& end) {
+  rocksdb::CompactRangeOptions options;
+  options.bottommost_level_compaction = rocksdb::BottommostLevelCompaction::kForce;
+  options.blob_garbage_collection_policy = rocksdb::BlobGarbageCollectionPolicy::kForce;
+  options.blob_garbage_collection_age_cutoff = 1.0;
+  const rocksdb::Slice from(begin);
+  const rocksdb::Slice to(end);
+  for (rocksdb::ColumnFamilyHandle* cf : {sessions_, segments_, nexus_}) {
+    NEXUSKV_RETURN_IF_ERROR(
+        FromRocksStatus(db_->CompactRange(options, cf, &from, &to), "purge a deleted session"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<uint32_t> RocksDbStore::DeleteExpired(int64_t now_unix_ms) {
+  // Collect first, delete after: deleting while iterating the same column family would make the
+  // iterator walk over range tombstones it just wrote.
+  std::vector<SessionKey> expired;
+  {
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), sessions_));
+    for (it->SeekToFirst(); it->Valid(); it->Next()) {
+      auto key = DecodeSessionsKey(std::string_view(it->key().data(), it->key().size()));
+      if (!key.ok() || key->turn.has_value()) continue;
+      SessionRecord record;
+      if (!record.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) continue;
+      if (record.expire_time_unix_ms() > 0 && record.expire_time_unix_ms() <= now_unix_ms) {
+        expired.push_back({std::move(key->tenant), std::move(key->session_id)});
+      }
+    }
+    NEXUSKV_RETURN_IF_ERROR(FromRocksStatus(it->status(), "scan for expired sessions"));
+  }
+  uint32_t deleted = 0;
+  for (const SessionKey& key : expired) {
+    absl::Mutex& mu = SessionMutex(key);
+    absl::MutexLock lock(&mu);
+    // Re-check under the lock: an append may have extended the session since the scan.
+    NEXUSKV_ASSIGN_OR_RETURN(std::optional<SessionRecord> now, ReadSessionRecord(key));
+    if (!now || now->expire_time_unix_ms() == 0 || now->expire_time_unix_ms() > now_unix_ms) {
+      continue;
+    }
+    NEXUSKV_RETURN_IF_ERROR(DeleteLocked(mu, key).status());
+    Log(LogLevel::kInfo, "session_expired", {{"tenant", key.tenant}, {"session", key.session_id}});
+    ++deleted;
+  }
+  return deleted;
 }
 
 }  // namespace nexuskv::store::internal

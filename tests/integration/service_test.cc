@@ -438,3 +438,35 @@ TEST(ServiceLimitsTest, ConcurrentCallsBeyondTheLimitAreResourceExhausted) {
 
 }  // namespace
 }  // namespace nexuskv::testing
+
+namespace nexuskv::testing {
+namespace {
+
+TEST(ServiceRetentionTest, SessionsPastTheirTtlAreDeleted) {
+  auto server = ServerProcess::Start(
+      {.extra_flags = {"--sync_writes=false", "--retention_sweep_s=1"}});
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto stub = v1::KvMemory::NewStub(
+      grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials()));
+  auto client = (*server)->Connect();
+  ASSERT_TRUE(client.ok());
+  auto short_lived = Messages(MakeTurn("short-lived", 0, 4, 0));
+  short_lived[0].mutable_header()->set_ttl_seconds(1);
+  ASSERT_TRUE(RawAppend(*stub, short_lived).ok());
+  ASSERT_TRUE(RawAppend(*stub, Messages(MakeTurn("kept", 0, 4, 0))).ok());
+  auto info = (*client)->GetSession("short-lived");
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_GT(info->expire_time_unix_ms(), 0);
+
+  absl::Status status;
+  for (int attempt = 0; attempt < 60; ++attempt) {  // Expires after 1 s; swept every 1 s.
+    status = (*client)->GetSession("short-lived").status();
+    if (absl::IsNotFound(status)) break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_EQ(status.code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE((*client)->GetSession("kept").ok());
+}
+
+}  // namespace
+}  // namespace nexuskv::testing
