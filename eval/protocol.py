@@ -137,6 +137,7 @@ class Evaluator:
         forced_in = forced[:, :-1]
         targets = forced[0, header:]
         timings: dict[str, float] = {}
+        cpu0 = time.process_time()
         record: dict[str, Any] = {
             "index": index,
             "id": item.dialogue.id,
@@ -305,4 +306,7 @@ class Evaluator:
         with contextlib.suppress(NexusKVError):
             self.client.delete(sid)
         record["timings"] = timings
+        # CPU seconds of this process (all threads): on a shared machine, wall time says more about
+        # the neighbours than about the harness.
+        record["cpu_s"] = time.process_time() - cpu0
         return record

@@ -149,6 +149,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "select_s": select_s,
                 "threads": torch.get_num_threads(),
                 "cpus": os.cpu_count(),
+                "cpu_s": time.process_time(),
+                "mean_item_cpu_s": (
+                    sum(r.get("cpu_s", 0.0) for r in records) / len(records) if records else 0.0
+                ),
                 "mean_item_s": (
                     sum(sum(r["timings"].values()) for r in records) / len(records) if records else 0.0
                 ),
@@ -177,7 +181,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if args.no_progress or args.verbose:
                     print(
                         f"[{i + 1}/{len(items)}] {rec['kind']} {rec['id']} {rec['prefix_tokens']} tokens: "
-                        + ", ".join(f"{k} {v:.1f}" for k, v in t.items()),
+                        + ", ".join(f"{k} {v:.1f}" for k, v in t.items())
+                        + f"; cpu {rec['cpu_s']:.1f} s",
                         file=sys.stderr,
                         flush=True,
                     )
