@@ -109,14 +109,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     load_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     selected = dialogues.select(lm.tokenizer, n_dialogues + n_needles, seed=args.seed, max_tokens=max_tokens)
-    items = [dialogues_item(d) for d in selected[:n_dialogues]]
-    items += needle.make_items(
+    plain = [dialogues_item(d) for d in selected[:n_dialogues]]
+    needles = needle.make_items(
         lm.tokenizer,
         selected[n_dialogues:] + selected[:n_dialogues],
         n_needles,
         seed=args.seed + 1,
         max_tokens=max_tokens,
     )
+    # Needles spread evenly through the run, so a run cut short still has some of each.
+    items = _interleave(plain, needles)
     select_s = time.perf_counter() - t0
 
     server = None
@@ -197,6 +199,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(report.markdown_table(results))
     print(f"total {results['timings']['total_s']:.0f}s; wrote {', '.join(map(str, paths.values()))}")
     return results
+
+
+def _interleave(a: list[Any], b: list[Any]) -> list[Any]:
+    """All of a and b, in order, with b's items spread evenly among a's."""
+    out: list[Any] = []
+    j = 0
+    for i, x in enumerate(a):
+        out.append(x)
+        while j < len(b) and (j + 1) * len(a) <= (i + 1) * len(b):
+            out.append(b[j])
+            j += 1
+    out.extend(b[j:])
+    return out
 
 
 def dialogues_item(d: Any) -> Any:
