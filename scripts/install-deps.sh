@@ -8,6 +8,7 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   librocksdb-dev libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev libopenblas-dev libxxhash-dev libeigen3-dev libssl-dev openssl
   nlohmann-json3-dev
+  clang libclang-rt-14-dev
 )
 
 missing=()

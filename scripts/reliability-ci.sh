@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The reliability checks of issue 5 in CI's short mode, each one timed (docs/reliability.md):
+#   crash     the fault tests in build/ (ctest -L crash): SIGKILL rounds (NEXUSKV_CRASH_ROUNDS,
+#             default 20), full disk (skips itself where it cannot mount), corruption -> DATA_LOSS
+#   fuzz      scripts/fuzz.sh: the libFuzzer targets, NEXUSKV_FUZZ_SECONDS (default 60) each
+#   sanitize  scripts/sanitize.sh: the unit tests under ASan + UBSan
+#   load      build/bin/nexuskv_load, 8 clients for NEXUSKV_LOAD_SECONDS (default 10); any error
+#             fails it
+# Every piece runs even when an earlier one failed; the exit status is non-zero when any failed.
+#
+#   scripts/reliability-ci.sh              # all four
+#   scripts/reliability-ci.sh crash load   # some of them
+#   NEXUSKV_JOBS=2 (build parallelism, default 2)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+pieces=("$@")
+if ((${#pieces[@]} == 0)); then pieces=(crash fuzz sanitize load); fi
+jobs=${NEXUSKV_JOBS:-2}
+declare -A took result
+failed=0
+
+build_normal() {
+  if [[ ! -f build/CMakeCache.txt ]]; then
+    cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null || return 1
+  fi
+  cmake --build build -j"$jobs" --target "$@"
+}
+
+run_crash() {
+  build_normal nexuskv-server crash_test corruption_test full_disk_test || return 1
+  ctest --test-dir build -L crash --output-on-failure --timeout 1800
+}
+
+run_fuzz() { bash scripts/fuzz.sh "${NEXUSKV_FUZZ_SECONDS:-60}"; }
+
+run_sanitize() { bash scripts/sanitize.sh; }
+
+run_load() {
+  build_normal nexuskv-server nexuskv_load || return 1
+  build/bin/nexuskv_load --clients=8 --duration_s="${NEXUSKV_LOAD_SECONDS:-10}" \
+    --json_out=build/load-ci.json
+}
+
+for piece in "${pieces[@]}"; do
+  echo "=== reliability-ci: $piece ==="
+  start=$(date +%s)
+  if "run_$piece"; then result[$piece]=ok; else result[$piece]=FAILED; failed=1; fi
+  took[$piece]=$(($(date +%s) - start))
+  echo "=== reliability-ci: $piece ${result[$piece]} in ${took[$piece]} s ==="
+done
+
+echo "=== reliability-ci summary ($(nproc) cpus) ==="
+total=0
+for piece in "${pieces[@]}"; do
+  printf '  %-9s %-7s %5d s\n' "$piece" "${result[$piece]}" "${took[$piece]}"
+  total=$((total + took[$piece]))
+done
+printf '  %-9s %-7s %5d s\n' total "" "$total"
+exit $failed
