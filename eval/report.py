@@ -114,7 +114,7 @@ def draw(results: dict[str, Any], path: Path) -> None:
         if not ratio or not row.get("n"):
             continue
         series.setdefault(name, []).append((float(ratio), row))
-    fig, axes = plt.subplots(1, 3, figsize=(16, 5))
+    fig, axes = plt.subplots(1, 3, figsize=(19, 5))
     panels = (
         ("kl", "mean KL(full ‖ method)", True),
         ("top1", "top-1 agreement", False),
@@ -127,13 +127,14 @@ def draw(results: dict[str, Any], path: Path) -> None:
             ys = [p[1][metric] for p in pts]
             es = [p[1].get(f"{metric}_se", 0.0) for p in pts]
             style = "-o" if not name.startswith("kvpress:") else "--s"
-            ax.errorbar(xs, ys, yerr=es, fmt=style, label=name, capsize=3)
+            n = min(p[1]["n"] for p in pts)
+            ax.errorbar(xs, ys, yerr=es, fmt=style, label=f"{name} (n={n})", capsize=3)
         ax.set_xlabel("keep_ratio (history)")
         ax.set_ylabel(label)
         if log:
             ax.set_yscale("log")
         ax.grid(True, alpha=0.3)
-    axes[0].legend(fontsize=8)
+    axes[-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.suptitle(
         f"SmolLM2-135M-Instruct, {results.get('num_dialogues')} ShareGPT dialogues, "
         f"last user turn raw, reply teacher-forced ({results['config']['reply_tokens']} tokens)"
