@@ -145,10 +145,15 @@ absl::Mutex& RocksDbStore::SessionMutex(const SessionKey& key) {
                      kSessionStripes];
 }
 
-absl::Status RocksDbStore::CheckFreeSpace(uint64_t incoming, std::string_view context) {
+uint64_t RocksDbStore::FreeDiskBytes() const {
   struct statvfs fs;
-  if (::statvfs(options_.path.c_str(), &fs) != 0) return absl::OkStatus();  // Unknown: let RocksDB try.
-  const uint64_t free_bytes = uint64_t{fs.f_bavail} * fs.f_frsize;
+  if (::statvfs(options_.path.c_str(), &fs) != 0) return UINT64_MAX;  // Unknown: let RocksDB try.
+  return uint64_t{fs.f_bavail} * fs.f_frsize;
+}
+
+absl::Status RocksDbStore::CheckFreeSpace(uint64_t incoming, bool use_reserve,
+                                          std::string_view context) {
+  const uint64_t free_bytes = FreeDiskBytes();
   // Unflushed memtables reach the disk at the next flush (their blobs too): count them as owed.
   uint64_t owed = 0;
   for (rocksdb::ColumnFamilyHandle* cf : handles_) {
@@ -156,21 +161,28 @@ absl::Status RocksDbStore::CheckFreeSpace(uint64_t incoming, std::string_view co
     if (db_->GetIntProperty(cf, "rocksdb.cur-size-all-mem-tables", &bytes)) owed += bytes;
   }
   // The batch is written twice: to the WAL now, to a table or blob file at its flush.
-  const uint64_t needed = 2 * incoming + owed + options_.min_free_disk_bytes;
+  // Deletes may use the reserve (that is what it is for); they still need room for their own
+  // WAL record and its flush, or RocksDB fails mid-write.
+  constexpr uint64_t kDeleteHeadroom = 1 << 20;
+  const uint64_t needed =
+      2 * incoming + owed + (use_reserve ? kDeleteHeadroom : options_.min_free_disk_bytes);
   if (free_bytes >= needed) return absl::OkStatus();
   Log(LogLevel::kWarning, "disk_low",
       {{"path", options_.path}, {"free", free_bytes}, {"needed", needed}});
   return absl::ResourceExhaustedError(absl::StrCat(
-      "cannot ", Sv(context), ": the data disk is full (", free_bytes, " bytes free; this write needs ",
-      needed, ": its bytes twice, unflushed memtables, and the --min_free_disk_bytes reserve of ",
-      options_.min_free_disk_bytes, "); delete sessions or add disk. Reads still work"));
+      "cannot ", Sv(context), ": the data disk is full (", free_bytes,
+      " bytes free; this write needs ", needed, ": its bytes twice, unflushed memtables, and ",
+      use_reserve ? std::string("1 MiB of headroom")
+                  : absl::StrCat("the --min_free_disk_bytes reserve of ",
+                                 options_.min_free_disk_bytes),
+      "); delete sessions or add disk. Reads still work"));
 }
 
 absl::Status RocksDbStore::Write(rocksdb::WriteBatch& batch, std::string_view context) {
   // Refuse before RocksDB meets ENOSPC: a write failing inside RocksDB puts the database in an
   // error state (and Debian's build asserts on it), while a refusal here changes nothing. Batches
-  // that only delete are always let through: they are how space comes back.
-  if (batch.HasPut()) NEXUSKV_RETURN_IF_ERROR(CheckFreeSpace(batch.GetDataSize(), context));
+  // that only delete may use the reserve: they are how space comes back.
+  NEXUSKV_RETURN_IF_ERROR(CheckFreeSpace(batch.GetDataSize(), /*use_reserve=*/!batch.HasPut(), context));
   rocksdb::WriteOptions write_options;
   write_options.sync = options_.sync_writes;
   return FromRocksStatus(db_->Write(write_options, &batch), context);

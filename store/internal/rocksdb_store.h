@@ -81,8 +81,10 @@ class RocksDbStore final : public Store {
                                                              const std::string& key,
                                                              std::string_view what);
   absl::Status Write(rocksdb::WriteBatch& batch, std::string_view context);
-  // ResourceExhausted when writing `incoming` bytes would eat into Options::min_free_disk_bytes.
-  absl::Status CheckFreeSpace(uint64_t incoming, std::string_view context);
+  // ResourceExhausted when writing `incoming` bytes would eat into Options::min_free_disk_bytes
+  // (or, with use_reserve, leave no headroom at all).
+  absl::Status CheckFreeSpace(uint64_t incoming, bool use_reserve, std::string_view context);
+  uint64_t FreeDiskBytes() const;
 
   // The bodies of the mutating calls, run with the session's stripe mutex held.
   absl::StatusOr<AppendOutcome> AppendLocked(absl::Mutex& mu, const SessionKey& key,

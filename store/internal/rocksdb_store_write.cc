@@ -246,6 +246,13 @@ absl::StatusOr<DeleteOutcome> RocksDbStore::DeleteLocked(absl::Mutex& mu, const 
 }
 
 absl::Status RocksDbStore::Purge(const std::string& begin, const std::string& end) {
+  // Compaction writes new files before it drops old ones: on a nearly full disk it would fail
+  // inside RocksDB. The session is deleted either way; its bytes go at a later compaction.
+  if (FreeDiskBytes() < options_.min_free_disk_bytes) {
+    Log(LogLevel::kWarning, "purge_skipped",
+        {{"reason", "disk below --min_free_disk_bytes; bytes are reclaimed by later compactions"}});
+    return absl::OkStatus();
+  }
   rocksdb::CompactRangeOptions options;
   options.bottommost_level_compaction = rocksdb::BottommostLevelCompaction::kForce;
   options.blob_garbage_collection_policy = rocksdb::BlobGarbageCollectionPolicy::kForce;
