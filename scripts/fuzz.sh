@@ -22,6 +22,10 @@ cxx=${CXX_FUZZ:-clang++-14}
 command -v "$cxx" >/dev/null || { echo "fuzz: $cxx not found (apt-get install clang libclang-rt-14-dev)" >&2; exit 2; }
 
 start=$(date +%s)
+if [[ -f build-fuzz/CMakeCache.txt ]] && ! grep -qs '^NEXUSKV_FUZZ:BOOL=ON' build-fuzz/CMakeCache.txt; then
+  echo "fuzz: build-fuzz/ was not configured by this script (no NEXUSKV_FUZZ=ON); remove it" >&2
+  exit 2
+fi
 if [[ ! -f build-fuzz/CMakeCache.txt ]]; then
   CC=$cc CXX=$cxx cmake -S . -B build-fuzz -DNEXUSKV_FUZZ=ON -DNEXUSKV_CUDA=OFF \
     -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null

@@ -3,7 +3,8 @@
 #   crash     the fault tests in build/ (ctest -L crash): SIGKILL rounds (NEXUSKV_CRASH_ROUNDS,
 #             default 20), full disk (skips itself where it cannot mount), corruption -> DATA_LOSS
 #   fuzz      scripts/fuzz.sh: the libFuzzer targets, NEXUSKV_FUZZ_SECONDS (default 60) each
-#   sanitize  scripts/sanitize.sh: the unit tests under ASan + UBSan
+#   sanitize  scripts/sanitize.sh: the unit tests under ASan + UBSan (in build-fuzz/ when fuzz ran
+#             first, else build-asan/)
 #   load      build/bin/nexuskv_load, 8 clients for NEXUSKV_LOAD_SECONDS (default 10); any error
 #             fails it
 # Every piece runs even when an earlier one failed; the exit status is non-zero when any failed.
@@ -34,7 +35,15 @@ run_crash() {
 
 run_fuzz() { bash scripts/fuzz.sh "${NEXUSKV_FUZZ_SECONDS:-60}"; }
 
-run_sanitize() { bash scripts/sanitize.sh; }
+# The unit tests under ASan + UBSan reuse the fuzz tree when there is one (every object there is
+# already built with both sanitizers), which saves building every library a second time.
+run_sanitize() {
+  if [[ -z ${NEXUSKV_SANITIZE_DIR:-} ]] && grep -qs '^NEXUSKV_FUZZ:BOOL=ON' build-fuzz/CMakeCache.txt; then
+    NEXUSKV_SANITIZE_DIR=build-fuzz bash scripts/sanitize.sh
+  else
+    bash scripts/sanitize.sh
+  fi
+}
 
 run_load() {
   build_normal nexuskv-server nexuskv_load || return 1

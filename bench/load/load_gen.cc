@@ -59,6 +59,7 @@ ABSL_FLAG(uint64_t, seed, 1, "Seed of the clients' choices.");
 ABSL_FLAG(std::string, target, "", "host:port of a running server; empty: start one.");
 ABSL_FLAG(std::string, server_flags, "--sync_writes=true,--log_level=warning",
           "Comma-separated flags for the server this tool starts.");
+ABSL_FLAG(std::string, server_bin, "", "The server binary to start; empty: the build's own.");
 ABSL_FLAG(std::string, json_out, "", "Also write the results as one JSON object to this file.");
 ABSL_FLAG(double, rpc_timeout_s, 60, "Deadline of each call.");
 
@@ -278,6 +279,7 @@ int Main() {
   if (target.empty()) {
     testing::ServerProcessOptions options;
     options.stop_timeout = absl::Seconds(120);  // Reported below: how long the drain takes.
+    if (!absl::GetFlag(FLAGS_server_bin).empty()) options.binary = absl::GetFlag(FLAGS_server_bin);
     for (absl::string_view f :
          absl::StrSplit(absl::GetFlag(FLAGS_server_flags), ',', absl::SkipEmpty())) {
       options.extra_flags.emplace_back(f);

@@ -12,7 +12,8 @@
 //     already_stored exactly when it was there.
 //
 // Environment: NEXUSKV_CRASH_ROUNDS (default 20), NEXUSKV_CRASH_CLIENTS (default 6),
-// NEXUSKV_CRASH_SEED (default: random; always printed). The seed fixes the kill schedule and every
+// NEXUSKV_CRASH_SEED (default: random; always printed), NEXUSKV_SERVER_BINARY (default: the
+// build's nexuskv-server). The seed fixes the kill schedule and every
 // payload; thread interleaving is up to the OS, so a seed does not replay a run exactly.
 #include <atomic>
 #include <chrono>
@@ -221,8 +222,12 @@ TEST_F(CrashTest, AcknowledgedTurnsSurviveSigkill) {
             << " (rerun with NEXUSKV_CRASH_SEED=" << seed_ << ")" << std::endl;
   SCOPED_TRACE(absl::StrCat("NEXUSKV_CRASH_SEED=", seed_));
 
-  auto server =
-      ServerProcess::Start({.extra_flags = {"--sync_writes=true", "--log_level=warning"}});
+  ServerProcessOptions options{.extra_flags = {"--sync_writes=true", "--log_level=warning"}};
+  // A private copy of the binary for long runs in a tree that is being rebuilt meanwhile.
+  if (const char* binary = std::getenv("NEXUSKV_SERVER_BINARY"); binary != nullptr && *binary) {
+    options.binary = binary;
+  }
+  auto server = ServerProcess::Start(options);
   ASSERT_TRUE(server.ok()) << server.status();
   auto reader = (*server)->Connect();
   ASSERT_TRUE(reader.ok()) << reader.status();
