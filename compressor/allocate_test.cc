@@ -22,9 +22,9 @@ std::vector<int64_t> DefaultAllocate(std::vector<int64_t> tokens, int64_t budget
   return CompressorRegistry::Default().Find("H2O")->Allocate(turns, budget);
 }
 
-TEST(RegistryTest, DefaultHoldsTheFourBaselinesInOrder) {
+TEST(RegistryTest, DefaultHoldsTheBaselinesThenSonic) {
   const CompressorRegistry& registry = CompressorRegistry::Default();
-  EXPECT_THAT(registry.names(), ElementsAre("FULL", "STREAMING_LLM", "H2O", "SNAPKV"));
+  EXPECT_THAT(registry.names(), ElementsAre("FULL", "STREAMING_LLM", "H2O", "SNAPKV", "SONIC"));
   for (std::string_view name : registry.names()) {
     const Compressor* method = registry.Find(name);
     ASSERT_THAT(method, NotNull());
@@ -35,7 +35,9 @@ TEST(RegistryTest, DefaultHoldsTheFourBaselinesInOrder) {
   EXPECT_TRUE(registry.Find("H2O")->has_fit());
   EXPECT_TRUE(registry.Find("SNAPKV")->has_fit());
   EXPECT_THAT(registry.Find("h2o"), IsNull());
-  EXPECT_THAT(registry.Find("SONIC"), IsNull());
+  EXPECT_TRUE(registry.Find("SONIC")->has_fit());
+  EXPECT_FALSE(registry.Find("SONIC")->materialize_reads_layer());
+  EXPECT_TRUE(registry.Find("H2O")->materialize_reads_layer());
   EXPECT_EQ(&registry, &CompressorRegistry::Default());
 }
 

@@ -48,6 +48,7 @@ const CompressorRegistry& CompressorRegistry::Default() {
     methods.push_back(internal::NewStreamingLlmCompressor());
     methods.push_back(internal::NewH2OCompressor());
     methods.push_back(internal::NewSnapKvCompressor());
+    methods.push_back(internal::NewSonicCompressorImpl(SonicParams()));
     return new CompressorRegistry(std::move(methods));
   }();
   return *registry;

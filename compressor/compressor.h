@@ -1,7 +1,7 @@
 // Compressor: fits one turn's KV into fewer entries per kv head, on the CPU (the reference).
 //
-// Each method is a Compressor registered by name ("FULL", "H2O", "STREAMING_LLM", "SNAPKV", and
-// later "SONIC"). Work is split in two so that one stored result serves every budget:
+// Each method is a Compressor registered by name ("FULL", "STREAMING_LLM", "H2O", "SNAPKV",
+// "SONIC"). Work is split in two so that one stored result serves every budget:
 //   Fit(layer)                -> opaque bytes, computed once per (turn, layer) off the request path
 //                                and stored (for selection methods, a ranking of the tokens).
 //   Materialize(layer, fit, n) -> the n entries per kv head that the method keeps at that budget.
@@ -30,6 +30,12 @@
 //                  the tokens before it by their attention from the window's queries, averaged over
 //                  the query-head group, summed over the window, average-pooled (kernel 5), as
 //                  kvpress's SnapKVPress.
+//   SONIC          Fit learns, per kv head, a ladder of Nexus-token sets (keys, values, log-weight
+//                  bias) at m = floor(T/2), floor(T/4), ..., 1 entries by attention distillation;
+//                  Materialize serves one rung (or, bias-free, the rung with its bias folded into
+//                  the keys) from the fit alone, without the layer's tensors. Its Allocate puts
+//                  every turn on a rung (or raw) by fit error, turn length and recency. See
+//                  compressor/sonic.h and docs/sonic.md.
 // Scoring queries: the probes when P > 0 (causal: probe j is token T-P+j and sees tokens <= it);
 // when P = 0, the proxy: the keys of the last W = min(T, 16) tokens of the same kv head, used by
 // every query head of its group, with the same causal rule. Selection methods store one ranking
@@ -48,21 +54,27 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "tensor/dtype.h"
 
 namespace nexuskv::compressor {
 
 // One layer of one segment, in float32. Borrowed: the caller keeps the buffers alive.
 struct LayerView {
-  int num_kv_heads = 0;     // H
-  int num_query_heads = 0;  // Hq, a multiple of H; query head h belongs to kv head h / (Hq / H).
-  int num_tokens = 0;       // T >= 1
-  int head_dim = 0;         // D
-  int num_probes = 0;       // P, 0..T: queries of the segment's last P tokens.
+  int num_kv_heads = 0;        // H
+  int num_query_heads = 0;     // Hq, a multiple of H; query head h belongs to kv head h / (Hq / H).
+  int num_tokens = 0;          // T >= 1
+  int head_dim = 0;            // D
+  int num_probes = 0;          // P, 0..T: queries of the segment's last P tokens.
   int64_t first_position = 0;  // Absolute position of token 0.
   bool session_start = false;  // Turn 0: its first tokens are the session's attention sinks.
   std::span<const float> keys;    // [H, T, D], post-rotary.
   std::span<const float> values;  // [H, T, D]
   std::span<const float> probes;  // [Hq, P, D]; empty when P = 0.
+  // Offsets in [0, T), strictly ascending, of tokens that already are Nexus tokens (written by a
+  // SONIC-trained model). SONIC keeps them, first, in every rung; other methods ignore them.
+  std::span<const uint32_t> nexus_offsets;
+  // The session's element type. SONIC stores its ladder in it (float32 sessions: see sonic.h).
+  DType dtype = DType::kFloat32;
 };
 
 // The entries a method keeps for one layer of one segment: n per kv head.
@@ -80,6 +92,11 @@ struct LayerEntries {
 struct TurnShape {
   int64_t num_tokens = 0;
   bool session_start = false;
+  // False once the turn's raw KV was dropped (server --raw_retention): only methods whose
+  // Materialize does not read the layer can serve it, and never raw.
+  bool raw_available = true;
+  // SummarizeFit of the turn's stored fit; empty for methods that write no summary. Borrowed.
+  std::string_view fit_summary;
 };
 
 class Compressor {
@@ -100,16 +117,37 @@ class Compressor {
   virtual absl::StatusOr<LayerEntries> Materialize(const LayerView& layer, std::string_view fit,
                                                    int n) const = 0;
 
-  // Splits `budget` entries per kv head across turns (result[i] <= turns[i].num_tokens, sum ==
-  // min(budget, total tokens)). The default is proportional to turn length, largest remainder
-  // first, ties to the later turn.
+  // The bias-free answer (BIAS_MODE_NONE): the best the method can do with every bias 0, and
+  // `bias` left empty. Methods that add no bias answer exactly as Materialize (the default).
+  virtual absl::StatusOr<LayerEntries> MaterializeBiasFree(const LayerView& layer,
+                                                           std::string_view fit, int n) const {
+    return Materialize(layer, fit, n);
+  }
+
+  // Whether Materialize reads the layer's tensors (true: the default). When false the caller may
+  // pass a view with the shape fields set and empty spans, as for a turn whose raw KV was dropped;
+  // such a method never keeps all T tokens itself (Allocate giving a turn T means "serve it raw").
+  virtual bool materialize_reads_layer() const { return true; }
+
+  // A small per-turn summary of a stored fit (one string per layer, as Fit returned them) that
+  // Allocate reads from TurnShape::fit_summary. Empty (the default) when the method writes none.
+  virtual std::string SummarizeFit(std::span<const std::string> per_layer) const {
+    (void)per_layer;
+    return std::string();
+  }
+
+  // Splits `budget` entries per kv head across turns: result[i] <= turns[i].num_tokens and the
+  // sum never exceeds the budget. The default (and every selection method) gives exactly
+  // min(budget, total tokens): proportional to turn length, largest remainder first, ties to the
+  // later turn. SONIC lands every turn on a rung of its ladder (or raw), so a remainder smaller
+  // than any possible upgrade stays unspent.
   virtual std::vector<int64_t> Allocate(std::span<const TurnShape> turns, int64_t budget) const;
 };
 
 // Methods by name. Thread-safe for lookups.
 class CompressorRegistry {
  public:
-  // FULL, STREAMING_LLM, H2O and SNAPKV with their default parameters.
+  // FULL, STREAMING_LLM, H2O, SNAPKV and SONIC with their default parameters.
   static const CompressorRegistry& Default();
 
   explicit CompressorRegistry(std::vector<std::unique_ptr<Compressor>> compressors);

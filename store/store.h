@@ -144,15 +144,35 @@ class Store {
   // size to the session's compressed_bytes. Replaces an earlier fit of the same method. NotFound
   // when the session or turn no longer exists (deleted meanwhile): nothing is written.
   // `method` is an id (see key_codec.h, e.g. "sonic") and per_layer.size() must equal the
-  // session's num_layers; InvalidArgument otherwise.
+  // session's num_layers; InvalidArgument otherwise. A non-empty `summary` (a small per-turn
+  // digest of the fit, Compressor::SummarizeFit) is stored in the same batch under layer
+  // kFitSummaryLayer, where GetFit reads it back.
   virtual absl::Status PutFit(const SessionKey& key, uint32_t turn, std::string_view method,
-                              const std::vector<std::string>& per_layer) = 0;
+                              const std::vector<std::string>& per_layer,
+                              std::string_view summary) = 0;
+  absl::Status PutFit(const SessionKey& key, uint32_t turn, std::string_view method,
+                      const std::vector<std::string>& per_layer) {
+    return PutFit(key, turn, method, per_layer, std::string_view());
+  }
+
+  // The layer index of a fit's per-turn summary (see PutFit).
+  static constexpr uint32_t kFitSummaryLayer = 0xFFFFFFFF;
 
   // The stored fit of one layer, checksum verified; nullopt when it was never stored. DataLoss on
   // a checksum mismatch.
   virtual absl::StatusOr<std::optional<std::string>> GetFit(const SessionKey& key, uint32_t turn,
                                                             std::string_view method,
                                                             uint32_t layer) = 0;
+
+  // Deletes the raw tensors (keys, values and probes of every layer) of one turn in one
+  // WriteBatch, keeping its record (now raw_dropped) and every fit; the session's
+  // dropped_raw_bytes grows by the turn's raw_bytes and the bytes are purged from the data files
+  // when Options::purge_on_delete. Refused with FailedPrecondition unless a fit of `required_fit`
+  // is stored for the turn, so that a turn is never left without anything that can serve it.
+  // Returns false when the raw was already dropped (nothing written). NotFound for a missing
+  // session or turn.
+  virtual absl::StatusOr<bool> DropRawTensors(const SessionKey& key, uint32_t turn,
+                                              std::string_view required_fit) = 0;
 
   // Removes the session, its segments and its fits (purged from the data files when
   // Options::purge_on_delete). NotFound when it does not exist.

@@ -21,7 +21,7 @@ absl::Status CheckSize(const char* what, size_t actual, const char* dims, int64_
 
 }  // namespace
 
-absl::Status CheckLayer(const LayerView& layer) {
+absl::Status CheckLayerShape(const LayerView& layer) {
   const int h = layer.num_kv_heads;
   const int hq = layer.num_query_heads;
   if (h < 1) {
@@ -49,6 +49,13 @@ absl::Status CheckLayer(const LayerView& layer) {
     return absl::InvalidArgumentError(
         absl::StrCat("LayerView: first_position must be >= 0, got ", layer.first_position));
   }
+  return absl::OkStatus();
+}
+
+absl::Status CheckLayer(const LayerView& layer) {
+  if (auto s = CheckLayerShape(layer); !s.ok()) return s;
+  const int h = layer.num_kv_heads;
+  const int hq = layer.num_query_heads;
   const int64_t t = layer.num_tokens;
   const int64_t d = layer.head_dim;
   if (auto s = CheckSize("keys", layer.keys.size(), "H*T*D", h, t, d); !s.ok()) return s;

@@ -13,6 +13,10 @@ namespace nexuskv::compressor::internal {
 // first violated rule otherwise.
 absl::Status CheckLayer(const LayerView& layer);
 
+// The shape rules of CheckLayer only (dims and first_position), not the span sizes: for views
+// that carry no tensors (a turn served from its stored fit alone).
+absl::Status CheckLayerShape(const LayerView& layer);
+
 // OK when 0 <= n <= T; InvalidArgument otherwise. Assumes CheckLayer passed.
 absl::Status CheckEntryCount(const LayerView& layer, int n);
 

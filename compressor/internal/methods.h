@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "compressor/compressor.h"
+#include "compressor/sonic.h"
 
 namespace nexuskv::compressor::internal {
 
@@ -22,6 +23,8 @@ std::unique_ptr<Compressor> NewFullCompressor();
 std::unique_ptr<Compressor> NewStreamingLlmCompressor();
 std::unique_ptr<Compressor> NewH2OCompressor();
 std::unique_ptr<Compressor> NewSnapKvCompressor();
+// SONIC (compressor/sonic.h); NewSonicCompressor is its public face.
+std::unique_ptr<Compressor> NewSonicCompressorImpl(const SonicParams& params);
 
 // StreamingLLM's order for a turn of T tokens: with `session_start` its first min(T, kSinkTokens)
 // tokens, then the rest from the most recent back; otherwise all tokens, most recent first.

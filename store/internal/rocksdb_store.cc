@@ -88,7 +88,8 @@ absl::Status RocksDbStore::LoadTenantUsage() {
     if (!record.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) continue;
     TenantUsage& usage = usage_[key->tenant];
     usage.sessions += 1;
-    usage.bytes += record.raw_bytes() + record.compressed_bytes();
+    usage.bytes += record.raw_bytes() - std::min(record.dropped_raw_bytes(), record.raw_bytes()) +
+                   record.compressed_bytes();
   }
   return FromRocksStatus(it->status(), "count what each tenant stores");
 }

@@ -7,8 +7,9 @@
 // on compaction). Keys and value checksums: store/key_codec.h.
 //
 // Concurrency: RocksDB serializes nothing for us across the read-modify-write of a session
-// record, so every call that changes a session (AppendSegment, PutFit, DeleteSession) holds the
-// session's stripe mutex: one of kSessionStripes mutexes chosen by a hash of (tenant, session).
+// record, so every call that changes a session (AppendSegment, PutFit, DropRawTensors,
+// DeleteSession) holds the session's stripe mutex: one of kSessionStripes mutexes chosen by a hash
+// of (tenant, session).
 // Calls on different sessions mostly proceed in parallel; readers take no lock and see RocksDB's
 // atomic batches.
 #ifndef NEXUSKV_STORE_INTERNAL_ROCKSDB_STORE_H_
@@ -57,8 +58,11 @@ class RocksDbStore final : public Store {
                                            uint32_t page_size) override;
   absl::StatusOr<std::string> ReadTensor(const SessionKey& key, uint32_t turn, uint32_t layer,
                                          TensorKind kind) override;
+  using Store::PutFit;
   absl::Status PutFit(const SessionKey& key, uint32_t turn, std::string_view method,
-                      const std::vector<std::string>& per_layer) override;
+                      const std::vector<std::string>& per_layer, std::string_view summary) override;
+  absl::StatusOr<bool> DropRawTensors(const SessionKey& key, uint32_t turn,
+                                      std::string_view required_fit) override;
   absl::StatusOr<std::optional<std::string>> GetFit(const SessionKey& key, uint32_t turn,
                                                     std::string_view method,
                                                     uint32_t layer) override;
@@ -93,7 +97,10 @@ class RocksDbStore final : public Store {
                                              const std::vector<LayerTensors>& layers)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
   absl::Status PutFitLocked(absl::Mutex& mu, const SessionKey& key, uint32_t turn,
-                            std::string_view method, const std::vector<std::string>& per_layer)
+                            std::string_view method, const std::vector<std::string>& per_layer,
+                            std::string_view summary) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
+  absl::StatusOr<bool> DropRawLocked(absl::Mutex& mu, const SessionKey& key, uint32_t turn,
+                                     std::string_view required_fit)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
   absl::StatusOr<DeleteOutcome> DeleteLocked(absl::Mutex& mu, const SessionKey& key)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);

@@ -155,17 +155,19 @@ absl::StatusOr<AppendOutcome> RocksDbStore::AppendLocked(absl::Mutex& mu, const 
 }
 
 absl::Status RocksDbStore::PutFit(const SessionKey& key, uint32_t turn, std::string_view method,
-                                  const std::vector<std::string>& per_layer) {
+                                  const std::vector<std::string>& per_layer,
+                                  std::string_view summary) {
   NEXUSKV_RETURN_IF_ERROR(ValidateSessionKey(key));
   NEXUSKV_RETURN_IF_ERROR(ValidateId("method", method));
   absl::Mutex& mu = SessionMutex(key);
   absl::MutexLock lock(&mu);
-  return PutFitLocked(mu, key, turn, method, per_layer);
+  return PutFitLocked(mu, key, turn, method, per_layer, summary);
 }
 
 absl::Status RocksDbStore::PutFitLocked(absl::Mutex& mu, const SessionKey& key, uint32_t turn,
                                         std::string_view method,
-                                        const std::vector<std::string>& per_layer) {
+                                        const std::vector<std::string>& per_layer,
+                                        std::string_view summary) {
   mu.AssertHeld();
   const std::string session = Quoted(key.session_id);
   NEXUSKV_ASSIGN_OR_RETURN(std::optional<SessionRecord> stored, ReadSessionRecord(key));
@@ -206,6 +208,12 @@ absl::Status RocksDbStore::PutFitLocked(absl::Mutex& mu, const SessionKey& key, 
         PutChecksummed(batch, nexus_, EncodeFitKey(key.tenant, key.session_id, turn, method, layer),
                        per_layer[layer]));
   }
+  if (!summary.empty()) {
+    new_bytes += summary.size();
+    NEXUSKV_RETURN_IF_ERROR(PutChecksummed(
+        batch, nexus_, EncodeFitKey(key.tenant, key.session_id, turn, method, kFitSummaryLayer),
+        summary));
+  }
   stored->set_compressed_bytes(stored->compressed_bytes() -
                                std::min(old_bytes, stored->compressed_bytes()) + new_bytes);
   stored->set_update_time_unix_ms(NowUnixMillis());
@@ -238,11 +246,13 @@ absl::StatusOr<DeleteOutcome> RocksDbStore::DeleteLocked(absl::Mutex& mu, const 
         FromRocksStatus(batch.DeleteRange(cf, begin, end), "stage a range delete"));
   }
   NEXUSKV_RETURN_IF_ERROR(Write(batch, absl::StrCat("delete session ", Quoted(key.session_id))));
-  AdjustTenantUsage(key.tenant, -1,
-                    -static_cast<int64_t>(stored->raw_bytes() + stored->compressed_bytes()));
+  // Raw bytes already dropped (DropRawTensors) are not freed again.
+  const uint64_t freed = stored->raw_bytes() -
+                         std::min(stored->dropped_raw_bytes(), stored->raw_bytes()) +
+                         stored->compressed_bytes();
+  AdjustTenantUsage(key.tenant, -1, -static_cast<int64_t>(freed));
   if (options_.purge_on_delete) NEXUSKV_RETURN_IF_ERROR(Purge(begin, end));
-  return DeleteOutcome{.deleted_turns = stored->num_turns(),
-                       .freed_bytes = stored->raw_bytes() + stored->compressed_bytes()};
+  return DeleteOutcome{.deleted_turns = stored->num_turns(), .freed_bytes = freed};
 }
 
 absl::Status RocksDbStore::Purge(const std::string& begin, const std::string& end) {

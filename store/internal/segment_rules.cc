@@ -2,6 +2,7 @@
 
 #include <xxhash.h>
 
+#include <algorithm>
 #include <memory>
 #include <string_view>
 
@@ -82,6 +83,10 @@ std::string DescribeSegmentDifference(const SegmentRecord& incoming, const Segme
   AddIfDifferent("num_probe_queries", incoming.num_probe_queries(), stored.num_probe_queries(),
                  &diffs);
   AddIfDifferent("raw_bytes", incoming.raw_bytes(), stored.raw_bytes(), &diffs);
+  if (!std::equal(incoming.nexus_offsets().begin(), incoming.nexus_offsets().end(),
+                  stored.nexus_offsets().begin(), stored.nexus_offsets().end())) {
+    diffs.push_back("nexus_offsets");
+  }
   if (incoming.layer_digests_size() != stored.layer_digests_size()) {
     AddIfDifferent("num_layers", incoming.layer_digests_size(), stored.layer_digests_size(),
                    &diffs);

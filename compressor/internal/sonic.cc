@@ -1,0 +1,375 @@
+// SonicCompressor: Fit builds the ladder of every kv head of a layer (sonic_fit.h) and encodes it
+// (sonic_ladder.h); Materialize decodes one rung. See compressor/sonic.h for the contract.
+#include "compressor/sonic.h"
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <numeric>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/status_macros.h"
+#include "compressor/internal/layer_check.h"
+#include "compressor/internal/methods.h"
+#include "compressor/internal/ranking.h"
+#include "compressor/internal/sonic_allocate.h"
+#include "compressor/internal/sonic_fit.h"
+#include "compressor/internal/sonic_ladder.h"
+
+namespace nexuskv::compressor::internal {
+namespace {
+
+constexpr float kFloat16Max = 65504.0f;
+
+absl::Status CheckNexusOffsets(const LayerView& layer) {
+  uint32_t previous = 0;
+  for (size_t i = 0; i < layer.nexus_offsets.size(); ++i) {
+    const uint32_t t = layer.nexus_offsets[i];
+    if (t >= static_cast<uint32_t>(layer.num_tokens) || (i > 0 && t <= previous)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("LayerView: nexus_offsets must be strictly ascending offsets in [0, ",
+                       layer.num_tokens, "); entry ", i, " is ", t));
+    }
+    previous = t;
+  }
+  return absl::OkStatus();
+}
+
+// A serving view may carry the shape only (empty spans); then only the shape rules apply.
+absl::Status CheckShape(const LayerView& layer) {
+  if (layer.keys.empty() && layer.values.empty() && layer.probes.empty()) {
+    return CheckLayerShape(layer);
+  }
+  return CheckLayer(layer);
+}
+
+// Rows of kv head h: its group's probes (subsampled evenly to at most max_rows), or the proxy.
+std::vector<float> HeadRows(const LayerView& layer, int h, const SonicParams& params) {
+  const size_t d = static_cast<size_t>(layer.head_dim);
+  const size_t t = static_cast<size_t>(layer.num_tokens);
+  std::vector<float> rows;
+  if (layer.num_probes == 0) {
+    const float* keys = layer.keys.data() + h * t * d;
+    const size_t count = std::min<size_t>(t, static_cast<size_t>(std::max(params.proxy_rows, 0)));
+    rows.assign(keys + (t - count) * d, keys + t * d);
+    return rows;
+  }
+  const size_t group = static_cast<size_t>(layer.num_query_heads / layer.num_kv_heads);
+  const size_t total = group * static_cast<size_t>(layer.num_probes);
+  const size_t count =
+      std::min<size_t>(total, static_cast<size_t>(std::max(params.max_query_rows, 1)));
+  const float* first = layer.probes.data() + h * total * d;
+  rows.resize(count * d);
+  for (size_t r = 0; r < count; ++r) {
+    const size_t src = count == total ? r : r * total / count;
+    std::copy_n(first + src * d, d, rows.data() + r * d);
+  }
+  return rows;
+}
+
+bool FitsFloat16(const SonicLadder& ladder) {
+  for (const auto& rung : ladder.sets) {
+    for (const NexusSet& set : rung) {
+      for (const auto* v : {&set.keys, &set.values}) {
+        for (float x : *v) {
+          if (!(std::abs(x) <= kFloat16Max)) return false;
+        }
+      }
+    }
+  }
+  return true;
+}
+
+class SonicCompressor final : public Compressor {
+ public:
+  explicit SonicCompressor(const SonicParams& params) : params_(params) {}
+
+  std::string_view name() const override { return "SONIC"; }
+  bool has_fit() const override { return true; }
+  bool materialize_reads_layer() const override { return false; }
+
+  absl::StatusOr<std::string> Fit(const LayerView& layer) const override {
+    NEXUSKV_RETURN_IF_ERROR(CheckLayer(layer));
+    NEXUSKV_RETURN_IF_ERROR(CheckNexusOffsets(layer));
+    const size_t t = static_cast<size_t>(layer.num_tokens);
+    const size_t d = static_cast<size_t>(layer.head_dim);
+    SonicLadder ladder;
+    ladder.num_kv_heads = layer.num_kv_heads;
+    ladder.num_tokens = layer.num_tokens;
+    ladder.head_dim = layer.head_dim;
+    ladder.num_nexus = static_cast<uint32_t>(layer.nexus_offsets.size());
+    ladder.proxy = layer.num_probes == 0;
+    ladder.rungs = SonicRungSizes(layer.num_tokens);
+    const size_t k_count = ladder.rungs.size();
+    ladder.sets.assign(k_count, std::vector<NexusSet>(static_cast<size_t>(layer.num_kv_heads)));
+    ladder.errors.resize(k_count * static_cast<size_t>(layer.num_kv_heads));
+    for (int h = 0; h < layer.num_kv_heads; ++h) {
+      const std::vector<float> rows = HeadRows(layer, h, params_);
+      HeadInput in{.num_tokens = layer.num_tokens,
+                   .head_dim = layer.head_dim,
+                   .keys = layer.keys.data() + h * t * d,
+                   .values = layer.values.data() + h * t * d,
+                   .rows = {rows.data(), static_cast<int>(rows.size() / d)},
+                   .nexus_offsets = layer.nexus_offsets};
+      ladder.probe_rows = static_cast<uint32_t>(in.rows.count);
+      HeadFit fit = FitHead(in, ladder.rungs, params_);
+      for (size_t k = 0; k < k_count; ++k) {
+        ladder.sets[k][h] = std::move(fit.rungs[k]);
+        ladder.errors[k * layer.num_kv_heads + h] = fit.errors[k];
+      }
+      ladder.fold.insert(ladder.fold.end(), fit.fold.begin(), fit.fold.end());
+      ladder.token_mass.insert(ladder.token_mass.end(), fit.token_mass.begin(),
+                               fit.token_mass.end());
+    }
+    ladder.dtype = layer.dtype;
+    if (layer.dtype == DType::kFloat32 && params_.compact_float32 && FitsFloat16(ladder)) {
+      ladder.dtype = DType::kFloat16;
+    }
+    return EncodeSonicLadder(ladder);
+  }
+
+  absl::StatusOr<LayerEntries> Materialize(const LayerView& layer, std::string_view fit,
+                                           int n) const override {
+    return Serve(layer, fit, n, /*bias_free=*/false);
+  }
+
+  absl::StatusOr<LayerEntries> MaterializeBiasFree(const LayerView& layer, std::string_view fit,
+                                                   int n) const override {
+    return Serve(layer, fit, n, /*bias_free=*/true);
+  }
+
+  std::string SummarizeFit(std::span<const std::string> per_layer) const override {
+    SonicSummary summary;
+    std::vector<double> output(0), mass(0);
+    size_t samples = 0;
+    for (const std::string& fit : per_layer) {
+      absl::StatusOr<SonicLadderIndex> index = IndexSonicLadder(fit);
+      if (!index.ok()) continue;
+      if (summary.rungs.empty()) {
+        summary.num_tokens = index->num_tokens;
+        summary.rungs = index->rungs;
+        output.assign(summary.rungs.size(), 0.0);
+        mass.assign(summary.rungs.size(), 0.0);
+      }
+      if (index->rungs != summary.rungs) continue;
+      const size_t h = static_cast<size_t>(index->num_kv_heads);
+      for (size_t k = 0; k < summary.rungs.size(); ++k) {
+        for (size_t i = 0; i < h; ++i) {
+          output[k] += index->errors[k * h + i].output_error;
+          mass[k] += index->errors[k * h + i].log_mass_error;
+        }
+      }
+      samples += h;
+    }
+    if (summary.rungs.empty()) return std::string();
+    for (size_t k = 0; k < summary.rungs.size(); ++k) {
+      summary.errors.push_back(
+          {static_cast<float>(output[k] / samples), static_cast<float>(mass[k] / samples)});
+    }
+    return EncodeSonicSummary(summary);
+  }
+
+  std::vector<int64_t> Allocate(std::span<const TurnShape> turns, int64_t budget) const override {
+    return AllocateOnLadders(turns, budget);
+  }
+
+ private:
+  absl::StatusOr<LayerEntries> Serve(const LayerView& layer, std::string_view fit, int n,
+                                     bool bias_free) const {
+    NEXUSKV_RETURN_IF_ERROR(CheckShape(layer));
+    NEXUSKV_RETURN_IF_ERROR(CheckEntryCount(layer, n));
+    LayerEntries out;
+    out.num_kv_heads = layer.num_kv_heads;
+    out.head_dim = layer.head_dim;
+    if (n == 0) return out;
+    NEXUSKV_ASSIGN_OR_RETURN(SonicLadderIndex index, IndexSonicLadder(fit));
+    if (index.num_kv_heads != layer.num_kv_heads || index.num_tokens != layer.num_tokens ||
+        index.head_dim != layer.head_dim) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("SONIC ladder is for H=", index.num_kv_heads, " T=", index.num_tokens,
+                       " D=", index.head_dim, ", layer has H=", layer.num_kv_heads,
+                       " T=", layer.num_tokens, " D=", layer.head_dim));
+    }
+    const int t = layer.num_tokens;
+    const bool has_raw = !layer.keys.empty();
+    if (n == t && has_raw) return RawTurn(layer, bias_free);
+    // The largest rung that fits, topped up with raw tokens when n lies above it.
+    const auto rung =
+        std::find_if(index.rungs.begin(), index.rungs.end(), [n](int m) { return m <= n; });
+    const int k = static_cast<int>(rung - index.rungs.begin());
+    const int extra = n - *rung;
+    if (extra > 0 && !has_raw) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "SONIC serves ", n, " entries per kv head of this ", t, "-token turn by topping rung ",
+          *rung,
+          " up with raw tokens, but its raw KV is not available; without it the ladder "
+          "serves {",
+          absl::StrJoin(index.rungs, ", "), "}"));
+    }
+    std::vector<NexusSet> sets = DecodeSonicRung(fit, index, k);
+    const size_t d = static_cast<size_t>(layer.head_dim);
+    if (extra > 0) {
+      const std::vector<float> mass = DecodeSonicTokenMass(fit, index);
+      const size_t span = static_cast<size_t>(t) * d;
+      for (size_t h = 0; h < sets.size(); ++h) {
+        sets[h] = TopUp(sets[h], layer.keys.data() + h * span, layer.values.data() + h * span,
+                        std::span<const float>(mass).subspan(h * t, t), index.probe_rows == 0,
+                        extra, layer.head_dim);
+      }
+    }
+    const std::vector<float> fold = bias_free ? DecodeSonicFold(fit, index) : std::vector<float>();
+    const size_t m = static_cast<size_t>(n);
+    out.num_entries = n;
+    out.keys.reserve(sets.size() * m * d);
+    out.values.reserve(sets.size() * m * d);
+    out.positions.reserve(sets.size() * m);
+    for (size_t h = 0; h < sets.size(); ++h) {
+      NexusSet& set = sets[h];
+      if (bias_free) {
+        const float* u = fold.data() + h * d;
+        for (size_t j = 0; j < m; ++j) {
+          float* key = set.keys.data() + j * d;
+          for (size_t c = 0; c < d; ++c) {
+            key[c] = std::clamp(key[c] + set.bias[j] * u[c], -FLT_MAX, FLT_MAX);
+          }
+        }
+      } else {
+        out.bias.insert(out.bias.end(), set.bias.begin(), set.bias.end());
+      }
+      out.keys.insert(out.keys.end(), set.keys.begin(), set.keys.end());
+      out.values.insert(out.values.end(), set.values.begin(), set.values.end());
+      for (uint32_t offset : set.offsets) {
+        out.positions.push_back(layer.first_position + static_cast<int64_t>(offset));
+      }
+    }
+    return out;
+  }
+
+  // Adds `extra` raw tokens (bias 0) to one head's rung: the most attended tokens that an entry
+  // of the rung merged with others (or that no entry stands for), each taken out of its cluster:
+  // the cluster's mass, hence its bias, and its weighted mean value lose the token's share. The
+  // rung's mass over the rows is unchanged. `mass` is the head's token mass (all 1 when the fit
+  // had no rows). Caller guarantees extra <= T - m.
+  static NexusSet TopUp(const NexusSet& rung, const float* keys, const float* values,
+                        std::span<const float> mass, bool rowless, int extra, int head_dim) {
+    const size_t d = static_cast<size_t>(head_dim);
+    const size_t t = mass.size();
+    const size_t m = rung.offsets.size();
+    auto token_mass = [&](size_t i) { return rowless ? 1.0 : double{mass[i]}; };
+    double mean = 0.0;
+    for (size_t i = 0; i < t; ++i) mean += token_mass(i);
+    const double eps = std::max(1e-6 * mean / static_cast<double>(t), 1e-30);
+    std::vector<int> members(m, 0);
+    std::vector<double> cluster_mass(m, 0.0);
+    std::vector<bool> is_entry(t, false);
+    for (size_t i = 0; i < t; ++i) {
+      if (rung.assignment[i] == kNotMerged) continue;
+      ++members[rung.assignment[i]];
+      cluster_mass[rung.assignment[i]] += token_mass(i);
+    }
+    for (size_t j = 0; j < m; ++j) {
+      if (members[j] == 0 && rung.offsets[j] < t) is_entry[rung.offsets[j]] = true;
+    }
+    std::vector<uint32_t> candidates;
+    for (size_t i = 0; i < t; ++i) {
+      const uint32_t j = rung.assignment[i];
+      if ((j != kNotMerged && members[j] >= 2) || (j == kNotMerged && !is_entry[i])) {
+        candidates.push_back(static_cast<uint32_t>(i));
+      }
+    }
+    std::stable_sort(candidates.begin(), candidates.end(),
+                     [&](uint32_t x, uint32_t y) { return token_mass(x) > token_mass(y); });
+    candidates.resize(std::min(candidates.size(), static_cast<size_t>(extra)));
+    std::sort(candidates.begin(), candidates.end());
+
+    NexusSet out = rung;
+    std::vector<double> left_mass = cluster_mass;
+    std::vector<double> weight(m);
+    for (size_t j = 0; j < m; ++j) weight[j] = cluster_mass[j] + members[j] * eps;
+    for (uint32_t i : candidates) {
+      const uint32_t j = rung.assignment[i];
+      if (j == kNotMerged) continue;
+      const double w = token_mass(i) + eps;
+      const double remaining = weight[j] - w;
+      if (remaining > 1e-300) {
+        float* v = out.values.data() + j * d;
+        for (size_t c = 0; c < d; ++c) {
+          v[c] = static_cast<float>((weight[j] * v[c] - w * values[i * d + c]) / remaining);
+        }
+      }
+      weight[j] = remaining;
+      left_mass[j] -= token_mass(i);
+    }
+    for (size_t j = 0; j < m; ++j) {
+      if (left_mass[j] == cluster_mass[j]) continue;
+      const double ratio = left_mass[j] / cluster_mass[j];
+      out.bias[j] = ratio > 0.0
+                        ? std::max(static_cast<float>(out.bias[j] + std::log(ratio)), kSonicMinBias)
+                        : kSonicMinBias;
+    }
+    // Merge the raw tokens in, in offset order.
+    NexusSet merged;
+    const size_t total = m + candidates.size();
+    merged.offsets.reserve(total);
+    merged.bias.reserve(total);
+    merged.keys.reserve(total * d);
+    merged.values.reserve(total * d);
+    size_t a = 0, b = 0;
+    while (a < m || b < candidates.size()) {
+      const bool take_rung = b == candidates.size() || (a < m && out.offsets[a] <= candidates[b]);
+      if (take_rung) {
+        merged.offsets.push_back(out.offsets[a]);
+        merged.bias.push_back(out.bias[a]);
+        merged.keys.insert(merged.keys.end(), out.keys.begin() + a * d,
+                           out.keys.begin() + (a + 1) * d);
+        merged.values.insert(merged.values.end(), out.values.begin() + a * d,
+                             out.values.begin() + (a + 1) * d);
+        ++a;
+      } else {
+        const uint32_t i = candidates[b++];
+        merged.offsets.push_back(i);
+        merged.bias.push_back(0.0f);
+        merged.keys.insert(merged.keys.end(), keys + i * d, keys + (i + 1) * d);
+        merged.values.insert(merged.values.end(), values + i * d, values + (i + 1) * d);
+      }
+    }
+    return merged;
+  }
+
+  // Every token, bias 0 (or none when bias-free): the top of the ladder when the raw is stored.
+  static absl::StatusOr<LayerEntries> RawTurn(const LayerView& layer, bool bias_free) {
+    if (layer.keys.empty()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("all ", layer.num_tokens,
+                       " tokens of this turn were asked for, but its raw KV is not "
+                       "available; SONIC serves its rungs from the stored ladder only"));
+    }
+    const size_t t = static_cast<size_t>(layer.num_tokens);
+    std::vector<uint32_t> kept(static_cast<size_t>(layer.num_kv_heads) * t);
+    for (size_t h = 0; h < static_cast<size_t>(layer.num_kv_heads); ++h) {
+      std::iota(kept.begin() + h * t, kept.begin() + (h + 1) * t, 0u);
+    }
+    LayerEntries out = GatherEntries(layer, layer.num_tokens, kept);
+    if (!bias_free) out.bias.assign(kept.size(), 0.0f);
+    return out;
+  }
+
+  const SonicParams params_;
+};
+
+}  // namespace
+
+std::unique_ptr<Compressor> NewSonicCompressorImpl(const SonicParams& params) {
+  return std::make_unique<SonicCompressor>(params);
+}
+
+}  // namespace nexuskv::compressor::internal
+
+namespace nexuskv::compressor {
+
+std::unique_ptr<Compressor> NewSonicCompressor(const SonicParams& params) {
+  return internal::NewSonicCompressorImpl(params);
+}
+
+}  // namespace nexuskv::compressor

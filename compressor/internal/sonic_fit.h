@@ -1,0 +1,69 @@
+// SONIC's fit for one kv head: a ladder of Nexus-token sets distilled from the segment's keys,
+// values and query rows (docs/sonic.md explains each step and the measurements behind it).
+//
+// For each rung of m entries:
+//   1. Pass-through: the turn's Nexus offsets (LayerView::nexus_offsets) come first, raw, bias 0
+//      (at most m of them, the most attended first).
+//   2. Keys: the other tokens are clustered by weighted k-means on K (weights = accumulated
+//      attention of the rows), seeded with the most attended tokens; the key of an entry is its
+//      cluster's weighted centroid. Turns longer than max_cluster_tokens are clustered in
+//      contiguous chunks so that the cost stays O(T * max_cluster_tokens * D).
+//   3. Bias: w_j = exp(b_j) is the non-negative weighted-least-squares fit of the cluster's mass,
+//      w_j * sum_r e^{q_r.c_j - log Z_r} = sum_{i in cluster} sum_r e^{q_r.k_i - log Z_r}, i.e. the
+//      entry carries exactly its cluster's share of the segment's mass over the rows; b is
+//      clamped to [kSonicMinBias, kSonicMaxBias] (an empty cluster gets the floor).
+//   4. Values: the attention-weighted mean of the cluster's values, the least-squares fit of its
+//      output over the rows.
+//   5. Error: relative output error and log-mass error of the whole set on the rows.
+// Plus, once per head, the fold vector u = (Q^T Q + lambda I)^-1 Q^T 1 (Q the scaled rows), so that
+// k + b u stands in for (k, b) when an engine takes no bias: q.(k + b u) ~ q.k + b.
+//
+//   HeadFit fit = FitHead(head, SonicRungSizes(T), SonicParams{});
+//
+// Pure and thread-safe.
+#ifndef NEXUSKV_COMPRESSOR_INTERNAL_SONIC_FIT_H_
+#define NEXUSKV_COMPRESSOR_INTERNAL_SONIC_FIT_H_
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "compressor/internal/sonic_ladder.h"
+#include "compressor/internal/sonic_math.h"
+#include "compressor/sonic.h"
+
+namespace nexuskv::compressor::internal {
+
+using ::nexuskv::compressor::SonicParams;
+
+// Bias range: w = exp(b) in [e^-80, e^80], finite in float32 with room for q.k on top.
+inline constexpr float kSonicMinBias = -80.0f;
+inline constexpr float kSonicMaxBias = 80.0f;
+
+// floor(T/2), floor(T/4), ... down to 1; {1} for T = 1. Their sum is T - popcount(T) <= 2 x the
+// largest rung (the stored-size goal).
+std::vector<int> SonicRungSizes(int num_tokens);
+
+// One kv head's segment, borrowed.
+struct HeadInput {
+  int num_tokens = 0;
+  int head_dim = 0;
+  const float* keys = nullptr;              // [T, D]
+  const float* values = nullptr;            // [T, D]
+  Rows rows;                                // [R, D] unscaled query rows (probes or proxy), R >= 1
+  std::span<const uint32_t> nexus_offsets;  // ascending, < T
+};
+
+struct HeadFit {
+  std::vector<NexusSet> rungs;         // one per requested size, same order
+  std::vector<SonicRungError> errors;  // one per rung
+  std::vector<float> fold;             // [D]
+  std::vector<float> token_mass;       // [T] a_i: attention on token i summed over the rows
+};
+
+// Fits every size in `rung_sizes` (each in [1, T]).
+HeadFit FitHead(const HeadInput& head, std::span<const int> rung_sizes, const SonicParams& params);
+
+}  // namespace nexuskv::compressor::internal
+
+#endif  // NEXUSKV_COMPRESSOR_INTERNAL_SONIC_FIT_H_
