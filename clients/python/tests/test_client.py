@@ -203,18 +203,22 @@ def test_unavailable_is_retried_with_backoff():
 
 def test_retry_reaches_a_server_that_comes_up(tmp_path):
     """The server starts while the client is backing off: the call succeeds."""
-    import threading
+    from concurrent.futures import ThreadPoolExecutor
 
     port = free_port()
     server = LocalServer(data_dir=tmp_path / "d", port=port, log_path=tmp_path / "log")
-    starter = threading.Timer(0.5, server.start)
-    starter.start()
-    try:
-        with Client(server.target, timeout=5.0, retries=12, backoff=0.25, max_backoff=1.0) as c:
-            assert list(c.sessions()) == []
-    finally:
-        starter.join()
-        server.stop()
+    with (
+        Client(server.target, timeout=5.0, retries=12, backoff=0.25, max_backoff=1.0) as c,
+        ThreadPoolExecutor(1) as pool,
+    ):
+        pending = pool.submit(lambda: list(c.sessions()))
+        time.sleep(0.5)
+        assert not pending.done()  # still retrying: nothing listens yet
+        server.start()
+        try:
+            assert pending.result(timeout=30) == []
+        finally:
+            server.stop()
 
 
 def test_not_found_is_not_retried(client):

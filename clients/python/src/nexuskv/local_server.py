@@ -11,11 +11,13 @@ grpc.health.v1 check answers SERVING, or raises RuntimeError with the tail of it
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -41,6 +43,16 @@ def default_binary() -> Path:
     return Path("build/bin/nexuskv-server")
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: the kernel sends SIGTERM to the server when the thread that
+    started it exits (Linux PR_SET_PDEATHSIG), so a killed harness leaves no orphan server."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -62,7 +74,8 @@ def health_status(target: str, timeout: float = 1.0) -> bytes | None:
 
 
 class LocalServer:
-    """One nexuskv-server child process. Not thread-safe; start and stop from one thread."""
+    """One nexuskv-server child process. Not thread-safe; start and stop from one thread. On Linux
+    the server is terminated when the thread that called start() exits."""
 
     def __init__(
         self,
@@ -99,7 +112,12 @@ class LocalServer:
             *self.extra_args,
         ]
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            args,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
