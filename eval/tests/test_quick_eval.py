@@ -53,8 +53,11 @@ def test_every_configuration_has_a_row_or_a_reason(results):
         assert math.isfinite(row["kl"]) and row["kl"] >= -1e-9
         assert 0.0 <= row["top1"] <= 1.0
         if ratio:
-            # The budget is the kept fraction of the history (rounding per turn / per layer).
-            assert abs(row["kept_ratio"] - float(ratio)) < 0.03, (key, row["kept_ratio"])
+            # The budget is the kept fraction of the history: never exceeded (rounding per turn
+            # aside); selection methods fill it, SONIC may stop at a lower rung of its ladder.
+            assert row["kept_ratio"] <= float(ratio) + 0.01, (key, row["kept_ratio"])
+            if method != "sonic":
+                assert abs(row["kept_ratio"] - float(ratio)) < 0.03, (key, row["kept_ratio"])
     # Only SONIC may be missing (until it lands); the baselines and the kvpress presses must run.
     assert set(results["unavailable"]) <= {"sonic"}
     assert results["press_errors"] == {}
