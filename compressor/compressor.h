@@ -31,11 +31,11 @@
 //                  the query-head group, summed over the window, average-pooled (kernel 5), as
 //                  kvpress's SnapKVPress.
 //   SONIC          Fit learns, per kv head, a ladder of Nexus-token sets (keys, values, log-weight
-//                  bias) at m = floor(T/2), floor(T/4), ..., 1 entries by attention distillation;
-//                  Materialize serves one rung (or, bias-free, the rung with its bias folded into
-//                  the keys) from the fit alone, without the layer's tensors. Its Allocate puts
-//                  every turn on a rung (or raw) by fit error, turn length and recency. See
-//                  compressor/sonic.h and docs/sonic.md.
+//                  bias) at m = floor(T/4), floor(T/8), ..., 1 entries by attention distillation;
+//                  Materialize serves a rung from the fit alone, or tops it up with raw tokens
+//                  when the layer's tensors are given; bias-free, each bias is folded into its
+//                  key. Its Allocate picks servable sizes by fit error, turn length and recency.
+//                  See compressor/sonic.h and docs/sonic.md.
 // Scoring queries: the probes when P > 0 (causal: probe j is token T-P+j and sees tokens <= it);
 // when P = 0, the proxy: the keys of the last W = min(T, 16) tokens of the same kv head, used by
 // every query head of its group, with the same causal rule. Selection methods store one ranking
@@ -123,6 +123,9 @@ class Compressor {
                                                            std::string_view fit, int n) const {
     return Materialize(layer, fit, n);
   }
+
+  // Whether Materialize sets LayerEntries::bias (SONIC); the answer then carries a bias.
+  virtual bool adds_bias() const { return false; }
 
   // Whether Materialize reads the layer's tensors (true: the default). When false the caller may
   // pass a view with the shape fields set and empty spans, as for a turn whose raw KV was dropped;

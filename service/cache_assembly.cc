@@ -1,5 +1,6 @@
 #include "service/cache_assembly.h"
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 #include <utility>
@@ -23,14 +24,15 @@ struct CacheAssembly::TurnBlock {
 
 CacheAssembly::CacheAssembly(store::Store* store, store::SessionKey key,
                              v1::ModelSpec session_model, DType output_dtype,
-                             const compressor::Compressor* method, std::vector<TurnPlan> turns,
-                             v1::CacheHeader header)
+                             const compressor::Compressor* method, bool bias_free,
+                             std::vector<TurnPlan> turns, v1::CacheHeader header)
     : store_(store),
       key_(std::move(key)),
       session_model_(std::move(session_model)),
       session_dtype_(*ToTensorDType(session_model_.dtype(), "model.dtype")),
       output_dtype_(output_dtype),
       method_(method),
+      bias_free_(bias_free),
       turns_(std::move(turns)),
       header_(std::move(header)) {}
 
@@ -62,9 +64,22 @@ absl::StatusOr<CacheAssembly::TurnBlock> CacheAssembly::RawBlock(const TurnPlan&
 
 absl::StatusOr<CacheAssembly::TurnBlock> CacheAssembly::CompressedBlock(const TurnPlan& turn,
                                                                         uint32_t layer) {
-  NEXUSKV_ASSIGN_OR_RETURN(DecodedLayer decoded,
-                           LoadDecodedLayer(*store_, key_, session_model_, turn.record, layer,
-                                            /*with_probes=*/false));
+  // A method that serves from its fit alone (SONIC) reads the raw KV only when it is stored (for
+  // top-ups); otherwise it gets the shape.
+  DecodedLayer decoded;
+  bool have_layer = false;
+  if (turn.load_layer || method_->materialize_reads_layer()) {
+    absl::StatusOr<DecodedLayer> loaded = LoadDecodedLayer(*store_, key_, session_model_,
+                                                           turn.record, layer,
+                                                           /*with_probes=*/false);
+    if (loaded.ok()) {
+      decoded = *std::move(loaded);
+      have_layer = true;
+    } else if (!absl::IsNotFound(loaded.status()) || method_->materialize_reads_layer()) {
+      return loaded.status();
+    }
+  }
+  if (!have_layer) decoded = ShapeOnlyLayer(session_model_, turn.record);
   std::string fit;
   if (method_->has_fit()) {
     NEXUSKV_ASSIGN_OR_RETURN(std::optional<std::string> stored,
@@ -75,11 +90,18 @@ absl::StatusOr<CacheAssembly::TurnBlock> CacheAssembly::CompressedBlock(const Tu
     }
     fit = std::move(*stored);
   }
-  NEXUSKV_ASSIGN_OR_RETURN(
-      compressor::LayerEntries entries,
-      method_->Materialize(decoded.view, fit, static_cast<int>(turn.entries)));
+  const int n = static_cast<int>(turn.entries);
+  NEXUSKV_ASSIGN_OR_RETURN(compressor::LayerEntries entries,
+                           bias_free_ ? method_->MaterializeBiasFree(decoded.view, fit, n)
+                                      : method_->Materialize(decoded.view, fit, n));
   TurnBlock block;
   block.entries = entries.num_entries;
+  if (output_dtype_ == DType::kFloat16) {
+    // Fitted entries may leave float16's range (raw ones never do): saturate, never send inf.
+    for (auto* v : {&entries.keys, &entries.values}) {
+      for (float& x : *v) x = std::clamp(x, -65504.0f, 65504.0f);
+    }
+  }
   block.keys = EncodeFromFloat(entries.keys, output_dtype_);
   block.values = EncodeFromFloat(entries.values, output_dtype_);
   block.bias = std::move(entries.bias);

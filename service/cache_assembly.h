@@ -6,7 +6,8 @@
 // one layer.
 //
 // Not thread-safe: one caller at a time (the GetCache reactor builds layers one after another).
-// BuildLayer may fail with the store's DATA_LOSS / NOT_FOUND (session deleted meanwhile).
+// BuildLayer may fail with the store's DATA_LOSS / NOT_FOUND (session deleted meanwhile), or
+// FAILED_PRECONDITION when a turn's raw KV was dropped meanwhile and its plan needed it.
 #ifndef NEXUSKV_SERVICE_CACHE_ASSEMBLY_H_
 #define NEXUSKV_SERVICE_CACHE_ASSEMBLY_H_
 
@@ -24,15 +25,17 @@ namespace nexuskv::service {
 // What the plan decided for one turn.
 struct TurnPlan {
   store::SegmentRecord record;
-  bool raw = false;     // Served uncompressed.
-  int64_t entries = 0;  // Entries per kv head (== num_tokens when raw).
+  bool raw = false;        // Served uncompressed.
+  int64_t entries = 0;     // Entries per kv head (== num_tokens when raw).
+  bool load_layer = true;  // Its raw KV is stored: read it for the method (SONIC top-ups need it).
 };
 
 class CacheAssembly {
  public:
-  // `store` and `method` must outlive the assembly; method is ignored for raw turns.
+  // `store` and `method` must outlive the assembly; method is ignored for raw turns. bias_free:
+  // compressed turns come from MaterializeBiasFree (BIAS_MODE_NONE).
   CacheAssembly(store::Store* store, store::SessionKey key, nexuskv::v1::ModelSpec session_model,
-                DType output_dtype, const compressor::Compressor* method,
+                DType output_dtype, const compressor::Compressor* method, bool bias_free,
                 std::vector<TurnPlan> turns, nexuskv::v1::CacheHeader header);
   CacheAssembly(const CacheAssembly&) = delete;
   CacheAssembly& operator=(const CacheAssembly&) = delete;
@@ -54,6 +57,7 @@ class CacheAssembly {
   const DType session_dtype_;
   const DType output_dtype_;
   const compressor::Compressor* const method_;
+  const bool bias_free_;
   const std::vector<TurnPlan> turns_;
   const nexuskv::v1::CacheHeader header_;
 };

@@ -16,8 +16,9 @@ struct FitScheduler::InFlight {
   absl::Status status;
 };
 
-FitScheduler::FitScheduler(store::Store* store, int num_threads, size_t max_queued)
-    : store_(store), pool_("fit", num_threads, max_queued) {}
+FitScheduler::FitScheduler(store::Store* store, int num_threads, size_t max_queued,
+                           StoredCallback on_stored)
+    : store_(store), on_stored_(std::move(on_stored)), pool_("fit", num_threads, max_queued) {}
 
 FitScheduler::~FitScheduler() { Shutdown(); }
 
@@ -90,12 +91,14 @@ absl::Status FitScheduler::Compute(const FitJob& job) {
     NEXUSKV_ASSIGN_OR_RETURN(std::string fit, job.method->Fit(decoded.view));
     per_layer.push_back(std::move(fit));
   }
+  const std::string summary = job.method->SummarizeFit(per_layer);
   NEXUSKV_RETURN_IF_ERROR(
-      store_->PutFit(job.key, job.record.turn(), job.method->name(), per_layer));
+      store_->PutFit(job.key, job.record.turn(), job.method->name(), per_layer, summary));
   Log(LogLevel::kDebug, "fit_stored",
       {{"session", job.key.session_id}, {"turn", job.record.turn()},
        {"method", job.method->name()},
        {"ms", absl::ToDoubleMilliseconds(absl::Now() - start)}});
+  if (on_stored_) on_stored_(job);
   return absl::OkStatus();
 }
 

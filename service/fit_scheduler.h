@@ -2,7 +2,7 @@
 //
 // After a turn is acknowledged, AppendSegment submits one job per method that has a fit; a bounded
 // pool of workers runs them (each job: decode every layer, Compressor::Fit, Store::PutFit in one
-// batch). When the queue is full a job is dropped and logged, not lost: GetCache calls Ensure(),
+// batch, with the method's SummarizeFit as the fit's summary), then calls the on_stored callback. When the queue is full a job is dropped and logged, not lost: GetCache calls Ensure(),
 // which waits for a job already running for that (session, turn, method) or runs it inline.
 //
 // Thread-safe. Shutdown() stops the workers; queued jobs are dropped (Ensure recomputes on demand).
@@ -10,6 +10,7 @@
 #define NEXUSKV_SERVICE_FIT_SCHEDULER_H_
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -34,8 +35,12 @@ struct FitJob {
 
 class FitScheduler {
  public:
+  // Called after a job's fit is stored (on the thread that stored it; not for fits found stored).
+  using StoredCallback = std::function<void(const FitJob&)>;
+
   // `store` must outlive the scheduler.
-  FitScheduler(store::Store* store, int num_threads, size_t max_queued);
+  FitScheduler(store::Store* store, int num_threads, size_t max_queued,
+               StoredCallback on_stored = nullptr);
   FitScheduler(const FitScheduler&) = delete;
   FitScheduler& operator=(const FitScheduler&) = delete;
   ~FitScheduler();
@@ -61,6 +66,7 @@ class FitScheduler {
   absl::Status Compute(const FitJob& job);
 
   store::Store* const store_;
+  const StoredCallback on_stored_;
   absl::Mutex mu_;
   std::map<JobId, std::shared_ptr<InFlight>> in_flight_ ABSL_GUARDED_BY(mu_);
   ThreadPool pool_;

@@ -28,6 +28,9 @@ v1::SessionInfo ToSessionInfo(const store::SessionRecord& r) {
   info.set_create_time_unix_ms(r.create_time_unix_ms());
   info.set_update_time_unix_ms(r.update_time_unix_ms());
   info.set_expire_time_unix_ms(r.expire_time_unix_ms());
+  const uint64_t stored_raw = r.raw_bytes() - std::min(r.dropped_raw_bytes(), r.raw_bytes());
+  info.set_stored_raw_bytes(stored_raw);
+  info.set_stored_bytes(stored_raw + r.compressed_bytes());
   return info;
 }
 
@@ -69,9 +72,45 @@ KvMemoryCore::KvMemoryCore(store::Store* store, const compressor::CompressorRegi
     : store_(store),
       registry_(registry),
       options_(std::move(options)),
-      fits_(store, options_.fit_threads, options_.fit_queue) {}
+      fits_(store, options_.fit_threads, options_.fit_queue, [this](const FitJob& job) {
+        if (job.method->name() == kRawRetentionFit) ApplyRetention(job.key);
+      }) {
+  if (options_.raw_retention.mode == RawRetention::Mode::kAfter &&
+      options_.raw_retention.sweep > absl::ZeroDuration()) {
+    sweeper_ = std::thread([this] { SweepLoop(); });
+  }
+}
 
-void KvMemoryCore::Shutdown() { fits_.Shutdown(); }
+KvMemoryCore::~KvMemoryCore() { Shutdown(); }
+
+void KvMemoryCore::Shutdown() {
+  if (!stop_sweeper_.HasBeenNotified()) stop_sweeper_.Notify();
+  if (sweeper_.joinable()) sweeper_.join();
+  fits_.Shutdown();
+}
+
+void KvMemoryCore::ApplyRetention(const store::SessionKey& key) {
+  absl::StatusOr<uint32_t> dropped =
+      ApplyRawRetention(*store_, key, options_.raw_retention, absl::Now());
+  if (!dropped.ok() && !absl::IsNotFound(dropped.status())) {
+    Log(LogLevel::kWarning, "raw_retention_failed",
+        {{"session", key.session_id}, {"status", dropped.status().ToString()}});
+  }
+}
+
+void KvMemoryCore::SweepLoop() {
+  while (!stop_sweeper_.WaitForNotificationWithTimeout(options_.raw_retention.sweep)) {
+    absl::StatusOr<std::vector<store::SessionKey>> keys = store_->ListSessionKeys();
+    if (!keys.ok()) {
+      Log(LogLevel::kWarning, "raw_retention_sweep_failed", {{"status", keys.status().ToString()}});
+      continue;
+    }
+    for (const store::SessionKey& key : *keys) {
+      if (stop_sweeper_.HasBeenNotified()) return;
+      ApplyRetention(key);
+    }
+  }
+}
 
 absl::StatusOr<v1::AppendSegmentResponse> KvMemoryCore::Append(std::string_view tenant,
                                                                AssembledSegment segment) {
@@ -83,6 +122,16 @@ absl::StatusOr<v1::AppendSegmentResponse> KvMemoryCore::Append(std::string_view 
   record.set_role(h.role());
   record.set_num_probe_queries(h.num_probe_queries());
   record.set_ttl_seconds(h.ttl_seconds());
+  for (int i = 0; i < h.nexus_offsets_size(); ++i) {
+    const uint32_t offset = h.nexus_offsets(i);
+    if (offset >= h.num_tokens() || (i > 0 && offset <= h.nexus_offsets(i - 1))) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "header.nexus_offsets must be strictly ascending offsets below num_tokens (",
+          h.num_tokens(), "); entry ", i, " is ", offset));
+    }
+  }
+  *record.mutable_nexus_offsets() = h.nexus_offsets();
+  record.set_append_time_unix_ms(absl::ToUnixMillis(absl::Now()));
   uint64_t bytes = 0;
   for (const store::LayerTensors& l : segment.layers) {
     bytes += l.keys.size() + l.values.size() + l.probe_queries.size();
@@ -98,6 +147,7 @@ absl::StatusOr<v1::AppendSegmentResponse> KvMemoryCore::Append(std::string_view 
       if (method->has_fit()) fits_.Submit(FitJob{key, h.model(), record, method});
     }
   }
+  if (!outcome.already_stored) ApplyRetention(key);
   Log(LogLevel::kInfo, "segment_appended",
       {{"tenant", tenant}, {"session", h.session_id()}, {"turn", h.turn()},
        {"tokens", h.num_tokens()}, {"bytes", bytes}, {"already_stored", outcome.already_stored}});
@@ -144,24 +194,67 @@ absl::StatusOr<std::unique_ptr<CacheAssembly>> KvMemoryCore::PlanCache(
                                 ? request.first_turn()
                                 : last + 1 - request.keep_recent_turns();
 
+  // Turns whose raw KV is gone can only be served from a fit that needs no raw (SONIC).
+  auto check_dropped = [&]() -> absl::Status {
+    for (uint32_t t = request.first_turn(); t <= last; ++t) {
+      const bool raw = t >= raw_from;
+      if (!segments[t].raw_dropped() || !(raw || compressor->materialize_reads_layer())) continue;
+      const std::string why =
+          method == v1::FULL ? "FULL serves raw KV"
+          : raw ? absl::StrCat("keep_recent_turns ", request.keep_recent_turns(), " asks for it raw")
+                : absl::StrCat(method_name, " selects from the raw KV");
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the raw KV of turn ", t, " of session \"", request.session_id(),
+          "\" was dropped (server --raw_retention=", options_.raw_retention.ToString(), ") and ",
+          why, "; ask for method SONIC, which serves it from its stored ladder",
+          raw && method != v1::FULL ? ", or lower keep_recent_turns" : ""));
+    }
+    return absl::OkStatus();
+  };
+  NEXUSKV_RETURN_IF_ERROR(check_dropped());
+
+  // Fits first: a method with a per-turn summary allocates from it, and storing a SONIC ladder may
+  // drop raw KV (raw_retention), so the turn records are read again afterwards.
+  std::vector<std::string> summaries(count);
+  if (compressor->has_fit()) {
+    for (uint32_t t = request.first_turn(); t < raw_from; ++t) {
+      NEXUSKV_RETURN_IF_ERROR(fits_.Ensure(FitJob{key, session.model(), segments[t], compressor}));
+      NEXUSKV_ASSIGN_OR_RETURN(
+          std::optional<std::string> summary,
+          store_->GetFit(key, t, compressor->name(), store::Store::kFitSummaryLayer));
+      if (summary) summaries[t - request.first_turn()] = *std::move(summary);
+    }
+    NEXUSKV_ASSIGN_OR_RETURN(segments, store_->ListSegments(key));
+    if (segments.size() <= last) {
+      return absl::NotFoundError(absl::StrCat("session \"", request.session_id(),
+                                              "\" changed while planning; retry"));
+    }
+    NEXUSKV_RETURN_IF_ERROR(check_dropped());
+  }
+
   std::vector<TurnPlan> plan;
   std::vector<compressor::TurnShape> shapes;
   int64_t raw_tokens = 0;
   int64_t compressible_tokens = 0;
   for (uint32_t t = request.first_turn(); t <= last; ++t) {
     TurnPlan turn{.record = segments[t], .raw = t >= raw_from};
+    const bool dropped = turn.record.raw_dropped();
+    turn.load_layer = !dropped;
     if (turn.raw) {
       turn.entries = turn.record.num_tokens();
       raw_tokens += turn.entries;
     } else {
       compressible_tokens += turn.record.num_tokens();
-      shapes.push_back({.num_tokens = turn.record.num_tokens(), .session_start = t == 0});
+      shapes.push_back({.num_tokens = turn.record.num_tokens(),
+                        .session_start = t == 0,
+                        .raw_available = !dropped,
+                        .fit_summary = summaries[t - request.first_turn()]});
     }
     plan.push_back(std::move(turn));
   }
 
-  // Selection methods carry no bias; SONIC will set it (and honour BIAS_MODE_NONE).
-  const bool has_bias = false;
+  // A method that adds bias (SONIC) sends it unless the engine takes none (BIAS_MODE_NONE).
+  const bool has_bias = compressor->adds_bias() && request.bias_mode() != v1::BIAS_MODE_NONE;
   if (!shapes.empty()) {
     NEXUSKV_ASSIGN_OR_RETURN(int64_t budget,
                              CompressedBudget(request, session.model(), output_dtype, has_bias,
@@ -171,9 +264,9 @@ absl::StatusOr<std::unique_ptr<CacheAssembly>> KvMemoryCore::PlanCache(
     for (TurnPlan& turn : plan) {
       if (turn.raw) continue;
       turn.entries = allocation[i++];
-      if (turn.entries > 0 && compressor->has_fit()) {
-        NEXUSKV_RETURN_IF_ERROR(
-            fits_.Ensure(FitJob{key, session.model(), turn.record, compressor}));
+      // A method that serves from its fit alone gives a whole turn back as its raw KV.
+      if (turn.entries == turn.record.num_tokens() && !compressor->materialize_reads_layer()) {
+        turn.raw = true;
       }
     }
   }
@@ -208,7 +301,8 @@ absl::StatusOr<std::unique_ptr<CacheAssembly>> KvMemoryCore::PlanCache(
   header.set_cache_bytes(uint64_t(entries) * m.num_layers() * m.num_kv_heads() *
                          (2ull * m.head_dim() * DTypeSize(output_dtype) + (has_bias ? 4 : 0)));
   return std::make_unique<CacheAssembly>(store_, std::move(key), session.model(), output_dtype,
-                                         compressor, std::move(plan), std::move(header));
+                                         compressor, request.bias_mode() == v1::BIAS_MODE_NONE,
+                                         std::move(plan), std::move(header));
 }
 
 absl::StatusOr<v1::SessionInfo> KvMemoryCore::GetSession(std::string_view tenant,
@@ -226,6 +320,7 @@ absl::StatusOr<v1::SessionInfo> KvMemoryCore::GetSession(std::string_view tenant
     t->set_first_position(s.first_position());
     t->set_num_probe_queries(s.num_probe_queries());
     t->set_raw_bytes(s.raw_bytes());
+    t->set_raw_dropped(s.raw_dropped());
   }
   return info;
 }

@@ -16,13 +16,16 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <thread>
 
 #include "absl/status/statusor.h"
+#include "absl/synchronization/notification.h"
 #include "compressor/compressor.h"
 #include "nexuskv/v1/kv_memory.pb.h"
 #include "service/cache_assembly.h"
 #include "service/fit_scheduler.h"
 #include "service/limits.h"
+#include "service/raw_retention.h"
 #include "service/segment_assembler.h"
 #include "store/store.h"
 
@@ -35,6 +38,8 @@ struct CoreOptions {
   size_t fit_queue = 1024;
   // Compute fits right after each append (true) or only when a GetCache needs them (false).
   bool precompute_fits = true;
+  // When a turn's raw KV is dropped once its SONIC ladder is stored (see raw_retention.h).
+  RawRetention raw_retention;
 };
 
 class KvMemoryCore {
@@ -45,15 +50,18 @@ class KvMemoryCore {
   KvMemoryCore(const KvMemoryCore&) = delete;
   KvMemoryCore& operator=(const KvMemoryCore&) = delete;
 
-  // Stores a validated segment (durably) and schedules its fits. Store errors pass through
-  // (FAILED_PRECONDITION, ALREADY_EXISTS, RESOURCE_EXHAUSTED, ...).
+  // Stores a validated segment (durably), schedules its fits and applies the raw retention to the
+  // session. INVALID_ARGUMENT for nexus_offsets that are not strictly ascending offsets below
+  // num_tokens. Store errors pass through (FAILED_PRECONDITION, ALREADY_EXISTS,
+  // RESOURCE_EXHAUSTED, ...).
   absl::StatusOr<nexuskv::v1::AppendSegmentResponse> Append(std::string_view tenant,
                                                             AssembledSegment segment);
 
   // Validates the request against the session, allocates the budget across turns, makes sure the
   // fits it needs are stored, and returns the plan that builds each layer. NOT_FOUND for a missing
   // session, INVALID_ARGUMENT for a bad request or a turn range outside the session,
-  // UNIMPLEMENTED for a method this server does not have.
+  // UNIMPLEMENTED for a method this server does not have, FAILED_PRECONDITION when a turn whose raw
+  // KV was dropped (raw_retention) would have to be served raw or by a method that needs it.
   absl::StatusOr<std::unique_ptr<CacheAssembly>> PlanCache(
       std::string_view tenant, const nexuskv::v1::GetCacheRequest& request);
 
@@ -64,14 +72,22 @@ class KvMemoryCore {
   absl::StatusOr<nexuskv::v1::DeleteSessionResponse> DeleteSession(std::string_view tenant,
                                                                    std::string_view session_id);
 
-  // Stops background fits (GetCache still computes what it needs). Idempotent.
+  // Stops background fits and the raw-retention sweeper (GetCache still computes what it needs).
+  // Idempotent.
   void Shutdown();
+  ~KvMemoryCore();
 
  private:
+  // Applies the raw retention to one session; failures are logged, never returned.
+  void ApplyRetention(const store::SessionKey& key);
+  void SweepLoop();
+
   store::Store* const store_;
   const compressor::CompressorRegistry* const registry_;
   const CoreOptions options_;
   FitScheduler fits_;
+  absl::Notification stop_sweeper_;
+  std::thread sweeper_;
 };
 
 }  // namespace nexuskv::service

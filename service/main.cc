@@ -6,6 +6,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "common/log.h"
+#include "service/raw_retention.h"
 #include "service/server.h"
 
 ABSL_FLAG(std::string, listen, "localhost:50051", "Address to serve gRPC on (host:port).");
@@ -34,6 +35,13 @@ ABSL_FLAG(int, fit_threads, 1, "Background compression workers.");
 ABSL_FLAG(uint64_t, fit_queue, 1024, "Queued background fits beyond which new ones wait for "
                                      "the next GetCache.");
 ABSL_FLAG(bool, precompute_fits, true, "Compress each turn right after it is appended.");
+ABSL_FLAG(std::string, raw_retention, "keep",
+          "What happens to a turn's raw KV once its SONIC ladder is stored: keep, drop, or a "
+          "duration (e.g. 12h) after which it is dropped. Dropped turns are served by SONIC only.");
+ABSL_FLAG(uint32_t, raw_keep_recent_turns, 1,
+          "The newest turns of each session that always keep their raw KV.");
+ABSL_FLAG(int, raw_retention_sweep_s, 60,
+          "Seconds between sweeps applying a duration --raw_retention to idle sessions.");
 ABSL_FLAG(int, rpc_threads, 8, "Threads for blocking RPC work (RocksDB, cache assembly).");
 ABSL_FLAG(int, shutdown_grace_s, 20, "Seconds in-flight RPCs get to finish on SIGTERM/SIGINT.");
 ABSL_FLAG(std::string, tls_cert_file, "", "PEM server certificate chain; with --tls_key_file "
@@ -74,6 +82,15 @@ int main(int argc, char** argv) {
   options.core.fit_threads = absl::GetFlag(FLAGS_fit_threads);
   options.core.fit_queue = absl::GetFlag(FLAGS_fit_queue);
   options.core.precompute_fits = absl::GetFlag(FLAGS_precompute_fits);
+  absl::StatusOr<nexuskv::service::RawRetention> retention =
+      nexuskv::service::ParseRawRetention(absl::GetFlag(FLAGS_raw_retention));
+  if (!retention.ok()) {
+    nexuskv::Log(nexuskv::LogLevel::kError, "bad_flag", {{"status", retention.status().ToString()}});
+    return EXIT_FAILURE;
+  }
+  options.core.raw_retention = *retention;
+  options.core.raw_retention.keep_recent_turns = absl::GetFlag(FLAGS_raw_keep_recent_turns);
+  options.core.raw_retention.sweep = absl::Seconds(absl::GetFlag(FLAGS_raw_retention_sweep_s));
   options.rpc_threads = absl::GetFlag(FLAGS_rpc_threads);
   options.shutdown_grace = absl::Seconds(absl::GetFlag(FLAGS_shutdown_grace_s));
   options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert_file);

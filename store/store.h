@@ -174,6 +174,9 @@ class Store {
   virtual absl::StatusOr<bool> DropRawTensors(const SessionKey& key, uint32_t turn,
                                               std::string_view required_fit) = 0;
 
+  // Every stored session of every tenant, in key order: for maintenance sweeps (raw retention).
+  virtual absl::StatusOr<std::vector<SessionKey>> ListSessionKeys() = 0;
+
   // Removes the session, its segments and its fits (purged from the data files when
   // Options::purge_on_delete). NotFound when it does not exist.
   virtual absl::StatusOr<DeleteOutcome> DeleteSession(const SessionKey& key) = 0;

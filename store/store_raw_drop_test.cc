@@ -81,6 +81,19 @@ TEST_F(StoreRawDropTest, RefusesWithoutTheRequiredFitOrTurn) {
             absl::StatusCode::kInvalidArgument);
 }
 
+TEST_F(StoreRawDropTest, ListSessionKeysSeesEveryTenant) {
+  AppendTurns({"a", "s1"}, 1);
+  AppendTurns({"b", "s0"}, 2);
+  AppendTurns({"a", "s2"}, 1);
+  absl::StatusOr<std::vector<SessionKey>> keys = store_->ListSessionKeys();
+  ASSERT_TRUE(keys.ok()) << keys.status();
+  ASSERT_EQ(keys->size(), 3u);
+  EXPECT_EQ((*keys)[0].tenant, "a");
+  EXPECT_EQ((*keys)[0].session_id, "s1");
+  EXPECT_EQ((*keys)[1].session_id, "s2");
+  EXPECT_EQ((*keys)[2].tenant, "b");
+}
+
 TEST_F(StoreRawDropTest, ReplacingAFitReplacesItsSummary) {
   const SessionKey key{"t", "s"};
   AppendTurns(key, 1);

@@ -88,6 +88,7 @@ class SonicCompressor final : public Compressor {
   std::string_view name() const override { return "SONIC"; }
   bool has_fit() const override { return true; }
   bool materialize_reads_layer() const override { return false; }
+  bool adds_bias() const override { return true; }
 
   absl::StatusOr<std::string> Fit(const LayerView& layer) const override {
     NEXUSKV_RETURN_IF_ERROR(CheckLayer(layer));
@@ -100,7 +101,7 @@ class SonicCompressor final : public Compressor {
     ladder.head_dim = layer.head_dim;
     ladder.num_nexus = static_cast<uint32_t>(layer.nexus_offsets.size());
     ladder.proxy = layer.num_probes == 0;
-    ladder.rungs = SonicRungSizes(layer.num_tokens);
+    ladder.rungs = SonicRungSizes(layer.num_tokens, params_.top_rung_divisor);
     const size_t k_count = ladder.rungs.size();
     ladder.sets.assign(k_count, std::vector<NexusSet>(static_cast<size_t>(layer.num_kv_heads)));
     ladder.errors.resize(k_count * static_cast<size_t>(layer.num_kv_heads));

@@ -191,9 +191,9 @@ std::vector<float> FoldVector(Rows rows, int head_dim, double ridge) {
 
 }  // namespace
 
-std::vector<int> SonicRungSizes(int num_tokens) {
+std::vector<int> SonicRungSizes(int num_tokens, int top_divisor) {
   std::vector<int> sizes;
-  for (int m = num_tokens / 2; m >= 1; m /= 2) sizes.push_back(m);
+  for (int m = num_tokens / std::max(top_divisor, 1); m >= 1; m /= 2) sizes.push_back(m);
   if (sizes.empty()) sizes.push_back(1);
   return sizes;
 }

@@ -40,9 +40,10 @@ using ::nexuskv::compressor::SonicParams;
 inline constexpr float kSonicMinBias = -80.0f;
 inline constexpr float kSonicMaxBias = 80.0f;
 
-// floor(T/2), floor(T/4), ... down to 1; {1} for T = 1. Their sum is T - popcount(T) <= 2 x the
-// largest rung (the stored-size goal).
-std::vector<int> SonicRungSizes(int num_tokens);
+// floor(T/d), then halving down to 1 (d = top_divisor, SonicParams::top_rung_divisor); {1} when
+// T < d. Each rung is at least twice the next, so their sum is at most 2 x the largest rung (the
+// stored-size goal).
+std::vector<int> SonicRungSizes(int num_tokens, int top_divisor = SonicParams().top_rung_divisor);
 
 // One kv head's segment, borrowed.
 struct HeadInput {

@@ -33,7 +33,10 @@ absl::StatusOr<DecodedLayer> LoadDecodedLayer(store::Store& store, const store::
         store.ReadTensor(key, record.turn(), layer, store::TensorKind::kProbeQueries));
     NEXUSKV_RETURN_IF_ERROR(DecodeToFloat(bytes, dtype, out.probes));
   }
+  out.nexus_offsets.assign(record.nexus_offsets().begin(), record.nexus_offsets().end());
   compressor::LayerView& v = out.view;
+  v.dtype = dtype;
+  v.nexus_offsets = out.nexus_offsets;
   v.num_kv_heads = static_cast<int>(model.num_kv_heads());
   v.num_query_heads = static_cast<int>(model.num_query_heads());
   v.num_tokens = static_cast<int>(record.num_tokens());
@@ -44,6 +47,21 @@ absl::StatusOr<DecodedLayer> LoadDecodedLayer(store::Store& store, const store::
   v.keys = out.keys;
   v.values = out.values;
   v.probes = out.probes;
+  return out;
+}
+
+DecodedLayer ShapeOnlyLayer(const nexuskv::v1::ModelSpec& model,
+                            const store::SegmentRecord& record) {
+  DecodedLayer out;
+  out.nexus_offsets.assign(record.nexus_offsets().begin(), record.nexus_offsets().end());
+  compressor::LayerView& v = out.view;
+  v.num_kv_heads = static_cast<int>(model.num_kv_heads());
+  v.num_query_heads = static_cast<int>(model.num_query_heads());
+  v.num_tokens = static_cast<int>(record.num_tokens());
+  v.head_dim = static_cast<int>(model.head_dim());
+  v.first_position = static_cast<int64_t>(record.first_position());
+  v.session_start = record.turn() == 0;
+  v.nexus_offsets = out.nexus_offsets;
   return out;
 }
 

@@ -17,8 +17,15 @@ struct DecodedLayer {
   std::vector<float> keys;    // [H, T, D]
   std::vector<float> values;  // [H, T, D]
   std::vector<float> probes;  // [Hq, P, D]; empty unless asked for.
+  std::vector<uint32_t> nexus_offsets;  // the segment's pass-through Nexus tokens
+  // Borrows the vectors above; moving a DecodedLayer keeps their heap buffers, so it stays valid.
   compressor::LayerView view;
 };
+
+// The shape of a segment's layer with no tensors (a turn whose raw KV was dropped), for methods
+// that serve from their fit alone.
+DecodedLayer ShapeOnlyLayer(const nexuskv::v1::ModelSpec& model,
+                            const store::SegmentRecord& record);
 
 // Reads keys and values (and probe queries when with_probes) of `layer` of the segment `record`,
 // checksums verified by the store, and decodes them. DataLoss / NotFound from the store pass through.

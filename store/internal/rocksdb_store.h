@@ -63,6 +63,7 @@ class RocksDbStore final : public Store {
                       const std::vector<std::string>& per_layer, std::string_view summary) override;
   absl::StatusOr<bool> DropRawTensors(const SessionKey& key, uint32_t turn,
                                       std::string_view required_fit) override;
+  absl::StatusOr<std::vector<SessionKey>> ListSessionKeys() override;
   absl::StatusOr<std::optional<std::string>> GetFit(const SessionKey& key, uint32_t turn,
                                                     std::string_view method,
                                                     uint32_t layer) override;

@@ -2,6 +2,7 @@
 // stored, its raw tensors are what the tier can give up to save memory; the turn's record stays
 // (marked raw_dropped) so that the session keeps its shape and every fit stays servable.
 #include <algorithm>
+#include <memory>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -78,6 +79,18 @@ absl::StatusOr<bool> RocksDbStore::DropRawLocked(absl::Mutex& mu, const SessionK
        {"turn", turn},
        {"bytes", record->raw_bytes()}});
   return true;
+}
+
+absl::StatusOr<std::vector<SessionKey>> RocksDbStore::ListSessionKeys() {
+  std::vector<SessionKey> keys;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), sessions_));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    absl::StatusOr<DecodedSessionsKey> key = DecodeSessionsKey(it->key().ToStringView());
+    if (!key.ok() || key->turn.has_value()) continue;  // turn records, or not ours
+    keys.push_back({key->tenant, key->session_id});
+  }
+  NEXUSKV_RETURN_IF_ERROR(FromRocksStatus(it->status(), "list every session"));
+  return keys;
 }
 
 }  // namespace nexuskv::store::internal

@@ -1,0 +1,165 @@
+// SONIC on the CPU: Fit (the whole ladder of one layer) and Materialize (one answer) throughput in
+// MB/s of raw KV, next to a memcpy of the same bytes, for SmolLM2-135M and Llama-3-8B layer shapes.
+//
+// Bytes are the layer's raw KV as float16 (keys + values, 2 * H * T * D * 2 bytes), as in
+// compressor_bench. Counters: memcpy_MB/s (a memcpy of those bytes, timed in the same run),
+// ladder_bytes/raw (the stored fit over the raw float16 KV) and ladder_entries/T (stored entries
+// per kv head over the turn's tokens; the goal is <= 1, i.e. 2x the largest rung T/2).
+//
+//   OPENBLAS_NUM_THREADS=1 build/bin/sonic_bench        # per-core numbers (docs/sonic.md)
+//
+// The layer is synthetic: keys with a few directions shared by many tokens (so clusters exist),
+// values and probes N(0, 1). Time does not depend on the values (fixed Lloyd iterations).
+#include <benchmark/benchmark.h>
+
+#include <chrono>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "compressor/compressor.h"
+#include "compressor/internal/sonic_ladder.h"
+
+namespace nexuskv::compressor {
+namespace {
+
+struct Shape {
+  const char* name;
+  int num_kv_heads, num_query_heads, head_dim, num_tokens, num_probes;
+};
+
+constexpr Shape kShapes[] = {
+    {"SmolLM2-135M", 3, 9, 64, 512, 32},
+    {"Llama-3-8B", 8, 32, 128, 2048, 64},
+};
+
+struct Layer {
+  std::vector<float> keys, values, probes;
+  LayerView view;
+};
+
+Layer MakeLayer(const Shape& s) {
+  Layer layer;
+  std::mt19937 rng(42);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const size_t d = static_cast<size_t>(s.head_dim);
+  const size_t kv = static_cast<size_t>(s.num_kv_heads) * s.num_tokens * d;
+  std::vector<float> centers(16 * d);
+  for (float& x : centers) x = 3.0f * normal(rng);
+  layer.keys.resize(kv);
+  for (size_t row = 0; row < kv / d; ++row) {
+    const float* c = centers.data() + (rng() % 16) * d;
+    for (size_t i = 0; i < d; ++i) layer.keys[row * d + i] = c[i] + normal(rng);
+  }
+  layer.values.resize(kv);
+  layer.probes.resize(static_cast<size_t>(s.num_query_heads) * s.num_probes * d);
+  for (auto* buffer : {&layer.values, &layer.probes}) {
+    for (float& x : *buffer) x = normal(rng);
+  }
+  LayerView& v = layer.view;
+  v.num_kv_heads = s.num_kv_heads;
+  v.num_query_heads = s.num_query_heads;
+  v.num_tokens = s.num_tokens;
+  v.head_dim = s.head_dim;
+  v.num_probes = s.num_probes;
+  v.dtype = DType::kFloat16;
+  v.keys = layer.keys;
+  v.values = layer.values;
+  v.probes = layer.probes;
+  return layer;
+}
+
+int64_t Float16KvBytes(const Shape& s) {
+  return int64_t{2} * s.num_kv_heads * s.num_tokens * s.head_dim * 2;
+}
+
+using Clock = std::chrono::steady_clock;
+
+double MemcpyMBps(int64_t bytes) {
+  std::vector<char> src(bytes, 1), dst(bytes);
+  int64_t copies = 0;
+  const auto start = Clock::now();
+  std::chrono::duration<double> elapsed{};
+  do {
+    std::memcpy(dst.data(), src.data(), bytes);
+    benchmark::DoNotOptimize(dst.data());
+    benchmark::ClobberMemory();
+    ++copies;
+    elapsed = Clock::now() - start;
+  } while (elapsed.count() < 0.05);
+  return bytes * copies / elapsed.count() / 1e6;
+}
+
+const Compressor& Sonic() { return *CompressorRegistry::Default().Find("SONIC"); }
+
+void BM_Fit(benchmark::State& state, Shape shape) {
+  const Layer layer = MakeLayer(shape);
+  std::string fit;
+  for (auto _ : state) {
+    absl::StatusOr<std::string> f = Sonic().Fit(layer.view);
+    if (!f.ok()) {
+      state.SkipWithError(std::string(f.status().message()).c_str());
+      return;
+    }
+    fit = *std::move(f);
+    benchmark::DoNotOptimize(fit.data());
+  }
+  const int64_t bytes = Float16KvBytes(shape);
+  state.SetBytesProcessed(state.iterations() * bytes);
+  state.counters["memcpy_MB/s"] = MemcpyMBps(bytes);
+  state.counters["ladder_bytes/raw"] = static_cast<double>(fit.size()) / bytes;
+  const auto index = internal::IndexSonicLadder(fit);
+  state.counters["ladder_entries/T"] =
+      static_cast<double>(internal::SonicStoredEntries(index->rungs)) / shape.num_tokens;
+}
+
+// n = T/2 is the top rung (served from the fit alone); n = 0.4 T tops rung T/4 up with raw tokens.
+void BM_Materialize(benchmark::State& state, Shape shape, double keep, bool with_raw) {
+  const Layer layer = MakeLayer(shape);
+  const std::string fit = Sonic().Fit(layer.view).value();
+  LayerView view = layer.view;
+  if (!with_raw) view.keys = view.values = view.probes = {};
+  if (!with_raw) view.num_probes = 0;
+  const int n = static_cast<int>(shape.num_tokens * keep);
+  for (auto _ : state) {
+    absl::StatusOr<LayerEntries> kept = Sonic().Materialize(view, fit, n);
+    if (!kept.ok()) {
+      state.SkipWithError(std::string(kept.status().message()).c_str());
+      return;
+    }
+    benchmark::DoNotOptimize(kept->keys.data());
+  }
+  const int64_t bytes = Float16KvBytes(shape);
+  state.SetBytesProcessed(state.iterations() * bytes);
+  state.counters["memcpy_MB/s"] = MemcpyMBps(bytes);
+}
+
+void RegisterAll() {
+  for (const Shape& shape : kShapes) {
+    const std::string suffix = std::string("/") + shape.name;
+    benchmark::RegisterBenchmark(("SonicFit" + suffix).c_str(), BM_Fit, shape)
+        ->UseRealTime()
+        ->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark(("SonicMaterialize/rung_T/2" + suffix).c_str(), BM_Materialize,
+                                 shape, 0.5, false)
+        ->UseRealTime()
+        ->Unit(benchmark::kMicrosecond);
+    benchmark::RegisterBenchmark(("SonicMaterialize/topup_0.4T" + suffix).c_str(), BM_Materialize,
+                                 shape, 0.4, true)
+        ->UseRealTime()
+        ->Unit(benchmark::kMicrosecond);
+  }
+}
+
+}  // namespace
+}  // namespace nexuskv::compressor
+
+int main(int argc, char** argv) {
+  nexuskv::compressor::RegisterAll();
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -1,0 +1,215 @@
+// SONIC through the core (no gRPC): bias in the answer and bias-free mode, budgets, raw retention
+// (drop, duration, keep) with the bytes GetSession reports, and pass-through Nexus offsets.
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "service/kv_memory_core.h"
+#include "service/test_util.h"
+
+namespace nexuskv::service {
+namespace {
+
+namespace v1 = ::nexuskv::v1;
+using ::testing::HasSubstr;
+
+class SonicCoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::path(::testing::TempDir()) /
+           ("sonic_core_test_" + std::to_string(::getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    std::filesystem::remove_all(dir_);
+    auto store = store::Store::Open({.path = dir_.string(), .sync_writes = false});
+    ASSERT_TRUE(store.ok()) << store.status();
+    store_ = std::move(*store);
+    Start(RawRetention{});
+  }
+  void TearDown() override {
+    core_.reset();
+    store_.reset();
+    std::filesystem::remove_all(dir_);
+  }
+
+  void Start(RawRetention retention) {
+    core_.reset();
+    CoreOptions options;
+    options.raw_retention = retention;
+    options.precompute_fits = false;  // fits run inline (GetCache or an explicit plan): determinism
+    core_ = std::make_unique<KvMemoryCore>(store_.get(), &compressor::CompressorRegistry::Default(),
+                                           options);
+  }
+
+  absl::StatusOr<v1::AppendSegmentResponse> Append(uint32_t turn, uint32_t tokens, uint64_t first,
+                                                   std::vector<uint32_t> nexus = {}) {
+    SegmentAssembler assembler(Limits{});
+    auto messages = testing::SegmentMessages("s", turn, tokens, first, 4, testing::TinySpec());
+    for (uint32_t o : nexus) messages[0].mutable_header()->add_nexus_offsets(o);
+    for (auto& m : messages) {
+      if (absl::Status st = assembler.Add(std::move(m)); !st.ok()) return st;
+    }
+    auto segment = std::move(assembler).Finish();
+    if (!segment.ok()) return segment.status();
+    return core_->Append("default", std::move(*segment));
+  }
+
+  // Turns of 16, 24 and 8 tokens at positions 0, 16, 40.
+  void AppendThree() {
+    ASSERT_TRUE(Append(0, 16, 0).ok());
+    ASSERT_TRUE(Append(1, 24, 16).ok());
+    ASSERT_TRUE(Append(2, 8, 40).ok());
+  }
+
+  static v1::GetCacheRequest Request(v1::Method method, double keep, uint32_t recent) {
+    v1::GetCacheRequest r;
+    r.set_session_id("s");
+    r.set_method(method);
+    r.mutable_budget()->set_keep_ratio(keep);
+    r.set_keep_recent_turns(recent);
+    return r;
+  }
+
+  absl::StatusOr<std::vector<v1::CacheLayer>> Layers(CacheAssembly& cache) {
+    std::vector<v1::CacheLayer> out;
+    for (uint32_t l = 0; l < cache.num_layers(); ++l) {
+      absl::StatusOr<v1::CacheLayer> layer = cache.BuildLayer(l);
+      if (!layer.ok()) return layer.status();
+      out.push_back(*std::move(layer));
+    }
+    return out;
+  }
+
+  std::filesystem::path dir_;
+  std::unique_ptr<store::Store> store_;
+  std::unique_ptr<KvMemoryCore> core_;
+};
+
+TEST_F(SonicCoreTest, AnswersWithBiasWithinTheBudgetAndBiasFreeOnRequest) {
+  AppendThree();
+  for (double keep : {0.5, 0.2}) {
+    auto plan = core_->PlanCache("default", Request(v1::SONIC, keep, 1));
+    ASSERT_TRUE(plan.ok()) << plan.status();
+    const v1::CacheHeader& h = (*plan)->header();
+    EXPECT_TRUE(h.has_bias());
+    EXPECT_EQ(h.method(), v1::SONIC);
+    ASSERT_EQ(h.turns_size(), 3);
+    EXPECT_TRUE(h.turns(2).raw());
+    const uint32_t compressed = h.turns(0).kept_entries() + h.turns(1).kept_entries();
+    EXPECT_LE(compressed, static_cast<uint32_t>(keep * 40 + 1e-9));
+    EXPECT_GE(compressed, static_cast<uint32_t>(keep * 40) - 1) << "the budget is spent";
+    auto layers = Layers(**plan);
+    ASSERT_TRUE(layers.ok()) << layers.status();
+    const uint32_t n = h.entries_per_layer(0);
+    EXPECT_EQ(n, compressed + 8);
+    EXPECT_EQ((*layers)[0].bias().size(), size_t{2} * n * 4);      // [H, N] float32
+    EXPECT_EQ((*layers)[0].keys().size(), size_t{2} * n * 8 * 2);  // float16
+  }
+  v1::GetCacheRequest free = Request(v1::SONIC, 0.5, 1);
+  free.set_bias_mode(v1::BIAS_MODE_NONE);
+  auto plan = core_->PlanCache("default", free);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_FALSE((*plan)->header().has_bias());
+  auto layers = Layers(**plan);
+  ASSERT_TRUE(layers.ok()) << layers.status();
+  EXPECT_TRUE((*layers)[1].bias().empty());
+  // The default method is SONIC; max_tokens counts the raw turn too.
+  v1::GetCacheRequest by_tokens = Request(v1::METHOD_UNSPECIFIED, 0.5, 1);
+  by_tokens.mutable_budget()->set_max_tokens(20);
+  auto tokens = core_->PlanCache("default", by_tokens);
+  ASSERT_TRUE(tokens.ok()) << tokens.status();
+  EXPECT_EQ(tokens->get()->header().method(), v1::SONIC);
+  EXPECT_LE(tokens->get()->header().entries_per_layer(0), 20u);
+}
+
+TEST_F(SonicCoreTest, DropPolicyDropsOlderTurnsOnceTheirLadderIsStored) {
+  Start(*ParseRawRetention("drop"));
+  AppendThree();
+  // Fits are computed on demand here; the first SONIC plan stores them and applies the policy.
+  auto first = core_->PlanCache("default", Request(v1::SONIC, 0.5, 1));
+  ASSERT_TRUE(first.ok()) << first.status();
+  absl::StatusOr<v1::SessionInfo> info = core_->GetSession("default", "s");
+  ASSERT_TRUE(info.ok());
+  EXPECT_TRUE(info->turns(0).raw_dropped());
+  EXPECT_TRUE(info->turns(1).raw_dropped());
+  EXPECT_FALSE(info->turns(2).raw_dropped()) << "the newest turn keeps its raw KV";
+  EXPECT_EQ(info->stored_raw_bytes(), info->turns(2).raw_bytes());
+  EXPECT_EQ(info->stored_bytes(), info->stored_raw_bytes() + info->compressed_bytes());
+  EXPECT_LT(info->stored_bytes(), info->raw_bytes() + info->compressed_bytes());
+
+  // SONIC still serves every turn, from the ladder; the answer stays within the budget.
+  auto plan = core_->PlanCache("default", Request(v1::SONIC, 0.5, 1));
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_TRUE(Layers(**plan).ok());
+  EXPECT_LE((*plan)->header().turns(1).kept_entries(), 12u);
+  // FULL, the selection methods and raw requests of dropped turns are refused, clearly.
+  v1::GetCacheRequest full;
+  full.set_session_id("s");
+  full.set_method(v1::FULL);
+  auto refused = core_->PlanCache("default", full);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(refused.status().message(), HasSubstr("--raw_retention=drop"));
+  EXPECT_EQ(core_->PlanCache("default", Request(v1::H2O, 0.5, 1)).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  auto recent = core_->PlanCache("default", Request(v1::SONIC, 0.5, 2));
+  EXPECT_EQ(recent.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(recent.status().message(), HasSubstr("lower keep_recent_turns"));
+}
+
+TEST_F(SonicCoreTest, KeepPolicyKeepsEverythingAndDurationWaits) {
+  AppendThree();
+  ASSERT_TRUE(core_->PlanCache("default", Request(v1::SONIC, 0.5, 1)).ok());
+  absl::StatusOr<v1::SessionInfo> kept = core_->GetSession("default", "s");
+  ASSERT_TRUE(kept.ok());
+  EXPECT_EQ(kept->stored_raw_bytes(), kept->raw_bytes());
+  EXPECT_EQ(kept->stored_bytes(), kept->raw_bytes() + kept->compressed_bytes());
+  EXPECT_TRUE(core_->PlanCache("default", Request(v1::H2O, 0.5, 1)).ok());
+
+  Start(*ParseRawRetention("1h"));
+  ASSERT_TRUE(Append(3, 8, 48).ok());  // applies the policy: nothing is an hour old
+  EXPECT_FALSE(core_->GetSession("default", "s")->turns(0).raw_dropped());
+  Start(*ParseRawRetention("0s"));
+  ASSERT_TRUE(Append(4, 8, 56).ok());
+  absl::StatusOr<v1::SessionInfo> after = core_->GetSession("default", "s");
+  EXPECT_TRUE(after->turns(0).raw_dropped());
+  EXPECT_TRUE(after->turns(1).raw_dropped());
+  EXPECT_FALSE(after->turns(3).raw_dropped()) << "no SONIC ladder stored for turn 3 yet";
+  EXPECT_FALSE(after->turns(4).raw_dropped());
+}
+
+TEST(RawRetentionTest, Parses) {
+  EXPECT_EQ(ParseRawRetention("keep")->mode, RawRetention::Mode::kKeep);
+  EXPECT_EQ(ParseRawRetention("drop")->mode, RawRetention::Mode::kDrop);
+  absl::StatusOr<RawRetention> six = ParseRawRetention("6h");
+  ASSERT_TRUE(six.ok());
+  EXPECT_EQ(six->after, absl::Hours(6));
+  EXPECT_EQ(six->ToString(), "6h");
+  EXPECT_EQ(ParseRawRetention("soon").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ParseRawRetention("-1s").status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(SonicCoreTest, NexusOffsetsAreCheckedAndServedFirst) {
+  EXPECT_EQ(Append(0, 16, 0, {3, 3}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Append(0, 16, 0, {16}).status().code(), absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(Append(0, 16, 0, {5, 11}).ok());
+  ASSERT_TRUE(Append(1, 8, 16).ok());
+  auto plan = core_->PlanCache("default", Request(v1::SONIC, 0.25, 1));
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  auto layers = Layers(**plan);
+  ASSERT_TRUE(layers.ok()) << layers.status();
+  const uint32_t n = (*plan)->header().entries_per_layer(0);
+  const uint32_t kept = (*plan)->header().turns(0).kept_entries();
+  ASSERT_GE(kept, 2u);
+  for (const v1::CacheLayer& layer : *layers) {
+    const auto* positions = reinterpret_cast<const int64_t*>(layer.positions().data());
+    for (int h = 0; h < 2; ++h) {
+      std::vector<int64_t> first(positions + h * n, positions + h * n + kept);
+      EXPECT_THAT(first, ::testing::IsSupersetOf({5, 11})) << "layer " << layer.layer();
+    }
+  }
+}
+
+}  // namespace
+}  // namespace nexuskv::service
