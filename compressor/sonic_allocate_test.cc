@@ -40,24 +40,24 @@ TEST(SonicAllocateTest, OptionsAreZeroTheRungsAndRawWhenStored) {
   for (const LadderOption& o : TurnOptions({.num_tokens = 20, .fit_summary = summary})) {
     sizes.push_back(o.entries);
   }
-  EXPECT_THAT(sizes, ElementsAre(0, 1, 2, 5, 10, 20));
+  EXPECT_THAT(sizes, ElementsAre(0, 1, 2, 5, 20));
   sizes.clear();
   for (const LadderOption& o :
        TurnOptions({.num_tokens = 20, .raw_available = false, .fit_summary = summary})) {
     sizes.push_back(o.entries);
   }
-  EXPECT_THAT(sizes, ElementsAre(0, 1, 2, 5, 10));
+  EXPECT_THAT(sizes, ElementsAre(0, 1, 2, 5));
   // A summary of another length is ignored: the sizes Fit would make, with the 1 - m/T model.
   const std::vector<LadderOption> fallback = TurnOptions({.num_tokens = 8, .fit_summary = summary});
-  ASSERT_EQ(fallback.size(), 5u);
-  EXPECT_EQ(fallback[3].entries, 4);
-  EXPECT_DOUBLE_EQ(fallback[3].error, 0.5);
+  ASSERT_EQ(fallback.size(), 4u);  // 0, rungs 1 and 2, raw 8
+  EXPECT_EQ(fallback[2].entries, 2);
+  EXPECT_DOUBLE_EQ(fallback[2].error, 0.75);
 }
 
 TEST(SonicAllocateTest, AmpleBudgetServesEveryTurnRawOrAtItsTopRung) {
   std::vector<TurnShape> turns = {{.num_tokens = 30, .session_start = true},
                                   {.num_tokens = 12, .raw_available = false}};
-  EXPECT_THAT(Allocate(turns, 1000), ElementsAre(30, 6));
+  EXPECT_THAT(Allocate(turns, 1000), ElementsAre(30, 3));
   EXPECT_THAT(Allocate(turns, 0), ElementsAre(0, 0));
   EXPECT_THAT(Allocate(turns, -3), ElementsAre(0, 0));
   EXPECT_THAT(Allocate({}, 10), ElementsAre());
@@ -78,7 +78,7 @@ TEST(SonicAllocateTest, BadlyFittedTurnsGetMore) {
                                   {.num_tokens = 64, .fit_summary = easy}};
   std::vector<TurnShape> dropped = turns;
   for (TurnShape& t : dropped) t.raw_available = false;
-  const std::vector<int64_t> a = Allocate(dropped, 40);
+  const std::vector<int64_t> a = Allocate(dropped, 20);
   EXPECT_GT(a[0], a[1]);
 }
 
