@@ -22,7 +22,7 @@ FitScheduler::FitScheduler(store::Store* store, int num_threads, size_t max_queu
 
 FitScheduler::~FitScheduler() { Shutdown(); }
 
-void FitScheduler::Shutdown() { pool_.Shutdown(); }
+void FitScheduler::Shutdown() { pool_.ShutdownNow(); }  // Dropped jobs run again on demand.
 
 FitScheduler::JobId FitScheduler::IdOf(const FitJob& job) {
   return {job.key.tenant, job.key.session_id, job.record.turn(), std::string(job.method->name())};

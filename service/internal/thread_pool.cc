@@ -43,6 +43,14 @@ void ThreadPool::Shutdown() {
   workers_.clear();
 }
 
+void ThreadPool::ShutdownNow() {
+  {
+    absl::MutexLock lock(&mu_);
+    queue_.clear();
+  }
+  Shutdown();
+}
+
 size_t ThreadPool::queued() const {
   absl::MutexLock lock(&mu_);
   return queue_.size();

@@ -40,6 +40,10 @@ class ThreadPool {
   // Stops accepting tasks, runs the queued ones, joins the workers. Idempotent.
   void Shutdown();
 
+  // Stops accepting tasks, drops the queued ones (never started), joins the workers once their
+  // current task ends.
+  void ShutdownNow();
+
   // Tasks queued and not yet started.
   size_t queued() const;
 
