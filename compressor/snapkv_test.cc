@@ -1,4 +1,5 @@
-// SnapKV through the registry: window first, pooled prefix scores, nesting, GQA and the proxy.
+// SnapKV through the registry: window and pooled prefix scores alternating, nesting, GQA and the
+// proxy.
 #include <algorithm>
 #include <cmath>
 
@@ -44,27 +45,29 @@ TEST(SnapKvTest, AveragePoolMatchesAvgPool1dWithCountedPadding) {
   EXPECT_TRUE(internal::AveragePool(std::vector<float>{}).empty());
 }
 
-TEST(SnapKvTest, OrderPutsTheWindowFirstThenThePrefixByScore) {
+TEST(SnapKvTest, OrderAlternatesWindowAndPooledPrefix) {
   EXPECT_THAT(internal::SnapKvOrder(std::vector<float>{1, 3, 3, 0}, 2),
-              ElementsAre(5, 4, 1, 2, 0, 3));
+              ElementsAre(5, 1, 4, 2, 0, 3));
   EXPECT_THAT(internal::SnapKvOrder(std::vector<float>{}, 3), ElementsAre(2, 1, 0));
+  EXPECT_THAT(internal::SnapKvOrder(std::vector<float>{0, 2, 1}, 1), ElementsAre(3, 1, 2, 0));
 }
 
-TEST(SnapKvTest, KeepsTheWindowAndAPlantedTokenWithItsNeighbours) {
+TEST(SnapKvTest, KeepsTheRecentWindowAndAPlantedTokenWithItsNeighbours) {
   TestLayer layer = TestLayer::Random(2, 4, 64, 16, 8, 1);
   layer.first_position = 1000;
   PlantHeavyHitter(layer, 0, 20, {0, 1});
-  // Window only.
-  EXPECT_EQ(HeadPositions(FitAndKeep(layer, 8), 0), Range(1056, 1063));
-  // One more: a token of the planted neighbourhood (pooling gives all five about the same score).
-  const std::set<int64_t> nine = HeadPositions(FitAndKeep(layer, 9), 0);
-  EXPECT_THAT(nine, IsSupersetOf(Range(1056, 1063)));
-  EXPECT_EQ(
-      std::count_if(nine.begin(), nine.end(), [](int64_t p) { return p >= 1018 && p <= 1022; }), 1);
-  // Five more: the whole neighbourhood, which pooling spread the planted score over.
-  std::set<int64_t> want = Range(1056, 1063);
+  // The newest token, then a token of the planted neighbourhood (pooling gives all five about
+  // the same score).
+  const std::set<int64_t> two = HeadPositions(FitAndKeep(layer, 2), 0);
+  EXPECT_THAT(two, Contains(1063));
+  EXPECT_EQ(std::count_if(two.begin(), two.end(), [](int64_t p) { return p >= 1018 && p <= 1022; }),
+            1);
+  // Ten: the five newest window tokens and the whole neighbourhood pooling spread the score over.
+  std::set<int64_t> want = Range(1059, 1063);
   want.merge(Range(1018, 1022));
-  EXPECT_EQ(HeadPositions(FitAndKeep(layer, 13), 0), want);
+  EXPECT_EQ(HeadPositions(FitAndKeep(layer, 10), 0), want);
+  // Beyond twice the window: the whole window.
+  EXPECT_THAT(HeadPositions(FitAndKeep(layer, 16), 0), IsSupersetOf(Range(1056, 1063)));
 }
 
 TEST(SnapKvTest, KeepsATokenOnlyOneQueryHeadOfTheGroupSees) {
@@ -77,8 +80,12 @@ TEST(SnapKvTest, ProxyWindowIsTheLastSixteenTokens) {
   TestLayer layer = TestLayer::Random(1, 3, 64, 16, 0, 3);
   for (int i = 48; i < 64; ++i) layer.key(0, i)[0] += 3.0f;
   for (int c = 0; c < 16; ++c) layer.key(0, 7)[c] = (c == 0 ? 16.0f : 0.0f);
-  EXPECT_EQ(HeadPositions(FitAndKeep(layer, 16), 0), Range(48, 63));
-  EXPECT_THAT(HeadPositions(FitAndKeep(layer, 16 + 5), 0), Contains(7));
+  // Window tokens come from the last sixteen, newest first; the planted key's neighbourhood
+  // leads the prefix.
+  const std::set<int64_t> ten = HeadPositions(FitAndKeep(layer, 10), 0);
+  EXPECT_THAT(ten, IsSupersetOf(Range(59, 63)));
+  EXPECT_THAT(ten, Contains(7));
+  EXPECT_THAT(HeadPositions(FitAndKeep(layer, 32), 0), IsSupersetOf(Range(48, 63)));
   // Shorter than the proxy window: everything is window, most recent first.
   EXPECT_EQ(HeadPositions(FitAndKeep(TestLayer::Random(1, 1, 5, 4, 0, 4), 2), 0), Range(3, 4));
 }

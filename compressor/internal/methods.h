@@ -39,8 +39,9 @@ std::vector<uint32_t> H2OOrder(std::span<const float> scores);
 // (avg_pool1d with kernel 5, padding 2, stride 1, padding counted).
 std::vector<float> AveragePool(std::span<const float> scores);
 
-// SnapKV's order for one kv head: the last `window` tokens, most recent first, then the prefix
-// [0, T - window) by descending pooled score (ties to the lower index). `prefix_scores` has
+// SnapKV's order for one kv head: alternately the most recent of the last `window` tokens not yet
+// taken and the best of the prefix [0, T - window) by pooled score (ties to the lower index),
+// starting with the window; when one side is exhausted the other continues. `prefix_scores` has
 // T - window entries, already pooled.
 std::vector<uint32_t> SnapKvOrder(std::span<const float> prefix_scores, int window);
 
