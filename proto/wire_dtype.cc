@@ -6,8 +6,6 @@
 
 namespace nexuskv {
 
-namespace v1 = ::nexuskv::v1;
-
 absl::StatusOr<DType> ToTensorDType(v1::DType dtype, std::string_view field) {
   switch (dtype) {
     case v1::DTYPE_FLOAT32:
