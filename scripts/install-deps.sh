@@ -8,7 +8,9 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   librocksdb-dev libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev libopenblas-dev libxxhash-dev libeigen3-dev libssl-dev openssl
   nlohmann-json3-dev
-  clang libclang-rt-14-dev
+  # scripts/fuzz.sh and scripts/sanitize.sh (run by scripts/test.sh): clang-14, its sanitizer and
+  # libFuzzer runtimes (libclang_rt.{asan,ubsan_standalone,fuzzer}), llvm-symbolizer for reports
+  clang clang-14 libclang-rt-14-dev llvm
 )
 
 missing=()

@@ -1,13 +1,29 @@
 #!/usr/bin/env bash
 # Installs, builds and runs every test: the C++ unit and integration tests (ctest: against the real
-# server binary and a real RocksDB, plus the crash tests), then the Python client, transformers
-# integration and quick real-model evaluation (pytest, in .venv). This is what CI runs.
+# server binary and a real RocksDB, plus the crash tests: SIGKILL rounds, full disk, corruption),
+# the Python client, transformers integration and quick real-model evaluation (pytest, in .venv),
+# then the short reliability mode (scripts/reliability-ci.sh, docs/reliability.md): each libFuzzer
+# target for NEXUSKV_FUZZ_SECONDS (default 60) in a clang tree build-fuzz/, the unit tests under
+# ASan + UBSan reusing that tree, and a 10 s load run on build/ with 8 clients where any error
+# fails. This is what CI runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$SECONDS
+lap=$SECONDS
+declare -a timings
+step_done() {
+  timings+=("$(printf '  %-12s %5d s' "$1" $((SECONDS - lap)))")
+  echo "test: $1 done after $((SECONDS - start)) s"
+  lap=$SECONDS
+}
 bash scripts/build.sh
-echo "test: build done after $((SECONDS - start)) s"
+step_done build
 ctest --test-dir build --output-on-failure -j"$(nproc)" --timeout 600
-echo "test: ctest done after $((SECONDS - start)) s"
+step_done ctest
 bash scripts/python-test.sh
-echo "test: python done after $((SECONDS - start)) s"
+step_done python
+# ctest above already ran the crash pieces (label crash); reliability-ci.sh times each piece.
+bash scripts/reliability-ci.sh fuzz sanitize load
+step_done reliability
+echo "test: all passed in $((SECONDS - start)) s ($(nproc) cpus)"
+printf '%s\n' "${timings[@]}"
