@@ -1,10 +1,10 @@
 """Real SmolLM2 KV of N evaluation dialogues, in the tests/data format, for sonic_quality.
 
 The committed fixture (tests/data) is two short dialogues (68 and 80 tokens) with 8 probes per turn;
-this writes full-length dialogues with the evaluation's 32 probes per turn, which is what
-docs/sonic.md's quality table uses. Needs the evaluation environment (scripts/python-env.sh).
+this writes full-length dialogues with the evaluation's 32 probes per turn, for development runs of
+sonic_quality. Needs the evaluation environment (scripts/python-env.sh).
 
-    .venv/bin/python bench/sonic_dev_kv.py OUT_DIR [N=6] [SEED=1]
+    .venv/bin/python bench/sonic_dev_kv.py OUT_DIR [N=6] [SEED=1] [MAX_TOKENS=2048]
     build/bin/sonic_quality OUT_DIR/dialogue*.safetensors --layers=10
 
 Per turn t of the history (every segment but the final reply), per layer l:
@@ -38,7 +38,8 @@ def main() -> None:
     seed = int(sys.argv[3]) if len(sys.argv) > 3 else 1
     out.mkdir(parents=True, exist_ok=True)
     lm = load()
-    for index, d in enumerate(select(lm.tokenizer, n, seed=seed)):
+    max_tokens = int(sys.argv[4]) if len(sys.argv) > 4 else 2048
+    for index, d in enumerate(select(lm.tokenizer, n, seed=seed, max_tokens=max_tokens)):
         ids = [i for s in d.segments for i in s.ids]
         cache = DynamicCache()
         with torch.no_grad(), hf.record_queries() as rec:

@@ -26,6 +26,7 @@ int main(int argc, char** argv) {
   std::vector<RealDialogue> dialogues;
   int max_layers = 0;
   int keep_recent = 0;
+  bool last_only = false;  // only the whole history (the eval's setting), not every prefix
   for (int i = 1; i < argc; ++i) {
     if (std::strncmp(argv[i], "--layers=", 9) == 0) {
       max_layers = std::atoi(argv[i] + 9);
@@ -33,6 +34,10 @@ int main(int argc, char** argv) {
     }
     if (std::strncmp(argv[i], "--keep_recent=", 14) == 0) {
       keep_recent = std::atoi(argv[i] + 14);
+      continue;
+    }
+    if (std::strcmp(argv[i], "--last_only") == 0) {
+      last_only = true;
       continue;
     }
     auto d = LoadRealDialogue(argv[i]);
@@ -70,6 +75,7 @@ int main(int argc, char** argv) {
       for (const RealDialogue& d : dialogues) {
         HistoryOptions o{.keep_ratio = ratio,
                          .keep_recent_turns = keep_recent,
+                         .min_history_turns = last_only ? static_cast<int>(d.turns.size()) : 2,
                          .bias_free = row.bias_free,
                          .drop_probes = row.proxy,
                          .max_layers = max_layers};

@@ -75,6 +75,11 @@ struct LayerView {
   std::span<const uint32_t> nexus_offsets;
   // The session's element type. SONIC stores its ladder in it (float32 sessions: see sonic.h).
   DType dtype = DType::kFloat32;
+  // Serving only (Materialize): queries of a later turn, [Hq, L, D] unscaled, standing in for the
+  // queries that will read the answer (the service passes the newest probes of the GetCache
+  // range). Methods that say wants_lookahead() rank the tokens they keep raw by them; empty: none.
+  std::span<const float> lookahead;
+  int num_lookahead = 0;  // L
 };
 
 // The entries a method keeps for one layer of one segment: n per kv head.
@@ -126,6 +131,9 @@ class Compressor {
 
   // Whether Materialize sets LayerEntries::bias (SONIC); the answer then carries a bias.
   virtual bool adds_bias() const { return false; }
+
+  // Whether Materialize uses LayerView::lookahead (SONIC ranks its raw top-ups by it).
+  virtual bool wants_lookahead() const { return false; }
 
   // Whether Materialize reads the layer's tensors (true: the default). When false the caller may
   // pass a view with the shape fields set and empty spans, as for a turn whose raw KV was dropped;

@@ -21,18 +21,20 @@
 //                                 n = a rung          that rung, from the fit alone: `layer` may
 //                                                     carry the shape fields only (empty spans), as
 //                                                     for a turn whose raw KV was dropped;
-//                                 rung < n < T        the largest rung below n topped up with its
-//                                                     n - rung most attended merged tokens, raw,
-//                                                     each taken out of its cluster (mass and value
+//                                 rung < n < T        the largest rung below n topped up with
+//                                                     n - rung merged tokens, raw, ranked by the
+//                                                     lookahead queries (LayerView::lookahead;
+//                                                     else the fit's own token mass), each taken
+//                                                     out of its cluster (mass and value
 //                                                     corrected): needs the layer's tensors;
 //                                 n = T               every token raw, bias 0: needs the tensors.
 //                               Without the tensors, a size that needs them is FailedPrecondition.
 //   MaterializeBiasFree         the same entries with each bias folded into its key (k + b u, u
 //                               the head's fold vector, q.u ~ 1 over the probes) and no bias: the
 //                               bias-free mode costs no extra storage.
-//   Allocate                    sizes every turn can serve (0, a rung, anything from the smallest
-//                               rung up to T while its raw KV is stored), minimizing the fit error
-//                               weighted by turn length and recency (1 + 2^-age) within the budget.
+//   Allocate                    a summary of every turn (a share of the budget that shrinks with
+//                               it), then raw tokens newest turn first; the ladder knapsack when
+//                               the summaries alone do not fit (internal/sonic_allocate.h).
 //   SummarizeFit                rung sizes and their errors averaged over layers and heads: what
 //                               Allocate reads (TurnShape::fit_summary).
 // Stored size per kv head: keys and values for sum(rungs) <= 2 floor(T/4) entries (at most 2x the
@@ -43,6 +45,9 @@
 #define NEXUSKV_COMPRESSOR_SONIC_H_
 
 #include <memory>
+#include <span>
+#include <string_view>
+#include <vector>
 
 #include "compressor/compressor.h"
 
@@ -54,6 +59,13 @@ struct SonicParams {
   // KV costs 1.8% of held-out error at keep 0.5 against a T/2 rung and halves the ladder
   // (docs/sonic.md, "Ladder").
   int top_rung_divisor = 4;
+  // Summaries of every turn take summary_share * k of a GetCache budget, k = budget / tokens
+  // (at keep_ratio 0.5: 25%; at 0.2: 10%); the rest goes to the newest turns, raw
+  // (docs/sonic.md, "Spending a budget").
+  double summary_share = 0.5;
+  // Keep the session's first kSinkTokens tokens (its attention sinks) exactly in every rung of
+  // the first turn, as pass-through Nexus tokens are.
+  bool pin_sinks = true;
   // Lloyd iterations after seeding (measured on real KV: 1, 3 and 8 differ by < 1%).
   int kmeans_iterations = 3;
   // Rows per kv head used for fitting; more are subsampled evenly (bounds memory and time).

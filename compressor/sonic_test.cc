@@ -182,6 +182,47 @@ TEST(SonicTest, TopUpsKeepTheMassAndAddTheMostAttendedTokensExactly) {
   }
 }
 
+TEST(SonicTest, LookaheadQueriesChooseTheTopUpsAndTheMassStaysExact) {
+  TestLayer layer = TestLayer::Random(1, 3, 64, 16, 16, 7);
+  absl::StatusOr<std::string> fit = ExactSonic().Fit(layer.view());
+  ASSERT_TRUE(fit.ok());
+  // One lookahead row per query head, each pointing at token 37's key: the top-up (one token
+  // above rung 16) must be token 37, whatever the fit's own probes attended.
+  std::vector<float> lookahead(3 * 16);
+  for (int q = 0; q < 3; ++q) {
+    for (int c = 0; c < 16; ++c) lookahead[q * 16 + c] = 8.0f * layer.key(0, 37)[c];
+  }
+  LayerView view = layer.view();
+  view.lookahead = lookahead;
+  view.num_lookahead = 1;
+  absl::StatusOr<LayerEntries> e = ExactSonic().Materialize(view, *fit, 17);
+  ASSERT_TRUE(e.ok()) << e.status();
+  ASSERT_EQ(e->num_entries, 17);
+  bool found = false;
+  for (int j = 0; j < 17; ++j) {
+    found |= e->positions[j] == 37 && e->bias[j] == 0.0f &&
+             std::equal(e->keys.begin() + j * 16, e->keys.begin() + (j + 1) * 16,
+                        layer.keys.begin() + 37 * 16);
+  }
+  EXPECT_TRUE(found);
+  // The entries still carry the turn's whole mass over the fit's rows.
+  const int rows = 3 * 16;
+  const internal::SegmentTargets targets = internal::ComputeTargets(
+      layer.keys.data(), layer.values.data(), 64, 16, {layer.probes.data(), rows});
+  double ratio_sum = 0.0;
+  for (int r = 0; r < rows; ++r) {
+    for (int j = 0; j < 17; ++j) {
+      double s = 0.0;
+      for (int c = 0; c < 16; ++c) s += layer.probes[r * 16 + c] * e->keys[j * 16 + c];
+      ratio_sum += std::exp(s / 4.0 + e->bias[j] - targets.log_mass[r]);
+    }
+  }
+  EXPECT_NEAR(ratio_sum / rows, 1.0, 2e-3);
+  // A lookahead of the wrong size is ignored (the fit's own mass ranks), never an error.
+  view.num_lookahead = 2;
+  EXPECT_TRUE(ExactSonic().Materialize(view, *fit, 17).ok());
+}
+
 TEST(SonicTest, RefusesAnotherLayersOrMethodsFit) {
   TestLayer layer = TestLayer::Random(1, 2, 20, 8, 4, 3);
   TestLayer other = TestLayer::Random(1, 2, 24, 8, 4, 3);

@@ -237,10 +237,12 @@ class Evaluator:
             if answer.next_position != prefix_len:
                 record["results"][key] = {"error": f"next_position {answer.next_position} != {prefix_len}"}
                 continue
-            compressed = [t for t in answer.turns if not t.raw]
-            orig = sum(t.original_tokens for t in compressed)
+            # The budget covers the history: every turn but the keep_recent_turns newest, whether
+            # the method served it compressed or (within the budget) raw.
+            history = answer.turns[: len(answer.turns) - cfg.keep_recent_turns] if ratio_s else []
+            orig = sum(t.original_tokens for t in history)
             meta = {
-                "kept_ratio": sum(t.kept_entries for t in compressed) / orig if orig else 1.0,
+                "kept_ratio": sum(t.kept_entries for t in history) / orig if orig else 1.0,
                 "entries": int(answer.entries_per_layer[0]),
                 "has_bias": bool(answer.has_bias),
                 "fetch_s": time.perf_counter() - t1,

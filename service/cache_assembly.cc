@@ -7,6 +7,7 @@
 
 #include "common/status_macros.h"
 #include "service/internal/layer_loader.h"
+#include "service/lookahead.h"
 #include "service/validation.h"
 
 namespace nexuskv::service {
@@ -25,7 +26,8 @@ struct CacheAssembly::TurnBlock {
 CacheAssembly::CacheAssembly(store::Store* store, store::SessionKey key,
                              v1::ModelSpec session_model, DType output_dtype,
                              const compressor::Compressor* method, bool bias_free,
-                             std::vector<TurnPlan> turns, v1::CacheHeader header)
+                             std::vector<TurnPlan> turns, v1::CacheHeader header,
+                             std::optional<store::SegmentRecord> lookahead)
     : store_(store),
       key_(std::move(key)),
       session_model_(std::move(session_model)),
@@ -34,7 +36,8 @@ CacheAssembly::CacheAssembly(store::Store* store, store::SessionKey key,
       method_(method),
       bias_free_(bias_free),
       turns_(std::move(turns)),
-      header_(std::move(header)) {}
+      header_(std::move(header)),
+      lookahead_(std::move(lookahead)) {}
 
 absl::StatusOr<CacheAssembly::TurnBlock> CacheAssembly::RawBlock(const TurnPlan& turn,
                                                                  uint32_t layer) {
@@ -62,38 +65,43 @@ absl::StatusOr<CacheAssembly::TurnBlock> CacheAssembly::RawBlock(const TurnPlan&
   return block;
 }
 
-absl::StatusOr<CacheAssembly::TurnBlock> CacheAssembly::CompressedBlock(const TurnPlan& turn,
-                                                                        uint32_t layer) {
+absl::StatusOr<CacheAssembly::TurnBlock> CacheAssembly::CompressedBlock(
+    const TurnPlan& turn, uint32_t layer, std::span<const float> lookahead) {
   // A method that serves from its fit alone (SONIC) reads the raw KV only when it is stored (for
   // top-ups); otherwise it gets the shape.
+  const compressor::Compressor* const method = turn.method != nullptr ? turn.method : method_;
   DecodedLayer decoded;
   bool have_layer = false;
-  if (turn.load_layer || method_->materialize_reads_layer()) {
+  if (turn.load_layer || method->materialize_reads_layer()) {
     absl::StatusOr<DecodedLayer> loaded = LoadDecodedLayer(*store_, key_, session_model_,
                                                            turn.record, layer,
                                                            /*with_probes=*/false);
     if (loaded.ok()) {
       decoded = *std::move(loaded);
       have_layer = true;
-    } else if (!absl::IsNotFound(loaded.status()) || method_->materialize_reads_layer()) {
+    } else if (!absl::IsNotFound(loaded.status()) || method->materialize_reads_layer()) {
       return loaded.status();
     }
   }
   if (!have_layer) decoded = ShapeOnlyLayer(session_model_, turn.record);
+  if (have_layer && !lookahead.empty()) {
+    decoded.view.lookahead = lookahead;
+    decoded.view.num_lookahead = static_cast<int>(lookahead_->num_probe_queries());
+  }
   std::string fit;
-  if (method_->has_fit()) {
+  if (method->has_fit()) {
     NEXUSKV_ASSIGN_OR_RETURN(std::optional<std::string> stored,
-                             store_->GetFit(key_, turn.record.turn(), method_->name(), layer));
+                             store_->GetFit(key_, turn.record.turn(), method->name(), layer));
     if (!stored.has_value()) {
-      return absl::InternalError(absl::StrCat("the ", std::string(method_->name()), " fit of turn ",
+      return absl::InternalError(absl::StrCat("the ", std::string(method->name()), " fit of turn ",
                                               turn.record.turn(), " vanished while serving"));
     }
     fit = std::move(*stored);
   }
   const int n = static_cast<int>(turn.entries);
   NEXUSKV_ASSIGN_OR_RETURN(compressor::LayerEntries entries,
-                           bias_free_ ? method_->MaterializeBiasFree(decoded.view, fit, n)
-                                      : method_->Materialize(decoded.view, fit, n));
+                           bias_free_ ? method->MaterializeBiasFree(decoded.view, fit, n)
+                                      : method->Materialize(decoded.view, fit, n));
   TurnBlock block;
   block.entries = entries.num_entries;
   if (output_dtype_ == DType::kFloat16) {
@@ -113,12 +121,17 @@ absl::StatusOr<v1::CacheLayer> CacheAssembly::BuildLayer(uint32_t layer) {
   if (layer >= num_layers()) {
     return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " is out of range"));
   }
+  std::vector<float> lookahead;
+  if (lookahead_.has_value() && method_->wants_lookahead()) {
+    NEXUSKV_ASSIGN_OR_RETURN(lookahead,
+                             LoadProbes(*store_, key_, session_model_, *lookahead_, layer));
+  }
   std::vector<TurnBlock> blocks;
   blocks.reserve(turns_.size());
   for (const TurnPlan& turn : turns_) {
     if (turn.entries == 0) continue;
-    NEXUSKV_ASSIGN_OR_RETURN(TurnBlock block,
-                             turn.raw ? RawBlock(turn, layer) : CompressedBlock(turn, layer));
+    NEXUSKV_ASSIGN_OR_RETURN(TurnBlock block, turn.raw ? RawBlock(turn, layer)
+                                                       : CompressedBlock(turn, layer, lookahead));
     blocks.push_back(std::move(block));
   }
 

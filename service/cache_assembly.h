@@ -12,6 +12,8 @@
 #define NEXUSKV_SERVICE_CACHE_ASSEMBLY_H_
 
 #include <cstdint>
+#include <optional>
+#include <span>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -28,15 +30,21 @@ struct TurnPlan {
   bool raw = false;        // Served uncompressed.
   int64_t entries = 0;     // Entries per kv head (== num_tokens when raw).
   bool load_layer = true;  // Its raw KV is stored: read it for the method (SONIC top-ups need it).
+  // Serves this turn instead of the request's method (its fit failed); has no fit. nullptr: the
+  // request's method.
+  const compressor::Compressor* method = nullptr;
 };
 
 class CacheAssembly {
  public:
   // `store` and `method` must outlive the assembly; method is ignored for raw turns. bias_free:
-  // compressed turns come from MaterializeBiasFree (BIAS_MODE_NONE).
+  // compressed turns come from MaterializeBiasFree (BIAS_MODE_NONE). lookahead: the turn whose
+  // probe queries compressed turns get as LayerView::lookahead (service/lookahead.h), when the
+  // method wants them.
   CacheAssembly(store::Store* store, store::SessionKey key, nexuskv::v1::ModelSpec session_model,
                 DType output_dtype, const compressor::Compressor* method, bool bias_free,
-                std::vector<TurnPlan> turns, nexuskv::v1::CacheHeader header);
+                std::vector<TurnPlan> turns, nexuskv::v1::CacheHeader header,
+                std::optional<store::SegmentRecord> lookahead = std::nullopt);
   CacheAssembly(const CacheAssembly&) = delete;
   CacheAssembly& operator=(const CacheAssembly&) = delete;
 
@@ -49,7 +57,8 @@ class CacheAssembly {
  private:
   struct TurnBlock;
   absl::StatusOr<TurnBlock> RawBlock(const TurnPlan& turn, uint32_t layer);
-  absl::StatusOr<TurnBlock> CompressedBlock(const TurnPlan& turn, uint32_t layer);
+  absl::StatusOr<TurnBlock> CompressedBlock(const TurnPlan& turn, uint32_t layer,
+                                            std::span<const float> lookahead);
 
   store::Store* const store_;
   const store::SessionKey key_;
@@ -60,6 +69,7 @@ class CacheAssembly {
   const bool bias_free_;
   const std::vector<TurnPlan> turns_;
   const nexuskv::v1::CacheHeader header_;
+  const std::optional<store::SegmentRecord> lookahead_;
 };
 
 }  // namespace nexuskv::service

@@ -8,6 +8,7 @@
 #include "absl/strings/str_join.h"
 #include "common/log.h"
 #include "common/status_macros.h"
+#include "service/lookahead.h"
 #include "service/validation.h"
 #include "store/key_codec.h"
 
@@ -215,10 +216,32 @@ absl::StatusOr<std::unique_ptr<CacheAssembly>> KvMemoryCore::PlanCache(
 
   // Fits first: a method with a per-turn summary allocates from it, and storing a SONIC ladder may
   // drop raw KV (raw_retention), so the turn records are read again afterwards.
+  // A turn whose fit fails (the method refused its data) is not lost: it is served from its raw KV
+  // by STREAMING_LLM, which needs no fit, and the header's notes say so.
   std::vector<std::string> summaries(count);
+  std::vector<bool> fit_failed(count, false);
+  std::vector<std::string> notes;
+  const compressor::Compressor* const fallback = registry_->Find("STREAMING_LLM");
   if (compressor->has_fit()) {
     for (uint32_t t = request.first_turn(); t < raw_from; ++t) {
-      NEXUSKV_RETURN_IF_ERROR(fits_.Ensure(FitJob{key, session.model(), segments[t], compressor}));
+      if (absl::Status fit = fits_.Ensure(FitJob{key, session.model(), segments[t], compressor});
+          !fit.ok()) {
+        // Store errors (DATA_LOSS, NOT_FOUND, ...) pass through; so does a failure on a turn
+        // whose raw KV is gone, which leaves nothing to fall back to.
+        if (fallback == nullptr || segments[t].raw_dropped() ||
+            (!absl::IsInvalidArgument(fit) && !absl::IsInternal(fit) &&
+             !absl::IsFailedPrecondition(fit) && !absl::IsOutOfRange(fit))) {
+          return fit;
+        }
+        fit_failed[t - request.first_turn()] = true;
+        notes.push_back(absl::StrCat("turn ", t, ": the ", method_name, " fit failed (",
+                                     std::string(fit.message()),
+                                     "); served by STREAMING_LLM from its raw KV"));
+        Log(LogLevel::kWarning, "fit_failed_fallback",
+            {{"tenant", std::string(tenant)}, {"session", request.session_id()}, {"turn", t},
+             {"method", method_name}, {"status", fit.ToString()}});
+        continue;
+      }
       NEXUSKV_ASSIGN_OR_RETURN(
           std::optional<std::string> summary,
           store_->GetFit(key, t, compressor->name(), store::Store::kFitSummaryLayer));
@@ -232,12 +255,24 @@ absl::StatusOr<std::unique_ptr<CacheAssembly>> KvMemoryCore::PlanCache(
     NEXUSKV_RETURN_IF_ERROR(check_dropped());
   }
 
+  // Methods that rank by lookahead (SONIC) get the newest probes of the range, which stand in for
+  // the queries that will read the answer.
+  std::optional<store::SegmentRecord> lookahead_turn;
+  if (compressor->wants_lookahead()) {
+    const std::vector<store::SegmentRecord> range(segments.begin() + request.first_turn(),
+                                                  segments.begin() + last + 1);
+    if (const std::optional<size_t> newest = NewestProbeTurn(range)) {
+      lookahead_turn = range[*newest];
+    }
+  }
+
   std::vector<TurnPlan> plan;
   std::vector<compressor::TurnShape> shapes;
   int64_t raw_tokens = 0;
   int64_t compressible_tokens = 0;
   for (uint32_t t = request.first_turn(); t <= last; ++t) {
     TurnPlan turn{.record = segments[t], .raw = t >= raw_from};
+    if (!turn.raw && fit_failed[t - request.first_turn()]) turn.method = fallback;
     const bool dropped = turn.record.raw_dropped();
     turn.load_layer = !dropped;
     if (turn.raw) {
@@ -265,7 +300,8 @@ absl::StatusOr<std::unique_ptr<CacheAssembly>> KvMemoryCore::PlanCache(
       if (turn.raw) continue;
       turn.entries = allocation[i++];
       // A method that serves from its fit alone gives a whole turn back as its raw KV.
-      if (turn.entries == turn.record.num_tokens() && !compressor->materialize_reads_layer()) {
+      const compressor::Compressor* serving = turn.method != nullptr ? turn.method : compressor;
+      if (turn.entries == turn.record.num_tokens() && !serving->materialize_reads_layer()) {
         turn.raw = true;
       }
     }
@@ -289,11 +325,14 @@ absl::StatusOr<std::unique_ptr<CacheAssembly>> KvMemoryCore::PlanCache(
     a->set_original_tokens(turn.record.num_tokens());
     a->set_kept_entries(static_cast<uint32_t>(turn.entries));
     a->set_raw(turn.raw);
-    a->set_method(turn.raw ? v1::FULL : method);
+    a->set_method(turn.raw                ? v1::FULL
+                  : turn.method != nullptr ? v1::STREAMING_LLM
+                                           : method);
     entries += turn.entries;
     original += turn.record.num_tokens();
   }
   header.set_original_tokens(original);
+  header.set_notes(absl::StrJoin(notes, "; "));
   for (uint32_t l = 0; l < session.model().num_layers(); ++l) {
     header.add_entries_per_layer(static_cast<uint32_t>(entries));
   }
@@ -302,7 +341,8 @@ absl::StatusOr<std::unique_ptr<CacheAssembly>> KvMemoryCore::PlanCache(
                          (2ull * m.head_dim() * DTypeSize(output_dtype) + (has_bias ? 4 : 0)));
   return std::make_unique<CacheAssembly>(store_, std::move(key), session.model(), output_dtype,
                                          compressor, request.bias_mode() == v1::BIAS_MODE_NONE,
-                                         std::move(plan), std::move(header));
+                                         std::move(plan), std::move(header),
+                                         std::move(lookahead_turn));
 }
 
 absl::StatusOr<v1::SessionInfo> KvMemoryCore::GetSession(std::string_view tenant,

@@ -8,6 +8,8 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "service/kv_memory_core.h"
+#include "compressor/sonic.h"
+#include "service/lookahead.h"
 #include "service/test_util.h"
 
 namespace nexuskv::service {
@@ -177,6 +179,122 @@ TEST_F(SonicCoreTest, KeepPolicyKeepsEverythingAndDurationWaits) {
   EXPECT_TRUE(after->turns(1).raw_dropped());
   EXPECT_FALSE(after->turns(3).raw_dropped()) << "no SONIC ladder stored for turn 3 yet";
   EXPECT_FALSE(after->turns(4).raw_dropped());
+}
+
+TEST_F(SonicCoreTest, LookaheadIsTheNewestTurnWithProbesStillStored) {
+  AppendThree();
+  absl::StatusOr<std::vector<store::SegmentRecord>> records =
+      store_->ListSegments({"default", "s"});
+  ASSERT_TRUE(records.ok());
+  EXPECT_EQ(NewestProbeTurn(*records), std::optional<size_t>(2));
+  EXPECT_EQ(NewestProbeTurn({}), std::nullopt);
+  absl::StatusOr<v1::SessionInfo> info = core_->GetSession("default", "s");
+  ASSERT_TRUE(info.ok());
+  absl::StatusOr<std::vector<float>> probes =
+      LoadProbes(*store_, {"default", "s"}, info->model(), (*records)[2], 1);
+  ASSERT_TRUE(probes.ok()) << probes.status();
+  EXPECT_EQ(probes->size(), size_t{info->model().num_query_heads()} *
+                                (*records)[2].num_probe_queries() * info->model().head_dim());
+  // Dropped turns have no probes left; the newest turn keeps its raw KV and stays the lookahead.
+  Start(*ParseRawRetention("drop"));
+  ASSERT_TRUE(core_->PlanCache("default", Request(v1::SONIC, 0.5, 1)).ok());
+  records = store_->ListSegments({"default", "s"});
+  ASSERT_TRUE(records.ok());
+  EXPECT_EQ(NewestProbeTurn({(*records)[0], (*records)[1]}), std::nullopt);
+  EXPECT_EQ(NewestProbeTurn(*records), std::optional<size_t>(2));
+  auto plan = core_->PlanCache("default", Request(v1::SONIC, 0.5, 1));
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_TRUE(Layers(**plan).ok());
+}
+
+// SONIC, except that its fit refuses turns of `bad_tokens` tokens (as a fit that meets data it
+// cannot handle would): the fault GetCache must survive.
+class RefusingSonic final : public compressor::Compressor {
+ public:
+  explicit RefusingSonic(int bad_tokens)
+      : sonic_(compressor::NewSonicCompressor()), bad_tokens_(bad_tokens) {}
+  std::string_view name() const override { return "SONIC"; }
+  bool has_fit() const override { return true; }
+  bool materialize_reads_layer() const override { return false; }
+  bool adds_bias() const override { return true; }
+  absl::StatusOr<std::string> Fit(const compressor::LayerView& layer) const override {
+    if (layer.num_tokens == bad_tokens_) return absl::InternalError("injected fit failure");
+    return sonic_->Fit(layer);
+  }
+  absl::StatusOr<compressor::LayerEntries> Materialize(const compressor::LayerView& layer,
+                                                       std::string_view fit,
+                                                       int n) const override {
+    return sonic_->Materialize(layer, fit, n);
+  }
+  std::string SummarizeFit(std::span<const std::string> per_layer) const override {
+    return sonic_->SummarizeFit(per_layer);
+  }
+  std::vector<int64_t> Allocate(std::span<const compressor::TurnShape> turns,
+                                int64_t budget) const override {
+    return sonic_->Allocate(turns, budget);
+  }
+
+ private:
+  std::unique_ptr<compressor::Compressor> sonic_;
+  int bad_tokens_;
+};
+
+// A registry entry that forwards to a method of the default registry.
+class Borrowed final : public compressor::Compressor {
+ public:
+  explicit Borrowed(const compressor::Compressor& method) : method_(method) {}
+  std::string_view name() const override { return method_.name(); }
+  bool has_fit() const override { return method_.has_fit(); }
+  absl::StatusOr<std::string> Fit(const compressor::LayerView& layer) const override {
+    return method_.Fit(layer);
+  }
+  absl::StatusOr<compressor::LayerEntries> Materialize(const compressor::LayerView& layer,
+                                                       std::string_view fit,
+                                                       int n) const override {
+    return method_.Materialize(layer, fit, n);
+  }
+  std::vector<int64_t> Allocate(std::span<const compressor::TurnShape> turns,
+                                int64_t budget) const override {
+    return method_.Allocate(turns, budget);
+  }
+
+ private:
+  const compressor::Compressor& method_;
+};
+
+TEST_F(SonicCoreTest, AFailedFitFallsBackToTheRawTurnAndSaysSo) {
+  std::vector<std::unique_ptr<compressor::Compressor>> methods;
+  methods.push_back(std::make_unique<RefusingSonic>(24));  // turn 1 has 24 tokens
+  compressor::CompressorRegistry registry(std::move(methods));
+  // Without STREAMING_LLM registered there is nothing to fall back to: the error passes through.
+  core_ = std::make_unique<KvMemoryCore>(store_.get(), &registry,
+                                         CoreOptions{.precompute_fits = false});
+  AppendThree();
+  auto refused = core_->PlanCache("default", Request(v1::SONIC, 0.5, 1));
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInternal);
+  EXPECT_THAT(refused.status().message(), HasSubstr("injected fit failure"));
+
+  std::vector<std::unique_ptr<compressor::Compressor>> with_fallback;
+  with_fallback.push_back(std::make_unique<RefusingSonic>(24));
+  with_fallback.push_back(std::make_unique<Borrowed>(
+      *compressor::CompressorRegistry::Default().Find("STREAMING_LLM")));
+  compressor::CompressorRegistry fallback_registry(std::move(with_fallback));
+  core_ = std::make_unique<KvMemoryCore>(store_.get(), &fallback_registry,
+                                         CoreOptions{.precompute_fits = false});
+  for (double keep : {0.5, 0.2}) {
+    auto plan = core_->PlanCache("default", Request(v1::SONIC, keep, 1));
+    ASSERT_TRUE(plan.ok()) << plan.status();
+    const v1::CacheHeader& h = (*plan)->header();
+    EXPECT_THAT(h.notes(), HasSubstr("turn 1: the SONIC fit failed (injected fit failure)"));
+    EXPECT_THAT(h.notes(), HasSubstr("served by STREAMING_LLM from its raw KV"));
+    EXPECT_EQ(h.turns(0).method(), v1::SONIC);
+    EXPECT_TRUE(h.turns(1).method() == v1::STREAMING_LLM || h.turns(1).raw());
+    EXPECT_LE(h.turns(0).kept_entries() + h.turns(1).kept_entries(),
+              static_cast<uint32_t>(keep * 40 + 1e-9));
+    auto layers = Layers(**plan);
+    ASSERT_TRUE(layers.ok()) << layers.status();
+    EXPECT_EQ((*layers)[0].keys().size(), size_t{2} * h.entries_per_layer(0) * 8 * 2);
+  }
 }
 
 TEST(RawRetentionTest, Parses) {

@@ -7,6 +7,8 @@
 #include <cmath>
 #include <numeric>
 
+#include <Eigen/Core>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
@@ -16,11 +18,16 @@
 #include "compressor/internal/sonic_allocate.h"
 #include "compressor/internal/sonic_fit.h"
 #include "compressor/internal/sonic_ladder.h"
+#include "compressor/internal/sonic_math.h"
 
 namespace nexuskv::compressor::internal {
 namespace {
 
 constexpr float kFloat16Max = 65504.0f;
+// Share of its mass a cluster keeps when tokens are topped up out of it, while possible.
+constexpr double kMinClusterShare = 0.25;
+// Largest |bias| folded into a key for bias-free answers (a weight of e^6 ~ 400 tokens).
+constexpr float kMaxFoldedBias = 6.0f;
 
 absl::Status CheckNexusOffsets(const LayerView& layer) {
   uint32_t previous = 0;
@@ -81,6 +88,38 @@ bool FitsFloat16(const SonicLadder& ladder) {
   return true;
 }
 
+// Per kv head and token ([H, T]), the attention of the layer's lookahead queries within the turn:
+// for every query head of the kv head's group and every lookahead row, softmax over the turn's
+// tokens, summed. Empty when the view carries no lookahead (or its size disagrees).
+std::vector<float> LookaheadAttention(const LayerView& layer) {
+  using Matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  const Eigen::Index t = layer.num_tokens;
+  const Eigen::Index d = layer.head_dim;
+  const Eigen::Index rows = std::max(layer.num_lookahead, 0);
+  const Eigen::Index hq = layer.num_query_heads;
+  if (rows == 0 || layer.keys.empty() ||
+      layer.lookahead.size() != static_cast<size_t>(hq * rows * d)) {
+    return {};
+  }
+  const Eigen::Index group = hq / layer.num_kv_heads;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  std::vector<float> out(static_cast<size_t>(layer.num_kv_heads * t), 0.0f);
+  for (Eigen::Index h = 0; h < layer.num_kv_heads; ++h) {
+    // The group's rows are contiguous in [Hq, L, D]: one [group * L, T] product per kv head.
+    const Eigen::Map<const Matrix> q(layer.lookahead.data() + h * group * rows * d, group * rows, d);
+    const Eigen::Map<const Matrix> k(layer.keys.data() + h * t * d, t, d);
+    Matrix logits = (q * k.transpose()) * scale;
+    logits = logits.unaryExpr([](float x) { return FiniteLogit(x); });
+    Eigen::Map<Eigen::VectorXf> sum(out.data() + h * t, t);
+    for (Eigen::Index r = 0; r < logits.rows(); ++r) {
+      auto row = logits.row(r);
+      row = (row.array() - row.maxCoeff()).exp();
+      sum += (row / row.sum()).transpose();
+    }
+  }
+  return out;
+}
+
 class SonicCompressor final : public Compressor {
  public:
   explicit SonicCompressor(const SonicParams& params) : params_(params) {}
@@ -89,6 +128,7 @@ class SonicCompressor final : public Compressor {
   bool has_fit() const override { return true; }
   bool materialize_reads_layer() const override { return false; }
   bool adds_bias() const override { return true; }
+  bool wants_lookahead() const override { return true; }
 
   absl::StatusOr<std::string> Fit(const LayerView& layer) const override {
     NEXUSKV_RETURN_IF_ERROR(CheckLayer(layer));
@@ -99,6 +139,14 @@ class SonicCompressor final : public Compressor {
     ladder.num_kv_heads = layer.num_kv_heads;
     ladder.num_tokens = layer.num_tokens;
     ladder.head_dim = layer.head_dim;
+    // The session's attention sinks are kept exactly too, after the pass-through Nexus tokens.
+    std::vector<uint32_t> sinks;
+    if (layer.session_start && params_.pin_sinks) {
+      for (uint32_t i = 0; i < static_cast<uint32_t>(std::min<int>(layer.num_tokens, kSinkTokens));
+           ++i) {
+        sinks.push_back(i);
+      }
+    }
     ladder.num_nexus = static_cast<uint32_t>(layer.nexus_offsets.size());
     ladder.proxy = layer.num_probes == 0;
     ladder.rungs = SonicRungSizes(layer.num_tokens, params_.top_rung_divisor);
@@ -112,7 +160,8 @@ class SonicCompressor final : public Compressor {
                    .keys = layer.keys.data() + h * t * d,
                    .values = layer.values.data() + h * t * d,
                    .rows = {rows.data(), static_cast<int>(rows.size() / d)},
-                   .nexus_offsets = layer.nexus_offsets};
+                   .nexus_offsets = layer.nexus_offsets,
+                   .pinned = sinks};
       ladder.probe_rows = static_cast<uint32_t>(in.rows.count);
       HeadFit fit = FitHead(in, ladder.rungs, params_);
       for (size_t k = 0; k < k_count; ++k) {
@@ -172,7 +221,7 @@ class SonicCompressor final : public Compressor {
   }
 
   std::vector<int64_t> Allocate(std::span<const TurnShape> turns, int64_t budget) const override {
-    return AllocateOnLadders(turns, budget);
+    return AllocateSonic(turns, budget, params_.summary_share);
   }
 
  private:
@@ -213,10 +262,14 @@ class SonicCompressor final : public Compressor {
     if (extra > 0) {
       const std::vector<float> mass = DecodeSonicTokenMass(fit, index);
       const size_t span = static_cast<size_t>(t) * d;
+      const std::vector<float> priority = LookaheadAttention(layer);
       for (size_t h = 0; h < sets.size(); ++h) {
+        const std::span<const float> head_mass = std::span<const float>(mass).subspan(h * t, t);
         sets[h] = TopUp(sets[h], layer.keys.data() + h * span, layer.values.data() + h * span,
-                        std::span<const float>(mass).subspan(h * t, t), index.probe_rows == 0,
-                        extra, layer.head_dim);
+                        head_mass,
+                        priority.empty() ? head_mass
+                                         : std::span<const float>(priority).subspan(h * t, t),
+                        index.probe_rows == 0, extra, layer.head_dim);
       }
     }
     const std::vector<float> fold = bias_free ? DecodeSonicFold(fit, index) : std::vector<float>();
@@ -228,11 +281,17 @@ class SonicCompressor final : public Compressor {
     for (size_t h = 0; h < sets.size(); ++h) {
       NexusSet& set = sets[h];
       if (bias_free) {
+        // q.u is ~1 on the probes but not on every query: a large |b| folded in could turn a
+        // floor-weight entry into the strongest key. Fold at most kMaxFoldedBias.
+        std::vector<float> folded(set.bias.size());
+        for (size_t j = 0; j < folded.size(); ++j) {
+          folded[j] = std::clamp(set.bias[j], -kMaxFoldedBias, kMaxFoldedBias);
+        }
         const float* u = fold.data() + h * d;
         for (size_t j = 0; j < m; ++j) {
           float* key = set.keys.data() + j * d;
           for (size_t c = 0; c < d; ++c) {
-            key[c] = std::clamp(key[c] + set.bias[j] * u[c], -FLT_MAX, FLT_MAX);
+            key[c] = std::clamp(key[c] + folded[j] * u[c], -FLT_MAX, FLT_MAX);
           }
         }
       } else {
@@ -247,13 +306,16 @@ class SonicCompressor final : public Compressor {
     return out;
   }
 
-  // Adds `extra` raw tokens (bias 0) to one head's rung: the most attended tokens that an entry
-  // of the rung merged with others (or that no entry stands for), each taken out of its cluster:
+  // Adds `extra` raw tokens (bias 0) to one head's rung: the tokens ranked first by `priority`
+  // (the lookahead queries' attention when the service passed them, else the fit's own token
+  // mass) that an entry of the rung merged with others (or that no entry stands for), each taken
+  // out of its cluster:
   // the cluster's mass, hence its bias, and its weighted mean value lose the token's share. The
   // rung's mass over the rows is unchanged. `mass` is the head's token mass (all 1 when the fit
   // had no rows). Caller guarantees extra <= T - m.
   static NexusSet TopUp(const NexusSet& rung, const float* keys, const float* values,
-                        std::span<const float> mass, bool rowless, int extra, int head_dim) {
+                        std::span<const float> mass, std::span<const float> priority,
+                        bool rowless, int extra, int head_dim) {
     const size_t d = static_cast<size_t>(head_dim);
     const size_t t = mass.size();
     const size_t m = rung.offsets.size();
@@ -280,34 +342,61 @@ class SonicCompressor final : public Compressor {
       }
     }
     std::stable_sort(candidates.begin(), candidates.end(),
-                     [&](uint32_t x, uint32_t y) { return token_mass(x) > token_mass(y); });
-    candidates.resize(std::min(candidates.size(), static_cast<size_t>(extra)));
+                     [&](uint32_t x, uint32_t y) { return priority[x] > priority[y]; });
+    // Take the most attended first, but leave every cluster at least kMinClusterShare of its
+    // mass while other candidates remain: a cluster entry weighted down to almost nothing is
+    // exact with a bias but not once its bias is folded into its key (bias-free answers).
+    std::vector<uint32_t> chosen;
+    std::vector<bool> taken(candidates.size(), false);
+    std::vector<double> remaining = cluster_mass;
+    for (int pass = 0; pass < 2 && chosen.size() < static_cast<size_t>(extra); ++pass) {
+      for (size_t c = 0; c < candidates.size() && chosen.size() < static_cast<size_t>(extra);
+           ++c) {
+        if (taken[c]) continue;
+        const uint32_t i = candidates[c];
+        const uint32_t j = rung.assignment[i];
+        if (pass == 0 && j != kNotMerged &&
+            remaining[j] - token_mass(i) < kMinClusterShare * cluster_mass[j]) {
+          continue;
+        }
+        if (j != kNotMerged) remaining[j] -= token_mass(i);
+        taken[c] = true;
+        chosen.push_back(i);
+      }
+    }
+    candidates = std::move(chosen);
     std::sort(candidates.begin(), candidates.end());
 
+    // The clusters that lost tokens: mass (hence bias) and weighted mean value of what is left,
+    // recomputed from the raw values (subtracting from the stored, rounded mean would amplify its
+    // rounding once most of a cluster's weight is gone).
     NexusSet out = rung;
-    std::vector<double> left_mass = cluster_mass;
-    std::vector<double> weight(m);
-    for (size_t j = 0; j < m; ++j) weight[j] = cluster_mass[j] + members[j] * eps;
+    std::vector<bool> out_of_cluster(t, false);
+    std::vector<bool> touched(m, false);
     for (uint32_t i : candidates) {
+      out_of_cluster[i] = true;
+      if (rung.assignment[i] != kNotMerged) touched[rung.assignment[i]] = true;
+    }
+    std::vector<double> left_mass(m, 0.0), left_weight(m, 0.0), left_values(m * d, 0.0);
+    for (size_t i = 0; i < t; ++i) {
       const uint32_t j = rung.assignment[i];
-      if (j == kNotMerged) continue;
+      if (j == kNotMerged || !touched[j] || out_of_cluster[i]) continue;
       const double w = token_mass(i) + eps;
-      const double remaining = weight[j] - w;
-      if (remaining > 1e-300) {
-        float* v = out.values.data() + j * d;
-        for (size_t c = 0; c < d; ++c) {
-          v[c] = static_cast<float>((weight[j] * v[c] - w * values[i * d + c]) / remaining);
-        }
-      }
-      weight[j] = remaining;
-      left_mass[j] -= token_mass(i);
+      left_mass[j] += token_mass(i);
+      left_weight[j] += w;
+      for (size_t c = 0; c < d; ++c) left_values[j * d + c] += w * values[i * d + c];
     }
     for (size_t j = 0; j < m; ++j) {
-      if (left_mass[j] == cluster_mass[j]) continue;
+      if (!touched[j]) continue;
       const double ratio = left_mass[j] / cluster_mass[j];
-      out.bias[j] = ratio > 0.0
+      out.bias[j] = ratio > 0.0 && left_weight[j] > 0.0
                         ? std::max(static_cast<float>(out.bias[j] + std::log(ratio)), kSonicMinBias)
                         : kSonicMinBias;
+      if (left_weight[j] > 0.0) {
+        for (size_t c = 0; c < d; ++c) {
+          out.values[j * d + c] = static_cast<float>(left_values[j * d + c] / left_weight[j]);
+        }
+      }
     }
     // Merge the raw tokens in, in offset order.
     NexusSet merged;

@@ -5,6 +5,7 @@
 #include <limits>
 #include <queue>
 
+#include "compressor/internal/methods.h"
 #include "compressor/internal/sonic_fit.h"
 #include "compressor/internal/sonic_ladder.h"
 
@@ -191,6 +192,67 @@ std::vector<int64_t> AllocateOnLadders(std::span<const TurnShape> turns, int64_t
   int64_t left = std::max<int64_t>(budget, 0);
   if (!DpChoice(options, weight, left, &choice)) GreedyChoice(options, weight, left, &choice);
   return TopUpRemainder(turns, options, weight, choice, left);
+}
+
+std::vector<int64_t> AllocateSonic(std::span<const TurnShape> turns, int64_t budget,
+                                   double summary_share) {
+  const size_t count = turns.size();
+  int64_t total = 0;
+  for (const TurnShape& t : turns) total += std::max<int64_t>(t.num_tokens, 0);
+  const int64_t b = std::max<int64_t>(budget, 0);
+  if (total == 0) return std::vector<int64_t>(count, 0);
+
+  // Largest rung of a turn without raw KV that is at most `n` (else its smallest).
+  auto rung_at_most = [&](size_t i, int64_t n) {
+    const std::vector<LadderOption> options = TurnOptions(turns[i]);
+    int64_t best = options.size() > 1 ? options[1].entries : 0;
+    for (const LadderOption& o : options) {
+      if (o.entries <= n) best = std::max(best, o.entries);
+    }
+    return best;
+  };
+
+  // 1. A summary of every turn, in proportion to its length (the session's first turn at least
+  //    kSinkTokens entries: its attention sinks); a turn without raw KV lands on a rung. The
+  //    summaries' share of the budget shrinks with the budget: the smaller it is, the more the
+  //    recent tokens are worth.
+  const double keep = std::min(1.0, static_cast<double>(b) / static_cast<double>(total));
+  const double share = summary_share * keep;
+  std::vector<int64_t> result(count, 0);
+  int64_t used = 0;
+  for (size_t i = 0; i < count && share > 0.0; ++i) {
+    const int64_t t = std::max<int64_t>(turns[i].num_tokens, 0);
+    if (t == 0) continue;
+    int64_t f = std::max<int64_t>(
+        1, std::llround(share * static_cast<double>(b) * static_cast<double>(t) /
+                        static_cast<double>(total)));
+    if (turns[i].session_start) f = std::max<int64_t>(f, kSinkTokens);
+    f = std::min(f, t);
+    if (!turns[i].raw_available) f = rung_at_most(i, f);
+    result[i] = f;
+    used += f;
+  }
+  if (used > b) return AllocateOnLadders(turns, budget);
+
+  // 2. The rest newest first, raw: each turn grows to all its tokens (served raw) before an older
+  //    one gets more; a turn left partial is its summary rung topped up with raw tokens.
+  int64_t left = b - used;
+  for (size_t i = count; i-- > 0 && left > 0;) {
+    if (!turns[i].raw_available) continue;
+    const int64_t give = std::min(left, turns[i].num_tokens - result[i]);
+    result[i] += give;
+    left -= give;
+  }
+  // 3. Turns without raw KV climb their ladders with what is left, newest first.
+  for (size_t i = count; i-- > 0 && left > 0;) {
+    if (turns[i].raw_available) continue;
+    const int64_t next = rung_at_most(i, result[i] + left);
+    if (next > result[i]) {
+      left -= next - result[i];
+      result[i] = next;
+    }
+  }
+  return result;
 }
 
 }  // namespace nexuskv::compressor::internal

@@ -37,6 +37,22 @@ std::vector<LadderOption> TurnOptions(const TurnShape& turn);
 // result[i] is one of TurnOptions(turns[i]).entries; the sum never exceeds max(budget, 0).
 std::vector<int64_t> AllocateOnLadders(std::span<const TurnShape> turns, int64_t budget);
 
+// SONIC's allocation (what Allocate does): recency first, with a summary of every turn.
+//   1. Summaries: with k = min(1, budget / T_all), every turn gets
+//      max(1, round(summary_share * k * budget * T_i / T_all)) entries (the session's first turn
+//      at least kSinkTokens, its attention sinks), capped at T_i: summaries take
+//      summary_share * k of the budget, less as the budget shrinks. A turn without raw KV gets
+//      its largest rung of at most that (else its smallest). None when summary_share <= 0. If
+//      the summaries alone exceed the budget: AllocateOnLadders.
+//   2. The rest goes to the turns with raw KV, newest first, each up to T_i (then served raw)
+//      before an older one gets more; the one left partial is served as its largest rung
+//      <= n_i topped up with raw tokens (ranked by the lookahead queries when the service passes
+//      them: LayerView::lookahead).
+//   3. What is still left lifts turns without raw KV to larger rungs, newest first.
+// The sum never exceeds max(budget, 0).
+std::vector<int64_t> AllocateSonic(std::span<const TurnShape> turns, int64_t budget,
+                                   double summary_share);
+
 }  // namespace nexuskv::compressor::internal
 
 #endif  // NEXUSKV_COMPRESSOR_INTERNAL_SONIC_ALLOCATE_H_

@@ -31,15 +31,14 @@ struct Segment {
   const HeadInput& in;
   SegmentTargets targets;
   std::vector<float> weights;           // [T] k-means weights a_i + eps
-  std::vector<uint32_t> nexus_by_mass;  // pass-through tokens, most attended first
+  std::vector<uint32_t> nexus_by_mass;  // pass-through tokens, most attended first, then pinned
   std::vector<uint32_t> candidates;     // the other tokens, ascending
 };
 
 // Clusters candidates [begin, end) (indices into seg.candidates) into m entries appended to *out.
-void FitChunk(const Segment& seg, size_t begin, size_t end, int m, const SonicParams& params,
-              std::vector<Entry>* out) {
+void FitChunk(const Segment& seg, std::span<const uint32_t> members, int m,
+              const SonicParams& params, std::vector<Entry>* out) {
   const size_t d = static_cast<size_t>(seg.in.head_dim);
-  const std::span<const uint32_t> members(seg.candidates.data() + begin, end - begin);
   const int n = static_cast<int>(members.size());
   std::vector<float> points(static_cast<size_t>(n) * d);
   std::vector<float> weights(static_cast<size_t>(n));
@@ -145,7 +144,8 @@ NexusSet FitRung(const Segment& seg, int m, const SonicParams& params) {
     for (size_t i = 0; given < fit_m; ++i, ++given) ++share[remainder[i % chunks].second];
     for (size_t c = 0; c < chunks; ++c) {
       const int room = static_cast<int>(bounds[c + 1] - bounds[c]);
-      FitChunk(seg, bounds[c], bounds[c + 1], std::min(share[c], room), params, &entries);
+      FitChunk(seg, std::span<const uint32_t>(seg.candidates).subspan(bounds[c], bounds[c + 1] - bounds[c]),
+               std::min(share[c], room), params, &entries);
     }
   }
   std::stable_sort(entries.begin(), entries.end(),
@@ -207,13 +207,16 @@ HeadFit FitHead(const HeadInput& head, std::span<const int> rung_sizes, const So
   const float eps = static_cast<float>(std::max(1e-6 * mean, 1e-30));
   seg.weights.resize(a.size());
   for (size_t i = 0; i < a.size(); ++i) seg.weights[i] = a[i] + eps;
-  std::vector<bool> is_nexus(static_cast<size_t>(head.num_tokens), false);
-  for (uint32_t t : head.nexus_offsets) is_nexus[t] = true;
-  std::vector<uint32_t> nexus;
+  // 0: a candidate; 1: a Nexus offset; 2: pinned (and not a Nexus offset).
+  std::vector<uint8_t> kind(static_cast<size_t>(head.num_tokens), 0);
+  for (uint32_t t : head.pinned) kind[t] = 2;
+  for (uint32_t t : head.nexus_offsets) kind[t] = 1;
+  std::vector<uint32_t> nexus, pinned;
   for (uint32_t t = 0; t < static_cast<uint32_t>(head.num_tokens); ++t) {
-    (is_nexus[t] ? nexus : seg.candidates).push_back(t);
+    (kind[t] == 1 ? nexus : kind[t] == 2 ? pinned : seg.candidates).push_back(t);
   }
   seg.nexus_by_mass = ByAttention(nexus, a);
+  for (uint32_t t : ByAttention(pinned, a)) seg.nexus_by_mass.push_back(t);
 
   HeadFit fit;
   for (int m : rung_sizes) {

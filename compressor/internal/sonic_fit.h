@@ -3,7 +3,7 @@
 //
 // For each rung of m entries:
 //   1. Pass-through: the turn's Nexus offsets (LayerView::nexus_offsets) come first, raw, bias 0
-//      (at most m of them, the most attended first).
+//      (at most m of them, the most attended first), then the pinned tokens (the session's sinks).
 //   2. Keys: the other tokens are clustered by weighted k-means on K (weights = accumulated
 //      attention of the rows), seeded with the most attended tokens; the key of an entry is its
 //      cluster's weighted centroid. Turns longer than max_cluster_tokens are clustered in
@@ -53,6 +53,9 @@ struct HeadInput {
   const float* values = nullptr;            // [T, D]
   Rows rows;                                // [R, D] unscaled query rows (probes or proxy), R >= 1
   std::span<const uint32_t> nexus_offsets;  // ascending, < T
+  // Tokens also kept exactly (the session's sinks), after the Nexus offsets: ascending, < T, may
+  // overlap nexus_offsets.
+  std::span<const uint32_t> pinned;
 };
 
 struct HeadFit {

@@ -195,8 +195,15 @@ absl::StatusOr<HistoryError> EvaluateHistory(const RealDialogue& d, const Compre
         }
         if (raw || alloc[u] == 0) continue;
         const int m = static_cast<int>(alloc[u]);
-        auto entries = options.bias_free ? method.MaterializeBiasFree(view(u, l), fits[u][li], m)
-                                         : method.Materialize(view(u, l), fits[u][li], m);
+        // As the service serves it: the newest probes of the prefix (turn t's, unless they are
+        // dropped) as lookahead queries.
+        LayerView served = view(u, l);
+        if (method.wants_lookahead() && !options.drop_probes && d.turns[t].num_probes > 0) {
+          served.lookahead = d.turns[t].probes[l];
+          served.num_lookahead = d.turns[t].num_probes;
+        }
+        auto entries = options.bias_free ? method.MaterializeBiasFree(served, fits[u][li], m)
+                                         : method.Materialize(served, fits[u][li], m);
         if (!entries.ok()) return entries.status();
         for (int h = 0; h < d.num_kv_heads; ++h) {
           const size_t off = static_cast<size_t>(h) * m * dim;

@@ -8,7 +8,8 @@
 // Protocol of EvaluateHistory, for every prefix 0..t of the dialogue (t >= min_history_turns - 1)
 // and every layer: each turn of the prefix is fitted on its own probes (as the server does at
 // append time), the method's Allocate splits floor(keep_ratio * tokens) entries per kv head across
-// them (the last keep_recent_turns kept raw, as GetCache does), each turn is materialized, and
+// them (the last keep_recent_turns kept raw, as GetCache does), each turn is materialized (with
+// turn t's probes as lookahead queries for methods that want them, as GetCache passes them), and
 // turn t's held-out queries (the queries of the NEXT turn, never fitted on) attend over the
 // concatenation. Error = |o_compressed - o_full| / |o_full| per (query head, query), averaged
 // over queries, heads, layers and prefixes.
