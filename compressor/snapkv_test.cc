@@ -50,6 +50,10 @@ TEST(SnapKvTest, OrderAlternatesWindowAndPooledPrefix) {
               ElementsAre(5, 1, 4, 2, 0, 3));
   EXPECT_THAT(internal::SnapKvOrder(std::vector<float>{}, 3), ElementsAre(2, 1, 0));
   EXPECT_THAT(internal::SnapKvOrder(std::vector<float>{0, 2, 1}, 1), ElementsAre(3, 1, 2, 0));
+  // The session's first turn: its sinks first, even when the whole turn is window.
+  EXPECT_THAT(internal::SnapKvOrder(std::vector<float>{}, 6, 4), ElementsAre(0, 1, 2, 3, 5, 4));
+  EXPECT_THAT(internal::SnapKvOrder(std::vector<float>{1, 3, 3, 0, 5, 0}, 2, 2),
+              ElementsAre(0, 1, 7, 4, 6, 2, 3, 5));
 }
 
 TEST(SnapKvTest, KeepsTheRecentWindowAndAPlantedTokenWithItsNeighbours) {

@@ -41,9 +41,10 @@ std::vector<float> AveragePool(std::span<const float> scores);
 
 // SnapKV's order for one kv head: alternately the most recent of the last `window` tokens not yet
 // taken and the best of the prefix [0, T - window) by pooled score (ties to the lower index),
-// starting with the window; when one side is exhausted the other continues. `prefix_scores` has
-// T - window entries, already pooled.
-std::vector<uint32_t> SnapKvOrder(std::span<const float> prefix_scores, int window);
+// starting with the window; when one side is exhausted the other continues. The first `sinks`
+// tokens (kSinkTokens in the session's first turn, else 0) come before all of them.
+// `prefix_scores` has T - window entries, already pooled.
+std::vector<uint32_t> SnapKvOrder(std::span<const float> prefix_scores, int window, int sinks = 0);
 
 }  // namespace nexuskv::compressor::internal
 
