@@ -57,7 +57,7 @@ struct SonicParams {
   // The largest rung holds floor(T / top_rung_divisor) entries; smaller ones halve down to 1. With
   // the raw KV stored, sizes above it are served by topping it up with raw tokens, which on real
   // KV costs 1.8% of held-out error at keep 0.5 against a T/2 rung and halves the ladder
-  // (docs/sonic.md, "Ladder").
+  // (docs/sonic.md, "The fit").
   int top_rung_divisor = 4;
   // Summaries of every turn take summary_share * k of a GetCache budget, k = budget / tokens
   // (at keep_ratio 0.5: 25%; at 0.2: 10%); the rest goes to the newest turns, raw

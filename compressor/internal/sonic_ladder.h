@@ -1,6 +1,6 @@
 // The stored form of a SONIC fit: one layer's ladder of Nexus-token sets, and the per-turn summary
-// the planner reads. Both are versioned little-endian binary formats (docs/sonic.md, "Stored
-// format"); a fit is never served by code that does not know its version.
+// the planner reads. Both are versioned little-endian binary formats, laid out below (docs/sonic.md,
+// "Storage", has the sizes); a fit is never served by code that does not know its version.
 //
 // Ladder (one per layer), "NS" version 1:
 //   header, 32 bytes:
