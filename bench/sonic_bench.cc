@@ -12,89 +12,24 @@
 // values and probes N(0, 1). Time does not depend on the values (fixed Lloyd iterations).
 #include <benchmark/benchmark.h>
 
-#include <chrono>
-#include <cstring>
-#include <random>
 #include <string>
 #include <vector>
 
+#include "bench/bench_layer.h"
 #include "compressor/compressor.h"
 #include "compressor/internal/sonic_ladder.h"
 
 namespace nexuskv::compressor {
 namespace {
 
-struct Shape {
-  const char* name;
-  int num_kv_heads, num_query_heads, head_dim, num_tokens, num_probes;
-};
+using Shape = BenchShape;
 
-constexpr Shape kShapes[] = {
-    {"SmolLM2-135M", 3, 9, 64, 512, 32},
-    {"Llama-3-8B", 8, 32, 128, 2048, 64},
-};
-
-struct Layer {
-  std::vector<float> keys, values, probes;
-  LayerView view;
-};
-
-Layer MakeLayer(const Shape& s) {
-  Layer layer;
-  std::mt19937 rng(42);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  const size_t d = static_cast<size_t>(s.head_dim);
-  const size_t kv = static_cast<size_t>(s.num_kv_heads) * s.num_tokens * d;
-  std::vector<float> centers(16 * d);
-  for (float& x : centers) x = 3.0f * normal(rng);
-  layer.keys.resize(kv);
-  for (size_t row = 0; row < kv / d; ++row) {
-    const float* c = centers.data() + (rng() % 16) * d;
-    for (size_t i = 0; i < d; ++i) layer.keys[row * d + i] = c[i] + normal(rng);
-  }
-  layer.values.resize(kv);
-  layer.probes.resize(static_cast<size_t>(s.num_query_heads) * s.num_probes * d);
-  for (auto* buffer : {&layer.values, &layer.probes}) {
-    for (float& x : *buffer) x = normal(rng);
-  }
-  LayerView& v = layer.view;
-  v.num_kv_heads = s.num_kv_heads;
-  v.num_query_heads = s.num_query_heads;
-  v.num_tokens = s.num_tokens;
-  v.head_dim = s.head_dim;
-  v.num_probes = s.num_probes;
-  v.dtype = DType::kFloat16;
-  v.keys = layer.keys;
-  v.values = layer.values;
-  v.probes = layer.probes;
-  return layer;
-}
-
-int64_t Float16KvBytes(const Shape& s) {
-  return int64_t{2} * s.num_kv_heads * s.num_tokens * s.head_dim * 2;
-}
-
-using Clock = std::chrono::steady_clock;
-
-double MemcpyMBps(int64_t bytes) {
-  std::vector<char> src(bytes, 1), dst(bytes);
-  int64_t copies = 0;
-  const auto start = Clock::now();
-  std::chrono::duration<double> elapsed{};
-  do {
-    std::memcpy(dst.data(), src.data(), bytes);
-    benchmark::DoNotOptimize(dst.data());
-    benchmark::ClobberMemory();
-    ++copies;
-    elapsed = Clock::now() - start;
-  } while (elapsed.count() < 0.05);
-  return bytes * copies / elapsed.count() / 1e6;
-}
+double MemcpyMBps(int64_t bytes) { return bytes / MemcpySeconds(bytes) / 1e6; }
 
 const Compressor& Sonic() { return *CompressorRegistry::Default().Find("SONIC"); }
 
 void BM_Fit(benchmark::State& state, Shape shape) {
-  const Layer layer = MakeLayer(shape);
+  const BenchLayer layer = MakeBenchLayer(shape, KeyLayout::kClustered);
   std::string fit;
   for (auto _ : state) {
     absl::StatusOr<std::string> f = Sonic().Fit(layer.view);
@@ -118,7 +53,7 @@ void BM_Fit(benchmark::State& state, Shape shape) {
 // n = 0.4 T tops rung T/4 up with raw tokens, ranked by lookahead queries (the probes) as GetCache
 // passes them.
 void BM_Materialize(benchmark::State& state, Shape shape, double keep, bool with_raw) {
-  const Layer layer = MakeLayer(shape);
+  const BenchLayer layer = MakeBenchLayer(shape, KeyLayout::kClustered);
   const std::string fit = Sonic().Fit(layer.view).value();
   LayerView view = layer.view;
   if (!with_raw) view.keys = view.values = view.probes = {};
@@ -142,7 +77,7 @@ void BM_Materialize(benchmark::State& state, Shape shape, double keep, bool with
 }
 
 void RegisterAll() {
-  for (const Shape& shape : kShapes) {
+  for (const Shape& shape : kBenchShapes) {
     const std::string suffix = std::string("/") + shape.name;
     benchmark::RegisterBenchmark(("SonicFit" + suffix).c_str(), BM_Fit, shape)
         ->UseRealTime()
