@@ -31,6 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dialogues", type=int, default=None, help="dialogues (default 100; quick 3)")
     p.add_argument("--needles", type=int, default=None, help="needle items (default 20; quick 1)")
     p.add_argument("--max-tokens", type=int, default=None, help="dialogue length cap (2048; quick 1024)")
+    p.add_argument("--skip", type=int, default=0, help="skip the first K dialogues (development subsets)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ratios", default="0.5,0.2")
     p.add_argument("--methods", default="full,sonic,h2o,streaming_llm,snapkv")
@@ -109,7 +110,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     lm = model_mod.load(args.model_cache)
     load_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    selected = dialogues.select(lm.tokenizer, n_dialogues + n_needles, seed=args.seed, max_tokens=max_tokens)
+    selected = dialogues.select(
+        lm.tokenizer, args.skip + n_dialogues + n_needles, seed=args.seed, max_tokens=max_tokens
+    )[args.skip :]
     plain = [dialogues_item(d) for d in selected[:n_dialogues]]
     needles = needle.make_items(
         lm.tokenizer,
