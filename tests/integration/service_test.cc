@@ -1,7 +1,6 @@
 // KvMemory end to end: the real nexuskv-server process, its real RocksDB, the C++ client and raw
 // gRPC stubs for the malformed streams a well-behaved client would never send.
 #include <memory>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -11,6 +10,7 @@
 #include "gtest/gtest.h"
 #include "nexuskv/v1/kv_memory.grpc.pb.h"
 #include "tensor/dtype.h"
+#include "tests/integration/bf16_turns.h"
 #include "tests/integration/server_process.h"
 
 namespace nexuskv::testing {
@@ -23,24 +23,7 @@ constexpr char kSession[] = "chat.e2e-1";
 constexpr uint32_t kTokens[] = {12, 30, 9, 20};  // Four turns, positions follow each other.
 constexpr uint32_t kProbes = 4;
 
-v1::ModelSpec Spec() {
-  v1::ModelSpec spec;
-  spec.set_model_id("e2e-model");
-  spec.set_num_layers(3);
-  spec.set_num_kv_heads(2);
-  spec.set_num_query_heads(6);
-  spec.set_head_dim(16);
-  spec.set_dtype(v1::DTYPE_BFLOAT16);
-  return spec;
-}
-
-std::string Random(size_t elements, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> normal;
-  std::vector<float> v(elements);
-  for (float& x : v) x = normal(rng);
-  return EncodeFromFloat(v, DType::kBFloat16);
-}
+v1::ModelSpec Spec() { return Bf16Spec("e2e-model"); }
 
 // The stored bytes of one turn: per layer keys, values, probes.
 struct TurnData {
@@ -63,9 +46,9 @@ TurnData MakeTurn(const std::string& session, uint32_t turn, uint32_t tokens, ui
   for (uint32_t l = 0; l < spec.num_layers(); ++l) {
     v1::LayerChunk& c = t.layers.emplace_back();
     c.set_layer(l);
-    c.set_keys(Random(kv, seed + turn * 100 + l * 3));
-    c.set_values(Random(kv, seed + turn * 100 + l * 3 + 1));
-    c.set_probe_queries(Random(q, seed + turn * 100 + l * 3 + 2));
+    c.set_keys(RandomBf16(kv, seed + turn * 100 + l * 3));
+    c.set_values(RandomBf16(kv, seed + turn * 100 + l * 3 + 1));
+    c.set_probe_queries(RandomBf16(q, seed + turn * 100 + l * 3 + 2));
   }
   return t;
 }

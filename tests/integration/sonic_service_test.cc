@@ -4,7 +4,6 @@
 // serve those turns, across a restart.
 #include <cmath>
 #include <memory>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -12,6 +11,7 @@
 #include "gtest/gtest.h"
 #include "nexuskv/v1/kv_memory.pb.h"
 #include "tensor/dtype.h"
+#include "tests/integration/bf16_turns.h"
 #include "tests/integration/server_process.h"
 
 namespace nexuskv::testing {
@@ -23,24 +23,7 @@ using ::testing::HasSubstr;
 constexpr char kSession[] = "sonic.e2e";
 constexpr uint32_t kTokens[] = {12, 30, 9, 20};  // 71 tokens; the last turn is served raw
 
-v1::ModelSpec Spec() {
-  v1::ModelSpec spec;
-  spec.set_model_id("sonic-e2e");
-  spec.set_num_layers(3);
-  spec.set_num_kv_heads(2);
-  spec.set_num_query_heads(6);
-  spec.set_head_dim(16);
-  spec.set_dtype(v1::DTYPE_BFLOAT16);
-  return spec;
-}
-
-std::string Random(size_t elements, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> normal;
-  std::vector<float> v(elements);
-  for (float& x : v) x = normal(rng);
-  return EncodeFromFloat(v, DType::kBFloat16);
-}
+v1::ModelSpec Spec() { return Bf16Spec("sonic-e2e"); }
 
 class SonicServiceTest : public ::testing::Test {
  protected:
@@ -66,9 +49,9 @@ class SonicServiceTest : public ::testing::Test {
       const size_t kv = size_t{2} * kTokens[t] * 16;
       std::vector<std::string> bytes;  // keys, values, probes per layer; outlive AppendTurn
       for (uint32_t l = 0; l < 3; ++l) {
-        bytes.push_back(Random(kv, t * 100 + l * 3));
-        bytes.push_back(Random(kv, t * 100 + l * 3 + 1));
-        bytes.push_back(Random(size_t{6} * 4 * 16, t * 100 + l * 3 + 2));
+        bytes.push_back(RandomBf16(kv, t * 100 + l * 3));
+        bytes.push_back(RandomBf16(kv, t * 100 + l * 3 + 1));
+        bytes.push_back(RandomBf16(size_t{6} * 4 * 16, t * 100 + l * 3 + 2));
       }
       client::TurnTensors turn{.session_id = kSession,
                                .turn = t,
