@@ -14,7 +14,8 @@ namespace {
 using testing::TestLayer;
 
 // out[h*T + i] in double, straight from the definition in attention.h.
-std::vector<double> NaiveAccumulated(const TestLayer& layer) {
+std::vector<double> NaiveAccumulated(const TestLayer& layer,
+                                     const std::vector<uint32_t>& offsets = {}) {
   const int h_count = layer.num_kv_heads, t = layer.num_tokens, d = layer.head_dim;
   const int g = layer.num_query_heads / h_count;
   const bool proxy = layer.num_probes == 0;
@@ -25,7 +26,7 @@ std::vector<double> NaiveAccumulated(const TestLayer& layer) {
       for (int j = 0; j < w; ++j) {
         const float* query = proxy ? &layer.keys[(static_cast<size_t>(h) * t + t - w + j) * d]
                                    : &layer.probes[(static_cast<size_t>(q) * w + j) * d];
-        const int visible = t - w + j + 1;
+        const int visible = (offsets.empty() ? t - w + j : static_cast<int>(offsets[j])) + 1;
         std::vector<double> logit(visible);
         for (int i = 0; i < visible; ++i) {
           double dot = 0;
@@ -78,6 +79,21 @@ TEST(AttentionTest, EachRowCarriesUnitMassAndTheMaskHidesTheFuture) {
     EXPECT_GE(got[h * 20], 3.0f - 1e-5f);
     EXPECT_LE(got[h * 20 + 19], 3.0f + 1e-5f);
   }
+}
+
+TEST(AttentionTest, ProbeOffsetsPlaceEachProbesCausalMask) {
+  const TestLayer layer = TestLayer::Random(2, 6, 30, 8, 4, 9);
+  const std::vector<uint32_t> offsets = {0, 9, 17, 29};
+  compressor::LayerView view = layer.view();
+  view.probe_offsets = offsets;
+  const std::vector<float> got = AccumulatedAttention(view);
+  const std::vector<double> want = NaiveAccumulated(layer, offsets);
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t k = 0; k < got.size(); ++k) EXPECT_NEAR(got[k], want[k], 1e-5 + 1e-4 * want[k]);
+  // The probe at token 0 sees token 0 only: the group's 3 query heads give it 3 units at least.
+  for (int h = 0; h < 2; ++h) EXPECT_GE(got[h * 30], 3.0f - 1e-5f);
+  // The same probes taken as the last 4 tokens score differently.
+  EXPECT_NE(AccumulatedAttention(layer.view()), got);
 }
 
 TEST(AttentionTest, HugeLogitsStayFinite) {

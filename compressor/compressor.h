@@ -36,7 +36,8 @@
 //                  when the layer's tensors are given; bias-free, each bias is folded into its
 //                  key. Its Allocate picks servable sizes by fit error, turn length and recency.
 //                  See compressor/sonic.h and docs/sonic.md.
-// Scoring queries: the probes when P > 0 (causal: probe j is token T-P+j and sees tokens <= it);
+// Scoring queries: the probes when P > 0 (causal: probe j is token probe_offsets[j], or T-P+j
+// without offsets, and sees tokens <= it);
 // when P = 0, the proxy: the keys of the last W = min(T, 16) tokens of the same kv head, used by
 // every query head of its group, with the same causal rule. Selection methods store one ranking
 // per kv head (most important first), so the entries kept at n are a subset of those at n + 1 and
@@ -64,12 +65,15 @@ struct LayerView {
   int num_query_heads = 0;     // Hq, a multiple of H; query head h belongs to kv head h / (Hq / H).
   int num_tokens = 0;          // T >= 1
   int head_dim = 0;            // D
-  int num_probes = 0;          // P, 0..T: queries of the segment's last P tokens.
+  int num_probes = 0;          // P, 0..T: queries of P of the segment's tokens (probe_offsets).
   int64_t first_position = 0;  // Absolute position of token 0.
   bool session_start = false;  // Turn 0: its first tokens are the session's attention sinks.
   std::span<const float> keys;    // [H, T, D], post-rotary.
   std::span<const float> values;  // [H, T, D]
   std::span<const float> probes;  // [Hq, P, D]; empty when P = 0.
+  // The tokens the probes belong to: P strictly ascending offsets in [0, T). Empty: the last P
+  // tokens (probe j is token T - P + j).
+  std::span<const uint32_t> probe_offsets;
   // Offsets in [0, T), strictly ascending, of tokens that already are Nexus tokens (written by a
   // SONIC-trained model). SONIC keeps them, first, in every rung; other methods ignore them.
   std::span<const uint32_t> nexus_offsets;

@@ -130,6 +130,12 @@ TEST(H2OTest, RefusesBadViewsCountsAndForeignFits) {
   bad = layer;
   bad.probes.resize(bad.probes.size() - 4);
   EXPECT_THAT(H2O().Fit(bad.view()), StatusIs(kInvalid));
+  for (const std::vector<uint32_t>& offsets :
+       std::vector<std::vector<uint32_t>>{{3}, {4, 4}, {9, 2}, {5, 10}}) {
+    LayerView view = layer.view();  // 2 probes, 10 tokens
+    view.probe_offsets = offsets;
+    EXPECT_THAT(H2O().Fit(view), StatusIs(kInvalid)) << offsets.size() << " offsets";
+  }
   bad = layer;
   bad.num_tokens = 0;
   bad.keys.clear();

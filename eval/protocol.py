@@ -5,8 +5,9 @@ Segments s_0..s_n (s_0 the system message, s_n the final assistant reply, s_{n-1
      letting every kvpress press compress each layer's fresh KV (eval.presses.capture).
   2. Prefill s_{n-1} plus the teacher-forced reply: the reply's log-probs with full context are the
      reference. Crop the cache back to the prefix s_0..s_{n-1}.
-  3. Append every prefix segment to nexuskv (float32 keys/values [H, T, D] per layer, probes = the
-     segment's last P queries), one turn per segment.
+  3. Append every prefix segment to nexuskv (float32 keys/values [H, T, D] per layer, probes = P of
+     the segment's queries spread evenly over it, or its last P with probe_placement "last"), one
+     turn per segment.
   4. For each method and keep_ratio: GetCache(keep_ratio, keep_recent_turns=1), so the last user turn
      comes back raw and the ratio applies to the history; build the cache with nexuskv.hf and
      teacher-force the same reply at positions next_position..
@@ -52,6 +53,7 @@ class EvalConfig:
     presses: tuple[str, ...] = DEFAULT_PRESSES
     reply_tokens: int = 128
     probes: int = 32
+    probe_placement: str = "spread"  # "spread": evenly over the segment; "last": its last queries
     keep_recent_turns: int = 1
     sonic_nobias: bool = True  # also SONIC with bias_mode NONE: what the bias contributes
     kvzip_every: int = 1  # KVzip (2-3 extra prefills) on every k-th dialogue only
@@ -192,16 +194,20 @@ class Evaluator:
         for turn, seg in enumerate(segs[:-1]):
             end = start + len(seg.ids)
             keys, values = hf.turn_kv(cache, start, end)
-            p = min(cfg.probes, end - start)
+            if cfg.probe_placement == "spread":
+                probes, offsets = rec.spread(start, end, cfg.probes)
+            else:
+                probes, offsets = rec.probes(end - min(cfg.probes, end - start), end), None
             self.client.append_turn(
                 sid,
                 turn,
                 keys,
                 values,
-                rec.probes(end - p, end),
+                probes,
                 role=seg.role,
                 model_id=self.lm.model_id,
                 first_position=start,
+                probe_offsets=offsets,
             )
             start = end
         timings["append_s"] = time.perf_counter() - t0

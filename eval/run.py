@@ -45,6 +45,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--kvzip-every", type=int, default=4, help="KVzip (2-3 extra prefills) on every k-th item only"
     )
     p.add_argument("--probes", type=int, default=32, help="probe queries per segment")
+    p.add_argument(
+        "--probe-placement",
+        choices=("spread", "last"),
+        default="spread",
+        help="probes spread evenly over each segment (default) or its last queries",
+    )
     p.add_argument("--reply-tokens", type=int, default=128)
     p.add_argument("--batch", type=int, default=8, help="resumed caches continued per forward")
     p.add_argument("--no-sonic-nobias", action="store_true")
@@ -97,6 +103,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         presses=tuple(f"kvpress:{p}" for p in presses),
         reply_tokens=args.reply_tokens,
         probes=args.probes,
+        probe_placement=args.probe_placement,
         sonic_nobias=not args.no_sonic_nobias,
         kvzip_every=args.kvzip_every,
         batch=args.batch,

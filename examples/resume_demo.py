@@ -101,16 +101,17 @@ def chat(target: str, transcript: Path) -> None:
             for turn in range(stored, len(segs)):
                 end = offset + len(segs[turn])
                 keys, values = hf.turn_kv(cache, start + offset, start + end)
-                p = min(32, end - offset)
+                probes, probe_offsets = rec.spread(offset, end, 32)
                 kv.append_turn(
                     SESSION,
                     turn,
                     keys,
                     values,
-                    rec.probes(end - p, end),
+                    probes,
                     role=(["system"] + [m["role"] for m in messages])[turn],
                     model_id=lm.model_id,
                     first_position=start + offset,
+                    probe_offsets=probe_offsets,
                 )
                 offset = end
             stored = len(segs)

@@ -132,6 +132,21 @@ absl::StatusOr<v1::AppendSegmentResponse> KvMemoryCore::Append(std::string_view 
     }
   }
   *record.mutable_nexus_offsets() = h.nexus_offsets();
+  if (h.probe_offsets_size() != 0 &&
+      h.probe_offsets_size() != static_cast<int>(h.num_probe_queries())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "header.probe_offsets has ", h.probe_offsets_size(), " entries for num_probe_queries ",
+        h.num_probe_queries(), "; send one offset per probe, or none for the last tokens"));
+  }
+  for (int i = 0; i < h.probe_offsets_size(); ++i) {
+    const uint32_t offset = h.probe_offsets(i);
+    if (offset >= h.num_tokens() || (i > 0 && offset <= h.probe_offsets(i - 1))) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "header.probe_offsets must be strictly ascending offsets below num_tokens (",
+          h.num_tokens(), "); entry ", i, " is ", offset));
+    }
+  }
+  *record.mutable_probe_offsets() = h.probe_offsets();
   record.set_append_time_unix_ms(absl::ToUnixMillis(absl::Now()));
   uint64_t bytes = 0;
   for (const store::LayerTensors& l : segment.layers) {

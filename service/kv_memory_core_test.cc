@@ -181,6 +181,48 @@ TEST_F(KvMemoryCoreTest, RefusesWhatCannotBeServed) {
   EXPECT_THAT(missing.message(), HasSubstr("method SONIC is not available"));
 }
 
+// Probes may come from anywhere in the turn when their offsets say where; offsets that do not
+// describe the probes are refused and store nothing.
+TEST_F(KvMemoryCoreTest, ProbeOffsetsAreCheckedAndServed) {
+  auto append = [&](uint32_t turn, uint32_t first, std::vector<uint32_t> offsets) {
+    SegmentAssembler assembler(Limits{});
+    auto messages = testing::SegmentMessages("s", turn, 10, first, 3, testing::TinySpec());
+    for (uint32_t o : offsets) messages[0].mutable_header()->add_probe_offsets(o);
+    for (auto& m : messages) {
+      if (absl::Status st = assembler.Add(std::move(m)); !st.ok()) return st;
+    }
+    auto segment = std::move(assembler).Finish();
+    if (!segment.ok()) return segment.status();
+    return core_->Append("default", std::move(*segment)).status();
+  };
+  for (const auto& [offsets, message] :
+       std::vector<std::pair<std::vector<uint32_t>, std::string>>{
+           {{0, 5}, "2 entries for num_probe_queries 3"},
+           {{0, 5, 5}, "strictly ascending"},
+           {{0, 5, 10}, "below num_tokens (10); entry 2 is 10"}}) {
+    absl::Status refused = append(0, 0, offsets);
+    EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument) << refused;
+    EXPECT_THAT(refused.message(), HasSubstr(message));
+  }
+  EXPECT_EQ(core_->GetSession("default", "s").status().code(), absl::StatusCode::kNotFound);
+
+  ASSERT_TRUE(append(0, 0, {0, 4, 9}).ok());
+  ASSERT_TRUE(append(1, 10, {}).ok());  // the last 3 tokens
+  // A retry with other offsets is a different payload.
+  EXPECT_EQ(append(0, 0, {1, 4, 9}).code(), absl::StatusCode::kAlreadyExists);
+  for (v1::Method method : {v1::H2O, v1::SNAPKV, v1::SONIC}) {
+    v1::GetCacheRequest request;
+    request.set_session_id("s");
+    request.set_method(method);
+    request.mutable_budget()->set_keep_ratio(0.5);
+    auto plan = core_->PlanCache("default", request);
+    ASSERT_TRUE(plan.ok()) << plan.status();
+    for (uint32_t l = 0; l < (*plan)->num_layers(); ++l) {
+      EXPECT_TRUE((*plan)->BuildLayer(l).ok()) << v1::Method_Name(method) << " layer " << l;
+    }
+  }
+}
+
 TEST_F(KvMemoryCoreTest, DeleteRemovesTheSession) {
   AppendThreeTurns("s");
   auto deleted = core_->DeleteSession("default", "s");

@@ -11,9 +11,9 @@
 //   - append (probability --append_ratio): the next turn of its conversation, SmolLM2-135M-like
 //     shapes (30 layers, 3 kv heads, 9 query heads, head_dim 64, float16), 50..400 tokens, 8 probe
 //     queries;
-//   - resume: GetCache of one of its conversations with H2O, SNAPKV or STREAMING_LLM at
+//   - resume: GetCache of one of its conversations with SONIC, H2O, SNAPKV or STREAMING_LLM at
 //     keep_ratio 0.5 or 0.2 (keep_recent_turns 1), or FULL; the answer is streamed and checked
-//     for size, never kept.
+//     for size (keys and bias), never kept.
 // A conversation ends after 4..12 turns; the client deletes it (a DeleteSession) and starts
 // another, so the live data stays bounded while the load runs.
 //
@@ -101,11 +101,23 @@ std::string_view Slice(std::mt19937_64& rng, size_t bytes) {
   return std::string_view(pool).substr(offset, bytes);
 }
 
-enum class Op { kAppend, kResumeH2O, kResumeSnapKv, kResumeStreaming, kResumeFull, kDelete };
-constexpr const char* kOpNames[] = {"append",           "get_cache_h2o",
-                                    "get_cache_snapkv", "get_cache_streaming_llm",
-                                    "get_cache_full",   "delete_session"};
-constexpr int kNumOps = 6;
+enum class Op {
+  kAppend,
+  kResumeSonic,
+  kResumeH2O,
+  kResumeSnapKv,
+  kResumeStreaming,
+  kResumeFull,
+  kDelete
+};
+constexpr const char* kOpNames[] = {"append",
+                                    "get_cache_sonic",
+                                    "get_cache_h2o",
+                                    "get_cache_snapkv",
+                                    "get_cache_streaming_llm",
+                                    "get_cache_full",
+                                    "delete_session"};
+constexpr int kNumOps = 7;
 
 struct ClientStats {
   LatencyRecorder latency[kNumOps];
@@ -194,10 +206,11 @@ class LoadClient {
   }
 
   void Resume() {
-    static constexpr Op kResumes[] = {Op::kResumeH2O, Op::kResumeSnapKv, Op::kResumeStreaming,
-                                      Op::kResumeFull};
-    static constexpr v1::Method kMethods[] = {v1::H2O, v1::SNAPKV, v1::STREAMING_LLM, v1::FULL};
-    const int pick = rng_() % 4;
+    static constexpr Op kResumes[] = {Op::kResumeSonic, Op::kResumeH2O, Op::kResumeSnapKv,
+                                      Op::kResumeStreaming, Op::kResumeFull};
+    static constexpr v1::Method kMethods[] = {v1::SONIC, v1::H2O, v1::SNAPKV, v1::STREAMING_LLM,
+                                              v1::FULL};
+    const int pick = rng_() % 5;
     v1::GetCacheRequest request;
     request.set_session_id(session_);
     request.set_method(kMethods[pick]);
@@ -227,6 +240,12 @@ class LoadClient {
           shape = absl::DataLossError(absl::StrCat("layer ", layer.layer(), " has ",
                                                    layer.keys().size(), " key bytes for ", n,
                                                    " entries"));
+        }
+        const uint64_t bias_bytes = header.has_bias() ? uint64_t{kKvHeads} * n * 4 : 0;
+        if (layer.bias().size() != bias_bytes && shape.ok()) {
+          shape = absl::DataLossError(absl::StrCat("layer ", layer.layer(), " has ",
+                                                   layer.bias().size(), " bias bytes for ", n,
+                                                   " entries, expected ", bias_bytes));
         }
         bytes += layer.keys().size() + layer.values().size() + layer.bias().size() +
                  layer.positions().size();

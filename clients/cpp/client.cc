@@ -92,6 +92,7 @@ v1::SegmentHeader MakeHeader(const Turn& turn, const TurnShape& shape) {
   header.set_role(turn.role);
   *header.mutable_model() = turn.model;
   header.set_num_probe_queries(shape.num_probe_queries);
+  header.mutable_probe_offsets()->Add(turn.probe_offsets.begin(), turn.probe_offsets.end());
   return header;
 }
 

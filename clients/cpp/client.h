@@ -121,6 +121,8 @@ struct TurnTensors {
   v1::Role role = v1::ROLE_UNSPECIFIED;
   v1::ModelSpec model;             // dtype must be set; layers.size() == model.num_layers().
   std::vector<LayerBytes> layers;  // layers[l] is layer l.
+  // The offsets in the turn of the probes' tokens (P, strictly ascending); empty: the last P.
+  std::vector<uint32_t> probe_offsets;
 };
 
 // The same turn as float32 values; AppendTurn encodes each layer to model.dtype() while sending.
@@ -136,6 +138,7 @@ struct FloatTurnTensors {
   v1::Role role = v1::ROLE_UNSPECIFIED;
   v1::ModelSpec model;
   std::vector<FloatLayer> layers;
+  std::vector<uint32_t> probe_offsets;  // As in TurnTensors.
 };
 
 // A GetCache answer: the header, then layers[l] for every layer l in 0..L-1 (layers[l].layer() ==

@@ -72,8 +72,11 @@ std::vector<float> AccumulatedAttention(const LayerView& layer) {
                   static_cast<blasint>(d), keys, static_cast<blasint>(d), 0.0f, logits.data(),
                   static_cast<blasint>(t));
       for (size_t r = 0; r < count; ++r) {
-        const size_t position = (first + r) % window;
-        AccumulateSoftmax(logits.data() + r * t, t - window + position + 1, row_weight, acc);
+        const size_t j = (first + r) % window;
+        const size_t token = !proxy && !layer.probe_offsets.empty()
+                                 ? static_cast<size_t>(layer.probe_offsets[j])
+                                 : t - window + j;
+        AccumulateSoftmax(logits.data() + r * t, token + 1, row_weight, acc);
       }
     }
   }

@@ -60,7 +60,24 @@ absl::Status CheckLayer(const LayerView& layer) {
   const int64_t d = layer.head_dim;
   if (auto s = CheckSize("keys", layer.keys.size(), "H*T*D", h, t, d); !s.ok()) return s;
   if (auto s = CheckSize("values", layer.values.size(), "H*T*D", h, t, d); !s.ok()) return s;
-  return CheckSize("probes", layer.probes.size(), "Hq*P*D", hq, layer.num_probes, d);
+  if (auto s = CheckSize("probes", layer.probes.size(), "Hq*P*D", hq, layer.num_probes, d);
+      !s.ok()) {
+    return s;
+  }
+  const std::span<const uint32_t> offsets = layer.probe_offsets;
+  if (!offsets.empty() && offsets.size() != static_cast<size_t>(layer.num_probes)) {
+    return absl::InvalidArgumentError(absl::StrCat("LayerView: ", offsets.size(),
+                                                   " probe_offsets for ", layer.num_probes,
+                                                   " probes; want one per probe or none"));
+  }
+  for (size_t i = 0; i < offsets.size(); ++i) {
+    if (offsets[i] >= static_cast<uint64_t>(t) || (i > 0 && offsets[i] <= offsets[i - 1])) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("LayerView: probe_offsets must be strictly ascending offsets in [0, ", t,
+                       "); entry ", i, " is ", offsets[i]));
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::Status CheckEntryCount(const LayerView& layer, int n) {

@@ -9,8 +9,8 @@
 namespace nexuskv::compressor::internal {
 
 // OK when H >= 1, Hq >= 1, Hq % H == 0, T >= 1, D >= 1, 0 <= P <= T, first_position >= 0, and the
-// spans hold exactly H*T*D keys, H*T*D values and Hq*P*D probe floats. InvalidArgument naming the
-// first violated rule otherwise.
+// spans hold exactly H*T*D keys, H*T*D values and Hq*P*D probe floats, and probe_offsets is empty
+// or P strictly ascending offsets below T. InvalidArgument naming the first violated rule otherwise.
 absl::Status CheckLayer(const LayerView& layer);
 
 // The shape rules of CheckLayer only (dims and first_position), not the span sizes: for views

@@ -34,8 +34,12 @@ absl::StatusOr<DecodedLayer> LoadDecodedLayer(store::Store& store, const store::
     NEXUSKV_RETURN_IF_ERROR(DecodeToFloat(bytes, dtype, out.probes));
   }
   out.nexus_offsets.assign(record.nexus_offsets().begin(), record.nexus_offsets().end());
+  if (!out.probes.empty()) {
+    out.probe_offsets.assign(record.probe_offsets().begin(), record.probe_offsets().end());
+  }
   compressor::LayerView& v = out.view;
   v.dtype = dtype;
+  v.probe_offsets = out.probe_offsets;
   v.nexus_offsets = out.nexus_offsets;
   v.num_kv_heads = static_cast<int>(model.num_kv_heads());
   v.num_query_heads = static_cast<int>(model.num_query_heads());

@@ -18,6 +18,7 @@ struct DecodedLayer {
   std::vector<float> values;  // [H, T, D]
   std::vector<float> probes;  // [Hq, P, D]; empty unless asked for.
   std::vector<uint32_t> nexus_offsets;  // the segment's pass-through Nexus tokens
+  std::vector<uint32_t> probe_offsets;  // the tokens of its probes; empty: the last P
   // Borrows the vectors above; moving a DecodedLayer keeps their heap buffers, so it stays valid.
   compressor::LayerView view;
 };

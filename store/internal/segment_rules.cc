@@ -87,6 +87,10 @@ std::string DescribeSegmentDifference(const SegmentRecord& incoming, const Segme
                   stored.nexus_offsets().begin(), stored.nexus_offsets().end())) {
     diffs.push_back("nexus_offsets");
   }
+  if (!std::equal(incoming.probe_offsets().begin(), incoming.probe_offsets().end(),
+                  stored.probe_offsets().begin(), stored.probe_offsets().end())) {
+    diffs.push_back("probe_offsets");
+  }
   if (incoming.layer_digests_size() != stored.layer_digests_size()) {
     AddIfDifferent("num_layers", incoming.layer_digests_size(), stored.layer_digests_size(),
                    &diffs);

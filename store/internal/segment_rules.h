@@ -33,7 +33,7 @@ std::string DescribeSpecDifference(const nexuskv::v1::ModelSpec& incoming,
                                    const nexuskv::v1::ModelSpec& stored);
 
 // Empty when `incoming` is an identical re-send of `stored`: same num_tokens, first_position,
-// role, num_probe_queries, raw_bytes, nexus_offsets and layer_digests. Otherwise what differs,
+// role, num_probe_queries, raw_bytes, nexus_offsets, probe_offsets and layer_digests. Otherwise what differs,
 // incoming first, e.g. "num_tokens 12 vs 10" or "the tensor bytes of layer 3".
 std::string DescribeSegmentDifference(const SegmentRecord& incoming, const SegmentRecord& stored);
 

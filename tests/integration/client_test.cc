@@ -140,6 +140,18 @@ TEST_F(ClientTest, RetryIsAlreadyStoredAndConflictKeepsServerCode) {
   EXPECT_EQ(info->num_turns(), 1u) << "a refused turn stored something";
 }
 
+TEST_F(ClientTest, ProbeOffsetsTravelWithTheTurn) {
+  OwnedTurn t = MakeTurn("s", 0, 6, 2, 0);
+  t.turn.probe_offsets = {0, 6};  // 6 is not a token of a 6-token turn.
+  const absl::Status refused = client_->AppendTurn(t.turn).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument) << refused;
+  EXPECT_THAT(refused.message(), HasSubstr("probe_offsets"));
+  t.turn.probe_offsets = {0, 3};
+  ASSERT_TRUE(client_->AppendTurn(t.turn).ok());
+  t.turn.probe_offsets = {1, 3};  // The same bytes with other offsets are another turn.
+  EXPECT_EQ(client_->AppendTurn(t.turn).status().code(), absl::StatusCode::kAlreadyExists);
+}
+
 TEST_F(ClientTest, ErrorsKeepCodeAndMessage) {
   const grpc::Status raw = RawGetSession("missing");
   ASSERT_EQ(raw.error_code(), grpc::NOT_FOUND);

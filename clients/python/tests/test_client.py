@@ -128,6 +128,22 @@ def test_retried_append_is_a_noop_and_conflict_is_refused(client, sid):
     assert e.value.code == grpc.StatusCode.ALREADY_EXISTS
 
 
+def test_probe_offsets_say_where_the_probes_are(client, sid):
+    rng = np.random.default_rng(2)
+    k, v, q = make_turn(rng, 12)  # 4 probes
+    with pytest.raises(ValueError, match="3 probe_offsets for 4"):
+        client.append_turn(sid, 0, k, v, q, role="user", model_id="m", probe_offsets=[0, 5, 11])
+    with pytest.raises(NexusKVError) as e:
+        client.append_turn(sid, 0, k, v, q, role="user", model_id="m", probe_offsets=[0, 5, 5, 11])
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT and "strictly ascending" in e.value.details
+    client.append_turn(sid, 0, k, v, q, role="user", model_id="m", probe_offsets=[0, 4, 8, 11])
+    k2, v2, q2 = make_turn(rng, 6)
+    client.append_turn(sid, 1, k2, v2, q2, role="assistant", model_id="m")
+    for method in ("sonic", "h2o", "snapkv"):
+        answer = client.get_cache(sid, method=method, keep_ratio=0.5)
+        assert answer.original_tokens == 18
+
+
 def test_errors_carry_status_codes(client, sid):
     with pytest.raises(NexusKVError) as e:
         client.get_cache("no-such-session", method="full")

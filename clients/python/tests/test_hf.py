@@ -174,6 +174,15 @@ def test_record_queries_shapes(model, reference):
         model(ctx[:, 25:], past_key_values=c, use_cache=True)
     probes = rec.probes(30, 40)
     assert len(probes) == 3 and tuple(probes[0].shape) == (4, 10, 16)
+    spread, offsets = rec.spread(10, 40, 4)  # queries 10, 20, 29, 39
+    assert offsets == [0, 10, 19, 29]
+    assert len(spread) == 3 and tuple(spread[0].shape) == (4, 4, 16)
+    for layer, got in enumerate(spread):
+        full = rec.layer(sorted(rec.queries)[layer])
+        assert torch.equal(got, full[:, [10, 20, 29, 39], :])
+    assert tuple(rec.spread(38, 40, 32)[0][0].shape) == (4, 2, 16)  # never more than the turn has
+    with pytest.raises(ValueError, match="empty"):
+        rec.spread(5, 5, 4)
 
 
 def test_stacked_caches_match_separate_runs(model, reference):

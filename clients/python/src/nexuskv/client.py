@@ -205,6 +205,7 @@ class Client:
         model_id: str = "unknown",
         num_query_heads: int | None = None,
         first_position: int | None = None,
+        probe_offsets: Sequence[int] | None = None,
         timeout: float | None = None,
     ) -> AppendResult:
         """Stores one finished turn (segment) of a session; returns once the server says durable.
@@ -212,13 +213,16 @@ class Client:
         Args:
             keys, values: per layer [H, T, D] (post-rotary keys, as the engine caches them), numpy
                 or torch, float32 / float16 / bfloat16; all layers the same dtype.
-            probe_queries: per layer [Hq, P, D], the queries of the turn's last P tokens in token
-                order; None sends none (the server falls back to its proxy).
+            probe_queries: per layer [Hq, P, D], the queries of P of the turn's tokens in token
+                order (those at probe_offsets, else its last P); None sends none (the server falls
+                back to its proxy). hf.QueryRecorder.spread picks P spread over the turn.
             role: "system", "user", "assistant" or "tool".
             model_id: names the model; with the tensor shapes it forms the session's ModelSpec.
             num_query_heads: Hq; taken from probe_queries when given, else defaults to H.
             first_position: absolute position of the turn's first token. None: 0 for turn 0,
                 otherwise the end of turn-1 as the server reports it (one GetSession call).
+            probe_offsets: the offsets in the turn of the probes' tokens, strictly ascending, one
+                per probe; None: the turn's last P tokens.
 
         Raises:
             NexusKVError: ALREADY_EXISTS when a different payload is stored for this turn,
@@ -246,6 +250,9 @@ class Client:
             num_query_heads = hq
         if num_query_heads is None:
             num_query_heads = h
+        offsets = [int(o) for o in probe_offsets] if probe_offsets is not None else []
+        if offsets and len(offsets) != p:
+            raise ValueError(f"{len(offsets)} probe_offsets for {p} probe queries")
         if first_position is None:
             first_position = self._first_position(session_id, turn, timeout)
 
@@ -264,6 +271,7 @@ class Client:
                 dtype=_DTYPE_TO_PB[dtype],
             ),
             num_probe_queries=p,
+            probe_offsets=offsets,
         )
         # Serialize once: a retry re-sends the same bytes.
         chunks = [

@@ -6,8 +6,9 @@
     with hf.record_queries() as rec:              # post-rotary queries, for probes
         out = model(ids, past_key_values=cache)
     keys, values = hf.turn_kv(cache, start, end)  # per layer [H, T, D]
-    probes = rec.probes(end - p, end)             # per layer [Hq, P, D]: the turn's last p queries
-    client.append_turn(sid, turn, keys, values, probes, role="user", model_id="smollm2-135m")
+    probes, offsets = rec.spread(start, end, 32)  # per layer [Hq, P, D]: 32 queries across the turn
+    client.append_turn(sid, turn, keys, values, probes, probe_offsets=offsets, role="user",
+                       model_id="smollm2-135m")
 
     answer = client.get_cache(sid, keep_ratio=0.2, keep_recent_turns=1)
     resumed = hf.cache_from_answer(answer)        # a DynamicCache the model continues from
@@ -101,12 +102,31 @@ class QueryRecorder:
 
     def probes(self, start: int, end: int) -> list[torch.Tensor]:
         """Recorded queries [start, end) (indices into the recorded tokens), per layer [Hq, P, D]."""
+        return [self.layer(i)[:, start:end, :].contiguous() for i in self._layers()]
+
+    def spread(self, start: int, end: int, count: int) -> tuple[list[torch.Tensor], list[int]]:
+        """min(count, end - start) recorded queries spread evenly over [start, end), first and last
+        included: per layer [Hq, P, D], and their offsets in the turn (for append_turn's
+        probe_offsets). The probes to send with the turn [start, end).
+
+        Queries from the whole turn show the fit what the turn's tokens are asked, better than the
+        turn's last queries alone (docs/sonic.md, "Probe placement", measures both)."""
+        if end <= start:
+            raise ValueError(f"empty range [{start}, {end})")
+        p = min(count, end - start)
+        if p < 1:
+            raise ValueError(f"count must be positive, got {count}")
+        index = torch.linspace(start, end - 1, p).round().long()
+        probes = [self.layer(i)[:, index, :].contiguous() for i in self._layers()]
+        return probes, [int(i) - start for i in index]
+
+    def _layers(self) -> list[int]:
         if not self.queries:
             raise RuntimeError(
                 "no queries recorded: call hf.prepare_model(model) so the model runs the "
                 f"{ATTENTION!r} attention function"
             )
-        return [self.layer(i)[:, start:end, :].contiguous() for i in sorted(self.queries)]
+        return sorted(self.queries)
 
 
 _RECORDER: contextvars.ContextVar[QueryRecorder | None] = contextvars.ContextVar(
