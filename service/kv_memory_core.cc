@@ -113,6 +113,24 @@ void KvMemoryCore::SweepLoop() {
   }
 }
 
+namespace {
+
+// OK when `offsets` are strictly ascending token offsets below num_tokens.
+absl::Status CheckOffsets(const char* field,
+                          const google::protobuf::RepeatedField<uint32_t>& offsets,
+                          uint32_t num_tokens) {
+  for (int i = 0; i < offsets.size(); ++i) {
+    if (offsets[i] >= num_tokens || (i > 0 && offsets[i] <= offsets[i - 1])) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("header.", field, " must be strictly ascending offsets below num_tokens (",
+                       num_tokens, "); entry ", i, " is ", offsets[i]));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<v1::AppendSegmentResponse> KvMemoryCore::Append(std::string_view tenant,
                                                                AssembledSegment segment) {
   const v1::SegmentHeader& h = segment.header;
@@ -123,14 +141,7 @@ absl::StatusOr<v1::AppendSegmentResponse> KvMemoryCore::Append(std::string_view 
   record.set_role(h.role());
   record.set_num_probe_queries(h.num_probe_queries());
   record.set_ttl_seconds(h.ttl_seconds());
-  for (int i = 0; i < h.nexus_offsets_size(); ++i) {
-    const uint32_t offset = h.nexus_offsets(i);
-    if (offset >= h.num_tokens() || (i > 0 && offset <= h.nexus_offsets(i - 1))) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "header.nexus_offsets must be strictly ascending offsets below num_tokens (",
-          h.num_tokens(), "); entry ", i, " is ", offset));
-    }
-  }
+  NEXUSKV_RETURN_IF_ERROR(CheckOffsets("nexus_offsets", h.nexus_offsets(), h.num_tokens()));
   *record.mutable_nexus_offsets() = h.nexus_offsets();
   if (h.probe_offsets_size() != 0 &&
       h.probe_offsets_size() != static_cast<int>(h.num_probe_queries())) {
@@ -138,14 +149,7 @@ absl::StatusOr<v1::AppendSegmentResponse> KvMemoryCore::Append(std::string_view 
         "header.probe_offsets has ", h.probe_offsets_size(), " entries for num_probe_queries ",
         h.num_probe_queries(), "; send one offset per probe, or none for the last tokens"));
   }
-  for (int i = 0; i < h.probe_offsets_size(); ++i) {
-    const uint32_t offset = h.probe_offsets(i);
-    if (offset >= h.num_tokens() || (i > 0 && offset <= h.probe_offsets(i - 1))) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "header.probe_offsets must be strictly ascending offsets below num_tokens (",
-          h.num_tokens(), "); entry ", i, " is ", offset));
-    }
-  }
+  NEXUSKV_RETURN_IF_ERROR(CheckOffsets("probe_offsets", h.probe_offsets(), h.num_tokens()));
   *record.mutable_probe_offsets() = h.probe_offsets();
   record.set_append_time_unix_ms(absl::ToUnixMillis(absl::Now()));
   uint64_t bytes = 0;
