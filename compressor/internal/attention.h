@@ -2,10 +2,11 @@
 // each of its tokens, per kv head.
 //
 // Scoring queries. With probes (P > 0) they are the probes: query head q's probe j stands at token
-// probe_offsets[j], or T - P + j when the view has no offsets. Without probes (P = 0) the proxy stands in: the keys of the last W = min(T, 16) tokens
-// of the same kv head, used as queries by every query head of its group (post-rotary keys are the
-// closest thing to the segment's own queries a tier can see). Either way the window W is the number
-// of scoring positions, and scoring position j stands at token T - W + j.
+// probe_offsets[j], or T - P + j when the view has no offsets. Without probes (P = 0) the proxy
+// stands in: the keys of the last W = min(T, 16) tokens of the same kv head, used as queries by
+// every query head of its group (post-rotary keys are the closest thing to the segment's own
+// queries a tier can see), proxy position j at token T - W + j. Either way the window W is the
+// number of scoring positions (ScoringWindow).
 //
 // Weights. Causal softmax in float32: the query at token i sees tokens 0 .. i, logits are
 // q.k / sqrt(D) from cblas_sgemm, each row's max is subtracted before exp, and logits that overflow
