@@ -113,24 +113,6 @@ void KvMemoryCore::SweepLoop() {
   }
 }
 
-namespace {
-
-// OK when `offsets` are strictly ascending token offsets below num_tokens.
-absl::Status CheckOffsets(const char* field,
-                          const google::protobuf::RepeatedField<uint32_t>& offsets,
-                          uint32_t num_tokens) {
-  for (int i = 0; i < offsets.size(); ++i) {
-    if (offsets[i] >= num_tokens || (i > 0 && offsets[i] <= offsets[i - 1])) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("header.", field, " must be strictly ascending offsets below num_tokens (",
-                       num_tokens, "); entry ", i, " is ", offsets[i]));
-    }
-  }
-  return absl::OkStatus();
-}
-
-}  // namespace
-
 absl::StatusOr<v1::AppendSegmentResponse> KvMemoryCore::Append(std::string_view tenant,
                                                                AssembledSegment segment) {
   const v1::SegmentHeader& h = segment.header;
@@ -141,15 +123,7 @@ absl::StatusOr<v1::AppendSegmentResponse> KvMemoryCore::Append(std::string_view 
   record.set_role(h.role());
   record.set_num_probe_queries(h.num_probe_queries());
   record.set_ttl_seconds(h.ttl_seconds());
-  NEXUSKV_RETURN_IF_ERROR(CheckOffsets("nexus_offsets", h.nexus_offsets(), h.num_tokens()));
   *record.mutable_nexus_offsets() = h.nexus_offsets();
-  if (h.probe_offsets_size() != 0 &&
-      h.probe_offsets_size() != static_cast<int>(h.num_probe_queries())) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "header.probe_offsets has ", h.probe_offsets_size(), " entries for num_probe_queries ",
-        h.num_probe_queries(), "; send one offset per probe, or none for the last tokens"));
-  }
-  NEXUSKV_RETURN_IF_ERROR(CheckOffsets("probe_offsets", h.probe_offsets(), h.num_tokens()));
   *record.mutable_probe_offsets() = h.probe_offsets();
   record.set_append_time_unix_ms(absl::ToUnixMillis(absl::Now()));
   uint64_t bytes = 0;

@@ -50,10 +50,9 @@ class KvMemoryCore {
   KvMemoryCore(const KvMemoryCore&) = delete;
   KvMemoryCore& operator=(const KvMemoryCore&) = delete;
 
-  // Stores a validated segment (durably), schedules its fits and applies the raw retention to the
-  // session. INVALID_ARGUMENT for nexus_offsets that are not strictly ascending offsets below
-  // num_tokens. Store errors pass through (FAILED_PRECONDITION, ALREADY_EXISTS,
-  // RESOURCE_EXHAUSTED, ...).
+  // Stores a segment validated by the SegmentAssembler (ValidateSegmentHeader, offsets included)
+  // durably, schedules its fits and applies the raw retention to the session. Store errors pass
+  // through (FAILED_PRECONDITION, ALREADY_EXISTS, RESOURCE_EXHAUSTED, ...).
   absl::StatusOr<nexuskv::v1::AppendSegmentResponse> Append(std::string_view tenant,
                                                             AssembledSegment segment);
 

@@ -20,6 +20,20 @@ absl::Status CheckRange(absl::string_view field, uint64_t value, uint64_t lo, ui
   return absl::OkStatus();
 }
 
+// OK when `offsets` are strictly ascending token offsets below num_tokens.
+absl::Status CheckOffsets(const char* field,
+                          const google::protobuf::RepeatedField<uint32_t>& offsets,
+                          uint32_t num_tokens) {
+  for (int i = 0; i < offsets.size(); ++i) {
+    if (offsets[i] >= num_tokens || (i > 0 && offsets[i] <= offsets[i - 1])) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("header.", field, " must be strictly ascending offsets below num_tokens (",
+                       num_tokens, "); entry ", i, " is ", offsets[i]));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CheckTensor(absl::string_view what, uint32_t layer, const std::string& bytes,
                          uint64_t expected, absl::string_view shape, DType dtype) {
   if (bytes.size() != expected) {
@@ -83,6 +97,16 @@ absl::Status ValidateSegmentHeader(const v1::SegmentHeader& header, const Limits
   }
   const uint32_t max_probes = std::min(header.num_tokens(), kMaxProbeQueries);
   NEXUSKV_RETURN_IF_ERROR(CheckRange("num_probe_queries", header.num_probe_queries(), 0, max_probes));
+  NEXUSKV_RETURN_IF_ERROR(
+      CheckOffsets("nexus_offsets", header.nexus_offsets(), header.num_tokens()));
+  if (header.probe_offsets_size() != 0 &&
+      header.probe_offsets_size() != static_cast<int>(header.num_probe_queries())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "header.probe_offsets has ", header.probe_offsets_size(), " entries for num_probe_queries ",
+        header.num_probe_queries(), "; send one offset per probe, or none for the last tokens"));
+  }
+  NEXUSKV_RETURN_IF_ERROR(
+      CheckOffsets("probe_offsets", header.probe_offsets(), header.num_tokens()));
   if (header.first_position() > (1ull << 62)) {
     return absl::InvalidArgumentError("first_position is beyond 2^62");
   }

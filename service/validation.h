@@ -21,8 +21,9 @@ namespace nexuskv::service {
 // Model spec fields within their structural ranges, Hq a multiple of H, dtype known.
 absl::Status ValidateModelSpec(const nexuskv::v1::ModelSpec& spec);
 
-// Header of an AppendSegment stream: session id, role, spec, T, P, and the declared segment size
-// against limits.
+// Header of an AppendSegment stream: session id, role, spec, T, P, nexus_offsets and
+// probe_offsets (strictly ascending, below T; one probe offset per probe or none), and the declared
+// segment size against limits.
 absl::Status ValidateSegmentHeader(const nexuskv::v1::SegmentHeader& header, const Limits& limits);
 
 // One layer chunk against its (already validated) header: layer index in range, exact byte lengths

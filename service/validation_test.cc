@@ -25,6 +25,27 @@ TEST(ValidateSegmentHeaderTest, AcceptsAGoodHeader) {
   EXPECT_TRUE(ValidateSegmentHeader(Header(), Limits{}).ok());
 }
 
+// The header is refused before any layer arrives when its offsets cannot describe the turn.
+TEST(ValidateSegmentHeaderTest, RefusesOffsetsThatDoNotFitTheTurn) {
+  v1::SegmentHeader h = Header();  // 5 tokens, 2 probes
+  h.add_probe_offsets(1);
+  h.add_probe_offsets(4);
+  h.add_nexus_offsets(0);
+  EXPECT_TRUE(ValidateSegmentHeader(h, Limits{}).ok());
+  h.add_probe_offsets(4);
+  ExpectError(ValidateSegmentHeader(h, Limits{}), absl::StatusCode::kInvalidArgument,
+              "3 entries for num_probe_queries 2");
+  h.clear_probe_offsets();
+  h.add_probe_offsets(4);
+  h.add_probe_offsets(1);
+  ExpectError(ValidateSegmentHeader(h, Limits{}), absl::StatusCode::kInvalidArgument,
+              "probe_offsets must be strictly ascending");
+  h.clear_probe_offsets();
+  h.add_nexus_offsets(5);
+  ExpectError(ValidateSegmentHeader(h, Limits{}), absl::StatusCode::kInvalidArgument,
+              "nexus_offsets must be strictly ascending offsets below num_tokens (5); entry 1");
+}
+
 TEST(ValidateSegmentHeaderTest, RefusesBadIds) {
   for (const char* id : {"", "has space", "slash/no", "new\nline"}) {
     v1::SegmentHeader h = Header();
