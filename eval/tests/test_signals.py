@@ -1,0 +1,55 @@
+"""eval.signals: the selection rules the study compares (the study itself runs the real model)."""
+
+import math
+
+import pytest
+import torch
+
+from eval.signals import SINKS, keep_masks, scores
+
+
+def test_head_scope_keeps_the_same_count_everywhere_and_the_sinks():
+    torch.manual_seed(0)
+    layer_scores = [torch.rand(2, 40) for _ in range(3)]
+    keep = keep_masks(layer_scores, (3, 2, 40), 0.25, "head")
+    for layer, k in zip(layer_scores, keep, strict=True):
+        assert k.sum(1).tolist() == [10, 10]
+        assert k[:, :SINKS].all()
+        for h in range(2):  # the rest are the best scored
+            rest = layer[h, SINKS:]
+            kept = rest[k[h, SINKS:]]
+            assert kept.min() >= rest[~k[h, SINKS:]].max()
+
+
+def test_global_scope_spends_the_budget_where_the_scores_are():
+    layer_scores = [torch.zeros(2, 40) for _ in range(2)]
+    layer_scores[1][0, 10:30] = 1.0  # one head of one layer reads 20 tokens, the rest read nothing
+    keep = keep_masks(layer_scores, (2, 2, 40), 0.25, "global")
+    assert sum(int(k.sum()) for k in keep) == 4 * 10  # the same total as the head scope
+    assert keep[1][0, 10:30].all()
+    assert all(k[:, :SINKS].all() for k in keep)
+
+
+def test_recent_keeps_the_sinks_and_the_newest():
+    keep = keep_masks(None, (1, 2, 40), 0.25, "head")[0]
+    assert keep[:, :SINKS].all() and keep[:, 34:].all() and not keep[:, SINKS:34].any()
+
+
+def test_scores_are_the_max_softmax_over_rows_and_group_heads_with_the_causal_mask():
+    torch.manual_seed(1)
+    q, k = torch.randn(4, 3, 8), torch.randn(2, 5, 8)  # 2 query heads per kv head
+    pos = torch.tensor([0, 2, 4])
+    got = scores(q, k, pos)
+    want = torch.zeros(2, 5)
+    for hq in range(4):
+        for r, p in enumerate(pos.tolist()):
+            logits = (k[hq // 2, : p + 1] @ q[hq, r]) / math.sqrt(8)
+            probs = torch.softmax(logits, -1)
+            want[hq // 2, : p + 1] = torch.maximum(want[hq // 2, : p + 1], probs)
+    assert got == pytest.approx(want, abs=1e-6)
+    assert scores(q, k).shape == (2, 5)
+
+
+def test_an_unknown_scope_is_refused():
+    with pytest.raises(ValueError, match="unknown scope"):
+        keep_masks([torch.rand(1, 8)], (1, 1, 8), 0.5, "layer")
