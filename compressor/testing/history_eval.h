@@ -37,6 +37,7 @@ struct RealTurn {
   std::vector<std::vector<float>> values;   // [H, T, D]
   std::vector<std::vector<float>> probes;   // [Hq, P, D]
   std::vector<std::vector<float>> heldout;  // [Hq, Q, D]
+  std::vector<uint32_t> probe_offsets;      // P offsets in the turn; empty: its last P tokens
 };
 
 struct RealDialogue {
