@@ -13,11 +13,17 @@ query heads of the group of the softmax over the history's keys:
   prefill         every query of the history's own prefill (causal): ObservedAttention's input.
   recon-32        32 per turn of the queries of a second pass that repeats the history after
                   "Repeat the previous context exactly." (KVzip's reconstruction, sampled).
+  recon-turn      as each turn ends, the same prompt and that turn again continue the cache; the
+                  repeat's queries score that turn (what a worker could send with each turn, at
+                  the cost of one extra prefill of the turn's length).
   recon           all of those reconstruction queries: KVzip's signal.
   reply           the reply's own queries: the oracle, which no method has.
 
 Scopes: "head" keeps the same number of tokens in every (layer, kv head); "global" ranks every
-(layer, kv head, token) together, as KVzip does. docs/sonic.md discusses the results.
+(layer, kv head, token) together, as KVzip does; "layer" gives each layer its share of the global
+ranking but the same count in each of its heads (what an answer of [H, N] per layer carries
+without padding). "+merged" rows spend 5% of the budget on entries that stand for each head's
+evicted tokens (merged_rest) and the rest as "global". docs/sonic.md discusses the results.
 
   .venv/bin/python -m eval.signals --skip 25 --dialogues 16 --out eval-out/signals
 """
@@ -25,6 +31,7 @@ Scopes: "head" keeps the same number of tokens in every (layer, kv head); "globa
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import time
@@ -36,8 +43,14 @@ import torch
 SINKS = 4
 PROBES = 32
 RECON_PROMPT = "\n\nRepeat the previous context exactly.\n\n"
-SIGNALS = ("recent", "newest-probes", "turn-probes", "prefill", "recon-32", "recon", "reply")
-SCOPES = ("head", "global")
+SIGNALS = ("recent", "newest-probes", "turn-probes", "prefill", "recon-32", "recon-turn", "recon", "reply")
+SCOPES = ("head", "layer", "global")
+MERGED = (
+    "recon-turn",
+    "recon",
+    "reply",
+)  # also: global, with MERGE_SHARE of the budget merging the evicted rest
+MERGE_SHARE = 0.05
 
 
 def scores(queries: torch.Tensor, keys: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
@@ -71,13 +84,48 @@ def keep_masks(
     if scope == "head":
         index = s.topk(n, -1).indices
         keep = torch.zeros(layers, h, t, dtype=torch.bool).scatter_(2, index, True)
-    elif scope == "global":
+    elif scope in ("global", "layer"):
         keep = torch.zeros(layers * h * t, dtype=torch.bool)
         keep[s.reshape(-1).topk(n * h * layers).indices] = True
         keep = keep.reshape(layers, h, t)
+        if scope == "layer":  # each layer's share of the global ranking, the same in each of its heads
+            for layer in range(layers):
+                n_layer = max(SINKS, min(t, round(int(keep[layer].sum()) / h)))
+                index = s[layer].topk(n_layer, -1).indices
+                keep[layer] = torch.zeros(h, t, dtype=torch.bool).scatter_(1, index, True)
     else:
         raise ValueError(f"unknown scope {scope!r}; use one of {SCOPES}")
     return list(keep)
+
+
+def merged_rest(
+    keys: torch.Tensor, values: torch.Tensor, weight: torch.Tensor, keep: torch.Tensor, m: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """m entries per kv head that stand for its evicted tokens: keys, values [H, T, D], weight and
+    keep [H, T] -> keys, values [H, m, D] and bias [H, m]. The evicted tokens, in order, are cut into
+    m runs; each entry is its run's weight-averaged key and value, with bias log(run length), so it
+    carries the run's count (a crude Nexus token: no fit). Unused entries get bias -inf."""
+    h, _, d = keys.shape
+    out_k, out_v = torch.zeros(h, m, d), torch.zeros(h, m, d)
+    out_b = torch.full((h, m), float("-inf"))
+    for head in range(h):
+        evicted = (~keep[head]).nonzero()[:, 0]
+        if m == 0 or len(evicted) == 0:
+            continue
+        for j, run in enumerate(torch.tensor_split(evicted, min(m, len(evicted)))):
+            w = weight[head, run].double() + 1e-12
+            w = (w / w.sum()).float()[:, None]
+            out_k[head, j] = (w * keys[head, run].float()).sum(0)
+            out_v[head, j] = (w * values[head, run].float()).sum(0)
+            out_b[head, j] = math.log(len(run))
+    return out_k, out_v, out_b
+
+
+def padding(keep: list[torch.Tensor]) -> float:
+    """What an answer of [H, N] per layer costs over the entries kept: every head of a layer padded
+    to its fullest head, sum over layers of max over heads / sum of the mean (1: no padding)."""
+    counts = torch.stack([k.sum(1) for k in keep]).double()  # [L, H]
+    return float(counts.amax(1).sum() / counts.mean(1).sum())
 
 
 def spread(start: int, end: int, count: int = PROBES) -> torch.Tensor:
@@ -86,7 +134,8 @@ def spread(start: int, end: int, count: int = PROBES) -> torch.Tensor:
 
 
 def study(lm: Any, item: Any, ratios: tuple[float, ...], reply_tokens: int = 128) -> dict[str, float]:
-    """KL(full || kept) of the reply for every signal, scope and ratio: {'signal/scope@ratio': kl}."""
+    """For every signal, scope and ratio, KL(full || kept) of the reply and the padding an [H, N]
+    answer would need: {'signal/scope@ratio': {'kl': ..., 'padding': ...}}."""
     from transformers import DynamicCache
 
     from eval.protocol import ASSISTANT_HEADER, compare
@@ -123,6 +172,26 @@ def study(lm: Any, item: Any, ratios: tuple[float, ...], reply_tokens: int = 128
     per_turn = torch.cat(turn_index)
     recon_start = t + len(recon_prompt)
     n_layers = len(keys)
+    # recon-turn: as each turn ends, the prompt and the turn again continue the cache, and the
+    # repeat's queries score that turn's tokens (softmax over every key before the prompt).
+    recon_turn = [torch.zeros(k.shape[:2]) for k in hist_keys]
+    start = 0
+    for s in history:
+        end = start + len(s.ids)
+        turn_cache = copy.deepcopy(cache)
+        turn_cache.crop(end)
+        with torch.no_grad(), hf.record_queries() as rec3:
+            model(
+                input_ids=torch.tensor([recon_prompt + s.ids]),
+                past_key_values=turn_cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        for i in range(n_layers):
+            q = rec3.layer(i)[:, len(recon_prompt) :]
+            recon_turn[i][:, start:end] = scores(q, hist_keys[i][:, :end])[:, start:end]
+        del turn_cache
+        start = end
 
     def signal(name: str) -> list[torch.Tensor] | None:
         if name == "recent":
@@ -140,6 +209,8 @@ def study(lm: Any, item: Any, ratios: tuple[float, ...], reply_tokens: int = 128
                 out.append(scores(rec2.layer(i)[:, recon_start + per_turn], k))
             elif name == "recon":
                 out.append(scores(rec2.layer(i)[:, recon_start : recon_start + t], k))
+            elif name == "recon-turn":
+                out.append(recon_turn[i])
             elif name == "reply":
                 out.append(scores(rec.layer(i)[:, prefix : prefix + reply], k))
             else:
@@ -150,25 +221,37 @@ def study(lm: Any, item: Any, ratios: tuple[float, ...], reply_tokens: int = 128
     shape = (n_layers, *hist_keys[0].shape[:2])
     for name in SIGNALS:
         sig = signal(name)
-        for scope in ("head",) if sig is None else SCOPES:
+        rows = [("head", 0.0)] if sig is None else [(scope, 0.0) for scope in SCOPES]
+        if name in MERGED:
+            rows.append(("global", MERGE_SHARE))
+        for scope, share in rows:
             for ratio in ratios:
-                bias = []
-                for keep in keep_masks(sig, shape, ratio, scope):
-                    b = torch.zeros(keep.shape[0], prefix)
-                    b[:, :t][~keep] = float("-inf")
+                keep = keep_masks(sig, shape, ratio * (1 - share), scope)
+                m = round(share * ratio * t)
+                layer_k, layer_v, bias = [], [], []
+                for layer, kept in enumerate(keep):
+                    b = torch.zeros(kept.shape[0], prefix)
+                    b[:, :t][~kept] = float("-inf")
+                    k, v = keys[layer], values[layer]
+                    if m:
+                        mk, mv, mb = merged_rest(hist_keys[layer], v[:, :t], sig[layer], kept, m)
+                        k, v, b = torch.cat([k, mk], 1), torch.cat([v, mv], 1), torch.cat([b, mb], 1)
+                    layer_k.append(k)
+                    layer_v.append(v)
                     bias.append(b)
-                label = name if sig is None else f"{name}/{scope}"
-                pending.append((f"{label}@{ratio:g}", hf.cache_from_tensors(keys, values, prefix, bias=bias)))
+                label = name if sig is None else f"{name}/{scope}" + ("+merged" if m else "")
+                cache_k = hf.cache_from_tensors(layer_k, layer_v, prefix, bias=bias)
+                pending.append((f"{label}@{ratio:g}", cache_k, padding(keep)))
     results = {}
     for i in range(0, len(pending), 8):
         chunk = pending[i : i + 8]
         with torch.no_grad():
             logits = hf.forward(
-                model, forced[:, :-1].expand(len(chunk), -1), hf.stack_caches([c for _, c in chunk])
+                model, forced[:, :-1].expand(len(chunk), -1), hf.stack_caches([c for _, c, _ in chunk])
             )
         logp = torch.log_softmax(logits[:, -reply:].float(), -1)
-        for row, (key, _) in enumerate(chunk):
-            results[key] = compare(ref, logp[row], forced[0, header:], None)["kl"]
+        for row, (key, _, pad) in enumerate(chunk):
+            results[key] = {"kl": compare(ref, logp[row], forced[0, header:], None)["kl"], "padding": pad}
     return results
 
 
@@ -195,24 +278,35 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     per_item = []
     for n, d in enumerate(selected):
-        per_item.append({"id": d.id, "kl": study(lm, Item(dialogue=d), ratios)})
+        per_item.append({"id": d.id, "results": study(lm, Item(dialogue=d), ratios)})
         print(f"[{n + 1}/{len(selected)}] {d.id} {time.perf_counter() - started:.0f}s", flush=True)
-    keys = list(per_item[0]["kl"])
-    mean = {k: sum(it["kl"][k] for it in per_item) / len(per_item) for k in keys}
+    keys = list(per_item[0]["results"])
+    mean = {
+        k: {m: sum(it["results"][k][m] for it in per_item) / len(per_item) for m in ("kl", "padding")}
+        for k in keys
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result = {
         "args": vars(args),
-        "mean_kl": mean,
+        "mean": mean,
         "items": per_item,
         "seconds": time.perf_counter() - started,
     }
     (out / "signals.json").write_text(json.dumps(result, indent=1))
     labels = sorted({k.rpartition("@")[0] for k in keys}, key=lambda s: keys.index(f"{s}@{ratios[0]:g}"))
-    print("| signal / scope | " + " | ".join(f"KL @ {r:g}" for r in ratios) + " |")
-    print("|---|" + "---|" * len(ratios))
+    print(
+        "| signal / scope | "
+        + " | ".join(f"KL @ {r:g}" for r in ratios)
+        + " | "
+        + " | ".join(f"padding @ {r:g}" for r in ratios)
+        + " |"
+    )
+    print("|---|" + "---|" * (2 * len(ratios)))
     for label in labels:
-        print(f"| {label} | " + " | ".join(f"{mean[f'{label}@{r:g}']:.4f}" for r in ratios) + " |")
+        row = [f"{mean[f'{label}@{r:g}']['kl']:.4f}" for r in ratios]
+        row += [f"{mean[f'{label}@{r:g}']['padding']:.2f}" for r in ratios]
+        print(f"| {label} | " + " | ".join(row) + " |")
     return result
 
 
