@@ -84,6 +84,9 @@ struct LayerView {
   // range). Methods that say wants_lookahead() rank the tokens they keep raw by them; empty: none.
   std::span<const float> lookahead;
   int num_lookahead = 0;  // L
+  // [H, T] scores the worker sent with the turn (SegmentHeader.has_token_scores): how much later
+  // text reads each token. SONIC ranks the raw tokens of a top-up by them, ahead of lookahead.
+  std::span<const float> token_scores;
 };
 
 // The entries a method keeps for one layer of one segment: n per kv head.
@@ -132,6 +135,11 @@ class Compressor {
                                                            std::string_view fit, int n) const {
     return Materialize(layer, fit, n);
   }
+
+  // Whether the service should spend a budget by the worker's token scores when every compressed
+  // turn has them: per (layer, turn) counts from one ranking of all their scores, each served by
+  // Materialize with LayerView::token_scores set (SONIC).
+  virtual bool spends_token_scores() const { return false; }
 
   // Whether Materialize sets LayerEntries::bias (SONIC); the answer then carries a bias.
   virtual bool adds_bias() const { return false; }

@@ -43,8 +43,8 @@ absl::StatusOr<CacheAssembly::TurnBlock> CacheAssembly::RawBlock(const TurnPlan&
                                                                  uint32_t layer) {
   TurnBlock block;
   block.entries = turn.record.num_tokens();
-  NEXUSKV_ASSIGN_OR_RETURN(block.keys, store_->ReadTensor(key_, turn.record.turn(), layer,
-                                                          store::TensorKind::kKeys));
+  NEXUSKV_ASSIGN_OR_RETURN(
+      block.keys, store_->ReadTensor(key_, turn.record.turn(), layer, store::TensorKind::kKeys));
   NEXUSKV_ASSIGN_OR_RETURN(block.values, store_->ReadTensor(key_, turn.record.turn(), layer,
                                                             store::TensorKind::kValues));
   if (output_dtype_ != session_dtype_) {
@@ -66,16 +66,17 @@ absl::StatusOr<CacheAssembly::TurnBlock> CacheAssembly::RawBlock(const TurnPlan&
 }
 
 absl::StatusOr<CacheAssembly::TurnBlock> CacheAssembly::CompressedBlock(
-    const TurnPlan& turn, uint32_t layer, std::span<const float> lookahead) {
+    const TurnPlan& turn, uint32_t layer, int64_t entries_per_head,
+    std::span<const float> lookahead) {
   // A method that serves from its fit alone (SONIC) reads the raw KV only when it is stored (for
   // top-ups); otherwise it gets the shape.
   const compressor::Compressor* const method = turn.method != nullptr ? turn.method : method_;
   DecodedLayer decoded;
   bool have_layer = false;
   if (turn.load_layer || method->materialize_reads_layer()) {
-    absl::StatusOr<DecodedLayer> loaded = LoadDecodedLayer(*store_, key_, session_model_,
-                                                           turn.record, layer,
-                                                           /*with_probes=*/false);
+    absl::StatusOr<DecodedLayer> loaded =
+        LoadDecodedLayer(*store_, key_, session_model_, turn.record, layer,
+                         /*with_probes=*/false);
     if (loaded.ok()) {
       decoded = *std::move(loaded);
       have_layer = true;
@@ -98,7 +99,7 @@ absl::StatusOr<CacheAssembly::TurnBlock> CacheAssembly::CompressedBlock(
     }
     fit = std::move(*stored);
   }
-  const int n = static_cast<int>(turn.entries);
+  const int n = static_cast<int>(entries_per_head);
   NEXUSKV_ASSIGN_OR_RETURN(compressor::LayerEntries entries,
                            bias_free_ ? method->MaterializeBiasFree(decoded.view, fit, n)
                                       : method->Materialize(decoded.view, fit, n));
@@ -129,9 +130,11 @@ absl::StatusOr<v1::CacheLayer> CacheAssembly::BuildLayer(uint32_t layer) {
   std::vector<TurnBlock> blocks;
   blocks.reserve(turns_.size());
   for (const TurnPlan& turn : turns_) {
-    if (turn.entries == 0) continue;
-    NEXUSKV_ASSIGN_OR_RETURN(TurnBlock block, turn.raw ? RawBlock(turn, layer)
-                                                       : CompressedBlock(turn, layer, lookahead));
+    const int64_t n = turn.layer_entries.empty() ? turn.entries : turn.layer_entries[layer];
+    if (n == 0) continue;
+    NEXUSKV_ASSIGN_OR_RETURN(TurnBlock block, turn.raw
+                                                  ? RawBlock(turn, layer)
+                                                  : CompressedBlock(turn, layer, n, lookahead));
     blocks.push_back(std::move(block));
   }
 

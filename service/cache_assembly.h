@@ -27,8 +27,11 @@ namespace nexuskv::service {
 // What the plan decided for one turn.
 struct TurnPlan {
   store::SegmentRecord record;
-  bool raw = false;        // Served uncompressed.
-  int64_t entries = 0;     // Entries per kv head (== num_tokens when raw).
+  bool raw = false;     // Served uncompressed.
+  int64_t entries = 0;  // Entries per kv head (== num_tokens when raw).
+  // Entries per kv head in each layer when they differ by layer (a budget spent by token
+  // scores); empty: `entries` in every layer.
+  std::vector<int64_t> layer_entries;
   bool load_layer = true;  // Its raw KV is stored: read it for the method (SONIC top-ups need it).
   // Serves this turn instead of the request's method (its fit failed); has no fit. nullptr: the
   // request's method.
@@ -57,7 +60,7 @@ class CacheAssembly {
  private:
   struct TurnBlock;
   absl::StatusOr<TurnBlock> RawBlock(const TurnPlan& turn, uint32_t layer);
-  absl::StatusOr<TurnBlock> CompressedBlock(const TurnPlan& turn, uint32_t layer,
+  absl::StatusOr<TurnBlock> CompressedBlock(const TurnPlan& turn, uint32_t layer, int64_t entries,
                                             std::span<const float> lookahead);
 
   store::Store* const store_;

@@ -8,7 +8,9 @@
 #include "absl/strings/str_join.h"
 #include "common/log.h"
 #include "common/status_macros.h"
+#include "service/internal/layer_loader.h"
 #include "service/lookahead.h"
+#include "service/score_budget.h"
 #include "service/validation.h"
 #include "store/key_codec.h"
 
@@ -51,19 +53,57 @@ absl::StatusOr<int64_t> CompressedBudget(const v1::GetCacheRequest& request,
     max_tokens = static_cast<int64_t>(std::min<uint64_t>(budget.max_tokens(), INT64_MAX));
     what = absl::StrCat("budget.max_tokens ", budget.max_tokens());
   } else {
-    const uint64_t per_entry = uint64_t{model.num_layers()} * model.num_kv_heads() *
-                               (2ull * model.head_dim() * DTypeSize(output_dtype) +
-                                (has_bias ? 4 : 0));
+    const uint64_t per_entry =
+        uint64_t{model.num_layers()} * model.num_kv_heads() *
+        (2ull * model.head_dim() * DTypeSize(output_dtype) + (has_bias ? 4 : 0));
     max_tokens = static_cast<int64_t>(budget.max_bytes() / per_entry);
-    what = absl::StrCat("budget.max_bytes ", budget.max_bytes(), " (", max_tokens,
-                        " entries of ", per_entry, " bytes)");
+    what = absl::StrCat("budget.max_bytes ", budget.max_bytes(), " (", max_tokens, " entries of ",
+                        per_entry, " bytes)");
   }
   if (max_tokens < raw_tokens) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        what, " cannot hold the ", raw_tokens, " tokens of the turns kept raw; raise the budget "
-        "or lower keep_recent_turns"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " cannot hold the ", raw_tokens,
+                     " tokens of the turns kept raw; raise the budget "
+                     "or lower keep_recent_turns"));
   }
   return max_tokens - raw_tokens;
+}
+
+// Spends `budget` (entries per kv head over the compressed turns of `plan`) by the worker's token
+// scores, which every compressed turn has: sets their per-layer entries (service/score_budget.h).
+absl::Status SpendScoredBudget(store::Store& store, const store::SessionKey& key,
+                               const v1::ModelSpec& model, int64_t budget,
+                               std::vector<TurnPlan>& plan) {
+  std::vector<TurnPlan*> turns;
+  std::vector<int64_t> tokens;
+  std::vector<std::vector<std::vector<float>>> scores;
+  int sink_turn = -1;
+  for (TurnPlan& turn : plan) {
+    if (turn.raw) continue;
+    if (turn.record.turn() == 0) sink_turn = static_cast<int>(turns.size());
+    std::vector<std::vector<float>> layers;
+    for (uint32_t l = 0; l < model.num_layers(); ++l) {
+      NEXUSKV_ASSIGN_OR_RETURN(std::vector<float> s, LoadTokenScores(store, key, turn.record, l));
+      if (s.size() != size_t{model.num_kv_heads()} * turn.record.num_tokens()) {
+        return absl::DataLossError(absl::StrCat("the token scores of turn ", turn.record.turn(),
+                                                " layer ", l, " have ", s.size(), " values"));
+      }
+      layers.push_back(std::move(s));
+    }
+    scores.push_back(std::move(layers));
+    turns.push_back(&turn);
+    tokens.push_back(turn.record.num_tokens());
+  }
+  const std::vector<std::vector<int64_t>> n =
+      SpendByTokenScores(scores, model.num_kv_heads(), tokens, budget, sink_turn);
+  const int64_t layers = model.num_layers();
+  for (size_t u = 0; u < turns.size(); ++u) {
+    turns[u]->layer_entries = n[u];
+    int64_t sum = 0;
+    for (int64_t x : n[u]) sum += x;
+    turns[u]->entries = (sum + layers / 2) / layers;  // the mean, for TurnAllocation.kept_entries
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -125,10 +165,11 @@ absl::StatusOr<v1::AppendSegmentResponse> KvMemoryCore::Append(std::string_view 
   record.set_ttl_seconds(h.ttl_seconds());
   *record.mutable_nexus_offsets() = h.nexus_offsets();
   *record.mutable_probe_offsets() = h.probe_offsets();
+  record.set_has_token_scores(h.has_token_scores());
   record.set_append_time_unix_ms(absl::ToUnixMillis(absl::Now()));
   uint64_t bytes = 0;
   for (const store::LayerTensors& l : segment.layers) {
-    bytes += l.keys.size() + l.values.size() + l.probe_queries.size();
+    bytes += l.keys.size() + l.values.size() + l.probe_queries.size() + l.token_scores.size();
   }
   record.set_raw_bytes(bytes);
 
@@ -143,8 +184,12 @@ absl::StatusOr<v1::AppendSegmentResponse> KvMemoryCore::Append(std::string_view 
   }
   if (!outcome.already_stored) ApplyRetention(key);
   Log(LogLevel::kInfo, "segment_appended",
-      {{"tenant", tenant}, {"session", h.session_id()}, {"turn", h.turn()},
-       {"tokens", h.num_tokens()}, {"bytes", bytes}, {"already_stored", outcome.already_stored}});
+      {{"tenant", tenant},
+       {"session", h.session_id()},
+       {"turn", h.turn()},
+       {"tokens", h.num_tokens()},
+       {"bytes", bytes},
+       {"already_stored", outcome.already_stored}});
 
   v1::AppendSegmentResponse response;
   response.set_session_id(h.session_id());
@@ -164,9 +209,9 @@ absl::StatusOr<std::unique_ptr<CacheAssembly>> KvMemoryCore::PlanCache(
   const std::string& method_name = v1::Method_Name(method);
   const compressor::Compressor* compressor = registry_->Find(method_name);
   if (compressor == nullptr) {
-    return absl::UnimplementedError(absl::StrCat(
-        "method ", method_name, " is not available in this server; available: ",
-        absl::StrJoin(registry_->names(), ", ", AppendView)));
+    return absl::UnimplementedError(
+        absl::StrCat("method ", method_name, " is not available in this server; available: ",
+                     absl::StrJoin(registry_->names(), ", ", AppendView)));
   }
 
   store::SessionKey key{std::string(tenant), request.session_id()};
@@ -174,15 +219,14 @@ absl::StatusOr<std::unique_ptr<CacheAssembly>> KvMemoryCore::PlanCache(
   NEXUSKV_ASSIGN_OR_RETURN(std::vector<store::SegmentRecord> segments, store_->ListSegments(key));
   const uint32_t last = request.has_last_turn() ? request.last_turn() : session.num_turns() - 1;
   if (last >= session.num_turns() || request.first_turn() > last) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "turn range ", request.first_turn(), "..", last, " is outside session \"",
-        request.session_id(), "\", which has turns 0..", session.num_turns() - 1));
+    return absl::InvalidArgumentError(
+        absl::StrCat("turn range ", request.first_turn(), "..", last, " is outside session \"",
+                     request.session_id(), "\", which has turns 0..", session.num_turns() - 1));
   }
 
-  const DType output_dtype =
-      request.output_dtype() == v1::DTYPE_UNSPECIFIED
-          ? *ToTensorDType(session.model().dtype(), "model.dtype")
-          : *ToTensorDType(request.output_dtype(), "output_dtype");
+  const DType output_dtype = request.output_dtype() == v1::DTYPE_UNSPECIFIED
+                                 ? *ToTensorDType(session.model().dtype(), "model.dtype")
+                                 : *ToTensorDType(request.output_dtype(), "output_dtype");
   const uint32_t count = last - request.first_turn() + 1;
   const uint32_t raw_from = method == v1::FULL || request.keep_recent_turns() >= count
                                 ? request.first_turn()
@@ -193,10 +237,10 @@ absl::StatusOr<std::unique_ptr<CacheAssembly>> KvMemoryCore::PlanCache(
     for (uint32_t t = request.first_turn(); t <= last; ++t) {
       const bool raw = t >= raw_from;
       if (!segments[t].raw_dropped() || !(raw || compressor->materialize_reads_layer())) continue;
-      const std::string why =
-          method == v1::FULL ? "FULL serves raw KV"
-          : raw ? absl::StrCat("keep_recent_turns ", request.keep_recent_turns(), " asks for it raw")
-                : absl::StrCat(method_name, " selects from the raw KV");
+      const std::string why = method == v1::FULL ? "FULL serves raw KV"
+                              : raw              ? absl::StrCat("keep_recent_turns ",
+                                                                request.keep_recent_turns(), " asks for it raw")
+                                    : absl::StrCat(method_name, " selects from the raw KV");
       return absl::FailedPreconditionError(absl::StrCat(
           "the raw KV of turn ", t, " of session \"", request.session_id(),
           "\" was dropped (server --raw_retention=", options_.raw_retention.ToString(), ") and ",
@@ -231,8 +275,11 @@ absl::StatusOr<std::unique_ptr<CacheAssembly>> KvMemoryCore::PlanCache(
                                      std::string(fit.message()),
                                      "); served by STREAMING_LLM from its raw KV"));
         Log(LogLevel::kWarning, "fit_failed_fallback",
-            {{"tenant", std::string(tenant)}, {"session", request.session_id()}, {"turn", t},
-             {"method", method_name}, {"status", fit.ToString()}});
+            {{"tenant", std::string(tenant)},
+             {"session", request.session_id()},
+             {"turn", t},
+             {"method", method_name},
+             {"status", fit.ToString()}});
         continue;
       }
       NEXUSKV_ASSIGN_OR_RETURN(
@@ -242,8 +289,8 @@ absl::StatusOr<std::unique_ptr<CacheAssembly>> KvMemoryCore::PlanCache(
     }
     NEXUSKV_ASSIGN_OR_RETURN(segments, store_->ListSegments(key));
     if (segments.size() <= last) {
-      return absl::NotFoundError(absl::StrCat("session \"", request.session_id(),
-                                              "\" changed while planning; retry"));
+      return absl::NotFoundError(
+          absl::StrCat("session \"", request.session_id(), "\" changed while planning; retry"));
     }
     NEXUSKV_RETURN_IF_ERROR(check_dropped());
   }
@@ -287,9 +334,22 @@ absl::StatusOr<std::unique_ptr<CacheAssembly>> KvMemoryCore::PlanCache(
     NEXUSKV_ASSIGN_OR_RETURN(int64_t budget,
                              CompressedBudget(request, session.model(), output_dtype, has_bias,
                                               compressible_tokens, raw_tokens));
-    const std::vector<int64_t> allocation = compressor->Allocate(shapes, budget);
+    // With the worker's token scores on every compressed turn, one ranking of all of them spends
+    // the budget (service/score_budget.h); otherwise the method allocates per turn.
+    const bool scored =
+        compressor->spends_token_scores() &&
+        std::all_of(plan.begin(), plan.end(), [](const TurnPlan& turn) {
+          return turn.raw || (turn.method == nullptr && turn.record.has_token_scores() &&
+                              !turn.record.raw_dropped());
+        });
+    if (scored) {
+      NEXUSKV_RETURN_IF_ERROR(SpendScoredBudget(*store_, key, session.model(), budget, plan));
+    }
+    const std::vector<int64_t> allocation =
+        scored ? std::vector<int64_t>() : compressor->Allocate(shapes, budget);
     size_t i = 0;
     for (TurnPlan& turn : plan) {
+      if (scored) break;
       if (turn.raw) continue;
       turn.entries = allocation[i++];
       // A method that serves from its fit alone gives a whole turn back as its raw KV.
@@ -309,7 +369,7 @@ absl::StatusOr<std::unique_ptr<CacheAssembly>> KvMemoryCore::PlanCache(
   header.set_method(method);
   header.set_next_position(session.next_position());
   header.set_has_bias(has_bias);
-  int64_t entries = 0;
+  std::vector<int64_t> layer_entries(session.model().num_layers(), 0);
   uint64_t original = 0;
   for (const TurnPlan& turn : plan) {
     v1::TurnAllocation* a = header.add_turns();
@@ -318,19 +378,21 @@ absl::StatusOr<std::unique_ptr<CacheAssembly>> KvMemoryCore::PlanCache(
     a->set_original_tokens(turn.record.num_tokens());
     a->set_kept_entries(static_cast<uint32_t>(turn.entries));
     a->set_raw(turn.raw);
-    a->set_method(turn.raw                ? v1::FULL
-                  : turn.method != nullptr ? v1::STREAMING_LLM
-                                           : method);
-    entries += turn.entries;
+    a->set_method(turn.raw ? v1::FULL : turn.method != nullptr ? v1::STREAMING_LLM : method);
+    for (size_t l = 0; l < layer_entries.size(); ++l) {
+      layer_entries[l] += turn.layer_entries.empty() ? turn.entries : turn.layer_entries[l];
+    }
     original += turn.record.num_tokens();
   }
   header.set_original_tokens(original);
   header.set_notes(absl::StrJoin(notes, "; "));
-  for (uint32_t l = 0; l < session.model().num_layers(); ++l) {
-    header.add_entries_per_layer(static_cast<uint32_t>(entries));
+  uint64_t entries = 0;
+  for (int64_t n : layer_entries) {
+    header.add_entries_per_layer(static_cast<uint32_t>(n));
+    entries += n;
   }
   const v1::ModelSpec& m = session.model();
-  header.set_cache_bytes(uint64_t(entries) * m.num_layers() * m.num_kv_heads() *
+  header.set_cache_bytes(entries * m.num_kv_heads() *
                          (2ull * m.head_dim() * DTypeSize(output_dtype) + (has_bias ? 4 : 0)));
   return std::make_unique<CacheAssembly>(store_, std::move(key), session.model(), output_dtype,
                                          compressor, request.bias_mode() == v1::BIAS_MODE_NONE,
@@ -376,14 +438,15 @@ absl::StatusOr<v1::ListSessionsResponse> KvMemoryCore::ListSessions(
   return response;
 }
 
-absl::StatusOr<v1::DeleteSessionResponse> KvMemoryCore::DeleteSession(
-    std::string_view tenant, std::string_view session_id) {
+absl::StatusOr<v1::DeleteSessionResponse> KvMemoryCore::DeleteSession(std::string_view tenant,
+                                                                      std::string_view session_id) {
   NEXUSKV_RETURN_IF_ERROR(store::ValidateId("session_id", session_id));
-  NEXUSKV_ASSIGN_OR_RETURN(
-      store::DeleteOutcome outcome,
-      store_->DeleteSession({std::string(tenant), std::string(session_id)}));
+  NEXUSKV_ASSIGN_OR_RETURN(store::DeleteOutcome outcome,
+                           store_->DeleteSession({std::string(tenant), std::string(session_id)}));
   Log(LogLevel::kInfo, "session_deleted",
-      {{"tenant", tenant}, {"session", session_id}, {"turns", outcome.deleted_turns},
+      {{"tenant", tenant},
+       {"session", session_id},
+       {"turns", outcome.deleted_turns},
        {"bytes", outcome.freed_bytes}});
   v1::DeleteSessionResponse response;
   response.set_deleted_turns(outcome.deleted_turns);

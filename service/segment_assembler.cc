@@ -42,13 +42,13 @@ absl::Status SegmentAssembler::Add(v1::AppendSegmentRequest&& request) {
       layer.keys = std::move(*chunk.mutable_keys());
       layer.values = std::move(*chunk.mutable_values());
       layer.probe_queries = std::move(*chunk.mutable_probe_queries());
+      layer.token_scores = std::move(*chunk.mutable_token_scores());
       return absl::OkStatus();
     }
     case v1::AppendSegmentRequest::PAYLOAD_NOT_SET:
       break;
   }
-  return absl::InvalidArgumentError(
-      "an AppendSegmentRequest carried neither a header nor a layer");
+  return absl::InvalidArgumentError("an AppendSegmentRequest carried neither a header nor a layer");
 }
 
 absl::StatusOr<AssembledSegment> SegmentAssembler::Finish() && {
@@ -61,10 +61,10 @@ absl::StatusOr<AssembledSegment> SegmentAssembler::Finish() && {
     for (uint32_t l = 0; l < received_.size() && missing.size() < 8; ++l) {
       if (!received_[l]) missing.push_back(l);
     }
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the stream ended after ", num_received_, " of ", received_.size(),
-        " layers; missing layer(s) ", absl::StrJoin(missing, ", "),
-        missing.size() == 8 ? ", ..." : "", ". Nothing was stored"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("the stream ended after ", num_received_, " of ", received_.size(),
+                     " layers; missing layer(s) ", absl::StrJoin(missing, ", "),
+                     missing.size() == 8 ? ", ..." : "", ". Nothing was stored"));
   }
   return std::move(segment_);
 }

@@ -1,5 +1,6 @@
 // SONIC through the core (no gRPC): bias in the answer and bias-free mode, budgets, raw retention
 // (drop, duration, keep) with the bytes GetSession reports, and pass-through Nexus offsets.
+#include <array>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -50,6 +51,29 @@ class SonicCoreTest : public ::testing::Test {
     SegmentAssembler assembler(Limits{});
     auto messages = testing::SegmentMessages("s", turn, tokens, first, 4, testing::TinySpec());
     for (uint32_t o : nexus) messages[0].mutable_header()->add_nexus_offsets(o);
+    for (auto& m : messages) {
+      if (absl::Status st = assembler.Add(std::move(m)); !st.ok()) return st;
+    }
+    auto segment = std::move(assembler).Finish();
+    if (!segment.ok()) return segment.status();
+    return core_->Append("default", std::move(*segment));
+  }
+
+  // A turn whose every layer carries token scores [2 heads, tokens]: 0.01 everywhere, except
+  // `high` (layer, head, token) scored 1.
+  absl::StatusOr<v1::AppendSegmentResponse> AppendScored(
+      uint32_t turn, uint32_t tokens, uint64_t first, const std::vector<std::array<int, 3>>& high,
+      float base = 0.01f) {
+    SegmentAssembler assembler(Limits{});
+    auto messages = testing::SegmentMessages("s", turn, tokens, first, 4, testing::TinySpec());
+    messages[0].mutable_header()->set_has_token_scores(true);
+    for (size_t l = 0; l + 1 < messages.size(); ++l) {
+      std::vector<float> scores(2 * tokens, base);
+      for (const auto& [layer, head, token] : high) {
+        if (layer == static_cast<int>(l)) scores[head * tokens + token] = 1.0f;
+      }
+      messages[l + 1].mutable_layer()->set_token_scores(EncodeFromFloat(scores, DType::kFloat32));
+    }
     for (auto& m : messages) {
       if (absl::Status st = assembler.Add(std::move(m)); !st.ok()) return st;
     }
@@ -327,6 +351,78 @@ TEST_F(SonicCoreTest, NexusOffsetsAreCheckedAndServedFirst) {
       EXPECT_THAT(first, ::testing::IsSupersetOf({5, 11})) << "layer " << layer.layer();
     }
   }
+}
+
+}  // namespace
+}  // namespace nexuskv::service
+
+namespace nexuskv::service {
+namespace {
+
+TEST_F(SonicCoreTest, TokenScoresSpendTheBudgetOverLayersAndTurnsAndPickTheRawTokens) {
+  // Turn 1's layer 1 holds 12 high-scored tokens in each head; everything else scores low.
+  std::vector<std::array<int, 3>> high;
+  for (int h = 0; h < 2; ++h) {
+    for (int i = 0; i < 12; ++i) high.push_back({1, h, 2 * i});
+  }
+  ASSERT_TRUE(AppendScored(0, 16, 0, {}).ok());
+  ASSERT_TRUE(AppendScored(1, 24, 16, high).ok());
+  ASSERT_TRUE(AppendScored(2, 8, 40, {}).ok());
+  for (const v1::BiasMode mode : {v1::BIAS_MODE_UNSPECIFIED, v1::BIAS_MODE_NONE}) {
+    v1::GetCacheRequest request = Request(v1::SONIC, 0.5, 1);  // 20 of the 40 older tokens
+    request.set_bias_mode(mode);
+    auto plan = core_->PlanCache("default", request);
+    ASSERT_TRUE(plan.ok()) << plan.status();
+    const v1::CacheHeader& h = (*plan)->header();
+    // 40 entries per head over 2 layers: the 4 sinks in each layer, and 12 of the 16 high scored
+    // (all in layer 1) and the rest, layer 1 holding more.
+    ASSERT_EQ(h.entries_per_layer_size(), 2);
+    EXPECT_GT(h.entries_per_layer(1), h.entries_per_layer(0));
+    EXPECT_LE(h.entries_per_layer(0) + h.entries_per_layer(1) - 2 * 8, 40u) << "within budget";
+    auto layers = Layers(**plan);
+    ASSERT_TRUE(layers.ok()) << layers.status();
+    // Layer 1 serves turn 1's high-scored tokens raw (turn 1 starts at position 16).
+    const v1::CacheLayer& l1 = (*layers)[1];
+    const int64_t n = h.entries_per_layer(1);
+    std::vector<int64_t> positions(2 * n);
+    std::memcpy(positions.data(), l1.positions().data(), positions.size() * sizeof(int64_t));
+    int served = 0;
+    for (int head = 0; head < 2; ++head) {
+      for (int i = 0; i < 12; ++i) {
+        served += std::count(positions.begin() + head * n, positions.begin() + (head + 1) * n,
+                             16 + 2 * i);
+      }
+      for (int64_t sink = 0; sink < 4; ++sink) {
+        EXPECT_EQ(std::count(positions.begin() + head * n, positions.begin() + (head + 1) * n,
+                             sink), 1) << "sink " << sink << " in head " << head;
+      }
+    }
+    EXPECT_GE(served, 2 * 10) << "most of the high-scored tokens are served raw";
+  }
+}
+
+TEST_F(SonicCoreTest, WithoutScoresOnEveryCompressedTurnTheAllocationIsPerTurn) {
+  ASSERT_TRUE(AppendScored(0, 16, 0, {}).ok());
+  ASSERT_TRUE(Append(1, 24, 16).ok());  // no scores
+  ASSERT_TRUE(AppendScored(2, 8, 40, {}).ok());
+  auto plan = core_->PlanCache("default", Request(v1::SONIC, 0.5, 1));
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ((*plan)->header().entries_per_layer(0), (*plan)->header().entries_per_layer(1));
+  // A retry of a scored turn with other scores is not the same turn.
+  EXPECT_EQ(AppendScored(0, 16, 0, {{0, 0, 3}}).status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_TRUE(AppendScored(0, 16, 0, {}).ok()) << "an identical retry is fine";
+}
+
+TEST_F(SonicCoreTest, ScoredTurnsWhoseRawWasDroppedAreServedFromTheirLadders) {
+  Start(*ParseRawRetention("drop"));
+  ASSERT_TRUE(AppendScored(0, 16, 0, {}).ok());
+  ASSERT_TRUE(AppendScored(1, 24, 16, {{1, 0, 5}}).ok());
+  ASSERT_TRUE(AppendScored(2, 8, 40, {}).ok());
+  ASSERT_TRUE(core_->PlanCache("default", Request(v1::SONIC, 0.5, 1)).ok());  // fits, then drops
+  auto plan = core_->PlanCache("default", Request(v1::SONIC, 0.5, 1));
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ((*plan)->header().entries_per_layer(0), (*plan)->header().entries_per_layer(1));
+  EXPECT_TRUE(Layers(**plan).ok());
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 #include "service/validation.h"
 
 #include <cmath>
+#include <cstring>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -37,13 +38,13 @@ absl::Status CheckOffsets(const char* field,
 absl::Status CheckTensor(absl::string_view what, uint32_t layer, const std::string& bytes,
                          uint64_t expected, absl::string_view shape, DType dtype) {
   if (bytes.size() != expected) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "layer ", layer, " ", what, " has ", bytes.size(), " bytes; shape ", shape, " in ",
-        DTypeName(dtype), " needs exactly ", expected));
+    return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " ", what, " has ",
+                                                   bytes.size(), " bytes; shape ", shape, " in ",
+                                                   DTypeName(dtype), " needs exactly ", expected));
   }
   if (auto bad = FirstNonFinite(bytes, dtype)) {
     return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " ", what, " element ", *bad,
-                                                   " is NaN or infinite; KV must be finite"));
+                                                   " is NaN or infinite; tensors must be finite"));
   }
   return absl::OkStatus();
 }
@@ -53,9 +54,8 @@ absl::Status CheckTensor(absl::string_view what, uint32_t layer, const std::stri
 absl::Status ValidateModelSpec(const v1::ModelSpec& spec) {
   const std::string& id = spec.model_id();
   if (id.empty() || id.size() > kMaxModelIdLength) {
-    return absl::InvalidArgumentError(absl::StrCat("model.model_id has ", id.size(),
-                                                   " characters; it must have 1..",
-                                                   kMaxModelIdLength));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model.model_id has ", id.size(), " characters; it must have 1..", kMaxModelIdLength));
   }
   for (char c : id) {
     if (!absl::ascii_isprint(static_cast<unsigned char>(c))) {
@@ -83,7 +83,8 @@ absl::Status ValidateSegmentHeader(const v1::SegmentHeader& header, const Limits
                                                    "ROLE_ASSISTANT or ROLE_TOOL"));
   }
   if (!header.has_model()) {
-    return absl::InvalidArgumentError("header.model is missing; every segment carries its ModelSpec");
+    return absl::InvalidArgumentError(
+        "header.model is missing; every segment carries its ModelSpec");
   }
   NEXUSKV_RETURN_IF_ERROR(ValidateModelSpec(header.model()));
   if (header.num_tokens() == 0) {
@@ -92,11 +93,13 @@ absl::Status ValidateSegmentHeader(const v1::SegmentHeader& header, const Limits
   if (header.num_tokens() > limits.max_tokens_per_turn) {
     return absl::ResourceExhaustedError(
         absl::StrCat("num_tokens ", header.num_tokens(), " is over this server's limit of ",
-                     limits.max_tokens_per_turn, " tokens per turn (--max_tokens_per_turn); split "
+                     limits.max_tokens_per_turn,
+                     " tokens per turn (--max_tokens_per_turn); split "
                      "the turn or raise the limit"));
   }
   const uint32_t max_probes = std::min(header.num_tokens(), kMaxProbeQueries);
-  NEXUSKV_RETURN_IF_ERROR(CheckRange("num_probe_queries", header.num_probe_queries(), 0, max_probes));
+  NEXUSKV_RETURN_IF_ERROR(
+      CheckRange("num_probe_queries", header.num_probe_queries(), 0, max_probes));
   NEXUSKV_RETURN_IF_ERROR(
       CheckOffsets("nexus_offsets", header.nexus_offsets(), header.num_tokens()));
   if (header.probe_offsets_size() != 0 &&
@@ -112,17 +115,18 @@ absl::Status ValidateSegmentHeader(const v1::SegmentHeader& header, const Limits
   }
   const v1::ModelSpec& m = header.model();
   const DType dtype = *ToTensorDType(m.dtype(), "model.dtype");
-  NEXUSKV_ASSIGN_OR_RETURN(
-      uint64_t kv, TensorBytes({2, m.num_layers(), m.num_kv_heads(), header.num_tokens(),
-                                m.head_dim()},
-                               dtype, "segment keys and values"));
-  NEXUSKV_ASSIGN_OR_RETURN(uint64_t probes,
-                           TensorBytes({m.num_layers(), m.num_query_heads(),
-                                        header.num_probe_queries(), m.head_dim()},
-                                       dtype, "segment probe queries"));
-  if (kv + probes > limits.max_segment_bytes) {
+  NEXUSKV_ASSIGN_OR_RETURN(uint64_t kv, TensorBytes({2, m.num_layers(), m.num_kv_heads(),
+                                                     header.num_tokens(), m.head_dim()},
+                                                    dtype, "segment keys and values"));
+  NEXUSKV_ASSIGN_OR_RETURN(uint64_t probes, TensorBytes({m.num_layers(), m.num_query_heads(),
+                                                         header.num_probe_queries(), m.head_dim()},
+                                                        dtype, "segment probe queries"));
+  const uint64_t scores = header.has_token_scores() ? uint64_t{sizeof(float)} * m.num_layers() *
+                                                          m.num_kv_heads() * header.num_tokens()
+                                                    : 0;
+  if (kv + probes + scores > limits.max_segment_bytes) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        "segment would hold ", kv + probes, " bytes, over this server's limit of ",
+        "segment would hold ", kv + probes + scores, " bytes, over this server's limit of ",
         limits.max_segment_bytes, " (--max_segment_bytes); send fewer tokens per turn"));
   }
   return absl::OkStatus();
@@ -131,10 +135,9 @@ absl::Status ValidateSegmentHeader(const v1::SegmentHeader& header, const Limits
 absl::Status ValidateLayerChunk(const v1::LayerChunk& chunk, const v1::SegmentHeader& header) {
   const v1::ModelSpec& m = header.model();
   if (chunk.layer() >= m.num_layers()) {
-    return absl::InvalidArgumentError(absl::StrCat("layer ", chunk.layer(),
-                                                   " is out of range; the model has ",
-                                                   m.num_layers(), " layers (0..",
-                                                   m.num_layers() - 1, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("layer ", chunk.layer(), " is out of range; the model has ", m.num_layers(),
+                     " layers (0..", m.num_layers() - 1, ")"));
   }
   const DType dtype = *ToTensorDType(m.dtype(), "model.dtype");
   const uint64_t es = DTypeSize(dtype);
@@ -145,10 +148,35 @@ absl::Status ValidateLayerChunk(const v1::LayerChunk& chunk, const v1::SegmentHe
   NEXUSKV_RETURN_IF_ERROR(
       CheckTensor("values", chunk.layer(), chunk.values(), kv, kv_shape, dtype));
   const uint64_t probes = es * m.num_query_heads() * header.num_probe_queries() * m.head_dim();
-  return CheckTensor("probe_queries", chunk.layer(), chunk.probe_queries(), probes,
-                     absl::StrCat("[", m.num_query_heads(), ", ", header.num_probe_queries(), ", ",
-                                  m.head_dim(), "]"),
-                     dtype);
+  NEXUSKV_RETURN_IF_ERROR(
+      CheckTensor("probe_queries", chunk.layer(), chunk.probe_queries(), probes,
+                  absl::StrCat("[", m.num_query_heads(), ", ", header.num_probe_queries(), ", ",
+                               m.head_dim(), "]"),
+                  dtype));
+  if (!header.has_token_scores()) {
+    if (!chunk.token_scores().empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("layer ", chunk.layer(),
+                       " carries token_scores but the header's has_token_scores is "
+                       "false; set it, or send no scores"));
+    }
+    return absl::OkStatus();
+  }
+  const uint64_t scores = sizeof(float) * m.num_kv_heads() * header.num_tokens();
+  NEXUSKV_RETURN_IF_ERROR(CheckTensor(
+      "token_scores", chunk.layer(), chunk.token_scores(), scores,
+      absl::StrCat("[", m.num_kv_heads(), ", ", header.num_tokens(), "]"), DType::kFloat32));
+  const std::string& bytes = chunk.token_scores();
+  for (size_t i = 0; i < bytes.size() / sizeof(float); ++i) {
+    float score;
+    std::memcpy(&score, bytes.data() + i * sizeof(float), sizeof(float));
+    if (score < 0.0f) {
+      return absl::InvalidArgumentError(absl::StrCat("layer ", chunk.layer(),
+                                                     " token_scores element ", i, " is ", score,
+                                                     "; scores must be >= 0"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::Status ValidateGetCacheRequest(const v1::GetCacheRequest& request) {
@@ -162,8 +190,9 @@ absl::Status ValidateGetCacheRequest(const v1::GetCacheRequest& request) {
     NEXUSKV_RETURN_IF_ERROR(ToTensorDType(request.output_dtype(), "output_dtype").status());
   }
   if (!v1::BiasMode_IsValid(request.bias_mode())) {
-    return absl::InvalidArgumentError("bias_mode is unknown; use BIAS_MODE_UNSPECIFIED or "
-                                      "BIAS_MODE_NONE");
+    return absl::InvalidArgumentError(
+        "bias_mode is unknown; use BIAS_MODE_UNSPECIFIED or "
+        "BIAS_MODE_NONE");
   }
   if (request.has_last_turn() && request.last_turn() < request.first_turn()) {
     return absl::InvalidArgumentError(absl::StrCat("last_turn ", request.last_turn(),

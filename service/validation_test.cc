@@ -129,6 +129,33 @@ TEST(ValidateLayerChunkTest, RefusesWrongLengthsRangeAndNonFinite) {
               "values element 3 is NaN or infinite");
 }
 
+TEST(ValidateLayerChunkTest, TokenScoresComeExactlyWhenTheHeaderSaysSo) {
+  auto messages = testing::SegmentMessages("s1", 0, 5, 0);
+  v1::SegmentHeader h = messages[0].header();
+  v1::LayerChunk chunk = messages[1].layer();
+  const std::vector<float> scores(2 * 5, 0.5f);  // [H, T] float32
+  chunk.set_token_scores(EncodeFromFloat(scores, DType::kFloat32));
+  ExpectError(ValidateLayerChunk(chunk, h), absl::StatusCode::kInvalidArgument,
+              "has_token_scores is false");
+  h.set_has_token_scores(true);
+  EXPECT_TRUE(ValidateLayerChunk(chunk, h).ok());
+  v1::LayerChunk bad = chunk;
+  bad.clear_token_scores();
+  ExpectError(ValidateLayerChunk(bad, h), absl::StatusCode::kInvalidArgument,
+              "layer 0 token_scores has 0 bytes; shape [2, 5] in float32 needs exactly 40");
+  bad = chunk;
+  std::vector<float> negative = scores;
+  negative[7] = -1.0f;
+  bad.set_token_scores(EncodeFromFloat(negative, DType::kFloat32));
+  ExpectError(ValidateLayerChunk(bad, h), absl::StatusCode::kInvalidArgument,
+              "token_scores element 7 is -1; scores must be >= 0");
+  std::vector<float> nan = scores;
+  nan[2] = std::numeric_limits<float>::quiet_NaN();
+  bad.set_token_scores(EncodeFromFloat(nan, DType::kFloat32));
+  ExpectError(ValidateLayerChunk(bad, h), absl::StatusCode::kInvalidArgument,
+              "token_scores element 2 is NaN or infinite");
+}
+
 TEST(ValidateGetCacheRequestTest, BudgetRules) {
   v1::GetCacheRequest r;
   r.set_session_id("s1");

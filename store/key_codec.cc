@@ -79,6 +79,8 @@ std::string_view TensorKindName(TensorKind kind) {
       return "values";
     case TensorKind::kProbeQueries:
       return "probe_queries";
+    case TensorKind::kTokenScores:
+      return "token_scores";
   }
   return "unknown";
 }
@@ -191,7 +193,7 @@ absl::StatusOr<DecodedTensorKey> DecodeTensorKey(std::string_view key) {
   out.turn = ReadBigEndian32(rest.substr(0, 4));
   out.layer = ReadBigEndian32(rest.substr(4, 4));
   const char kind = rest[8];
-  if (kind != 'k' && kind != 'v' && kind != 'q') {
+  if (kind != 'k' && kind != 'v' && kind != 'q' && kind != 's') {
     return BadKey("segments", key, "unknown tensor kind");
   }
   out.kind = static_cast<TensorKind>(kind);

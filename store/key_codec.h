@@ -44,9 +44,14 @@
 namespace nexuskv::store {
 
 // Which tensor of a layer. The value is the kind byte of a segments key.
-enum class TensorKind : char { kKeys = 'k', kValues = 'v', kProbeQueries = 'q' };
+enum class TensorKind : char {
+  kKeys = 'k',
+  kValues = 'v',
+  kProbeQueries = 'q',
+  kTokenScores = 's',
+};
 
-// "keys", "values" or "probe_queries"; "unknown" for any other value.
+// "keys", "values", "probe_queries" or "token_scores"; "unknown" for any other value.
 std::string_view TensorKindName(TensorKind kind);
 
 inline constexpr size_t kMaxIdLength = 128;

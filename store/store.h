@@ -74,6 +74,7 @@ struct LayerTensors {
   std::string keys;           // [H, T, D]
   std::string values;         // [H, T, D]
   std::string probe_queries;  // [Hq, P, D]; empty when P = 0.
+  std::string token_scores;   // [H, T] float32; empty unless the segment has token scores.
 };
 
 // TensorKind (keys, values, probe queries) is declared in store/key_codec.h.

@@ -2,12 +2,11 @@
 // (sonic_ladder.h); Materialize decodes one rung. See compressor/sonic.h for the contract.
 #include "compressor/sonic.h"
 
+#include <Eigen/Core>
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
 #include <numeric>
-
-#include <Eigen/Core>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -28,6 +27,8 @@ constexpr float kFloat16Max = 65504.0f;
 constexpr double kMinClusterShare = 0.25;
 // Largest |bias| folded into a key for bias-free answers (a weight of e^6 ~ 400 tokens).
 constexpr float kMaxFoldedBias = 6.0f;
+// With token scores, the rung takes at most 1/kScoredRungShare of a turn's entries.
+constexpr int kScoredRungShare = 8;
 
 absl::Status CheckNexusOffsets(const LayerView& layer) {
   uint32_t previous = 0;
@@ -106,7 +107,8 @@ std::vector<float> LookaheadAttention(const LayerView& layer) {
   std::vector<float> out(static_cast<size_t>(layer.num_kv_heads * t), 0.0f);
   for (Eigen::Index h = 0; h < layer.num_kv_heads; ++h) {
     // The group's rows are contiguous in [Hq, L, D]: one [group * L, T] product per kv head.
-    const Eigen::Map<const Matrix> q(layer.lookahead.data() + h * group * rows * d, group * rows, d);
+    const Eigen::Map<const Matrix> q(layer.lookahead.data() + h * group * rows * d, group * rows,
+                                     d);
     const Eigen::Map<const Matrix> k(layer.keys.data() + h * t * d, t, d);
     Matrix logits = (q * k.transpose()) * scale;
     logits = logits.unaryExpr([](float x) { return FiniteLogit(x); });
@@ -129,6 +131,7 @@ class SonicCompressor final : public Compressor {
   bool materialize_reads_layer() const override { return false; }
   bool adds_bias() const override { return true; }
   bool wants_lookahead() const override { return true; }
+  bool spends_token_scores() const override { return true; }
 
   absl::StatusOr<std::string> Fit(const LayerView& layer) const override {
     NEXUSKV_RETURN_IF_ERROR(CheckLayer(layer));
@@ -244,9 +247,18 @@ class SonicCompressor final : public Compressor {
     const int t = layer.num_tokens;
     const bool has_raw = !layer.keys.empty();
     if (n == t && has_raw) return RawTurn(layer, bias_free);
-    // The largest rung that fits, topped up with raw tokens when n lies above it.
-    const auto rung =
-        std::find_if(index.rungs.begin(), index.rungs.end(), [n](int m) { return m <= n; });
+    // The largest rung that fits, topped up with raw tokens when n lies above it. With the
+    // worker's token scores the raw tokens are the point: the rung stands only for the rest
+    // (at most n / kScoredRungShare entries).
+    const bool scored = has_raw && !layer.token_scores.empty();
+    if (scored && layer.token_scores.size() != static_cast<size_t>(layer.num_kv_heads) * t) {
+      return absl::InvalidArgumentError(absl::StrCat("LayerView: token_scores has ",
+                                                     layer.token_scores.size(), " values for [",
+                                                     layer.num_kv_heads, ", ", t, "]"));
+    }
+    const int rung_cap = scored ? std::max(1, n / kScoredRungShare) : n;
+    const auto rung = std::find_if(index.rungs.begin(), index.rungs.end(),
+                                   [rung_cap](int m) { return m <= rung_cap; });
     const int k = static_cast<int>(rung - index.rungs.begin());
     const int extra = n - *rung;
     if (extra > 0 && !has_raw) {
@@ -262,14 +274,20 @@ class SonicCompressor final : public Compressor {
     if (extra > 0) {
       const std::vector<float> mass = DecodeSonicTokenMass(fit, index);
       const size_t span = static_cast<size_t>(t) * d;
-      const std::vector<float> priority = LookaheadAttention(layer);
+      std::vector<float> priority =
+          scored ? std::vector<float>(layer.token_scores.begin(), layer.token_scores.end())
+                 : LookaheadAttention(layer);
+      if (scored && layer.session_start) {  // the sinks first, whatever the worker scored them
+        for (size_t h = 0; h < sets.size(); ++h) {
+          for (int i = 0; i < std::min(t, kSinkTokens); ++i) priority[h * t + i] = FLT_MAX;
+        }
+      }
       for (size_t h = 0; h < sets.size(); ++h) {
         const std::span<const float> head_mass = std::span<const float>(mass).subspan(h * t, t);
-        sets[h] = TopUp(sets[h], layer.keys.data() + h * span, layer.values.data() + h * span,
-                        head_mass,
-                        priority.empty() ? head_mass
-                                         : std::span<const float>(priority).subspan(h * t, t),
-                        index.probe_rows == 0, extra, layer.head_dim);
+        sets[h] =
+            TopUp(sets[h], layer.keys.data() + h * span, layer.values.data() + h * span, head_mass,
+                  priority.empty() ? head_mass : std::span<const float>(priority).subspan(h * t, t),
+                  index.probe_rows == 0, extra, layer.head_dim);
       }
     }
     const std::vector<float> fold = bias_free ? DecodeSonicFold(fit, index) : std::vector<float>();
@@ -314,8 +332,8 @@ class SonicCompressor final : public Compressor {
   // rung's mass over the rows is unchanged. `mass` is the head's token mass (all 1 when the fit
   // had no rows). Caller guarantees extra <= T - m.
   static NexusSet TopUp(const NexusSet& rung, const float* keys, const float* values,
-                        std::span<const float> mass, std::span<const float> priority,
-                        bool rowless, int extra, int head_dim) {
+                        std::span<const float> mass, std::span<const float> priority, bool rowless,
+                        int extra, int head_dim) {
     const size_t d = static_cast<size_t>(head_dim);
     const size_t t = mass.size();
     const size_t m = rung.offsets.size();
@@ -350,8 +368,7 @@ class SonicCompressor final : public Compressor {
     std::vector<bool> taken(candidates.size(), false);
     std::vector<double> remaining = cluster_mass;
     for (int pass = 0; pass < 2 && chosen.size() < static_cast<size_t>(extra); ++pass) {
-      for (size_t c = 0; c < candidates.size() && chosen.size() < static_cast<size_t>(extra);
-           ++c) {
+      for (size_t c = 0; c < candidates.size() && chosen.size() < static_cast<size_t>(extra); ++c) {
         if (taken[c]) continue;
         const uint32_t i = candidates[c];
         const uint32_t j = rung.assignment[i];

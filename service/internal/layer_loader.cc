@@ -28,10 +28,12 @@ absl::StatusOr<DecodedLayer> LoadDecodedLayer(store::Store& store, const store::
   if (with_probes && record.num_probe_queries() > 0) {
     out.probes.resize(size_t{model.num_query_heads()} * record.num_probe_queries() *
                       model.head_dim());
-    NEXUSKV_ASSIGN_OR_RETURN(
-        std::string bytes,
-        store.ReadTensor(key, record.turn(), layer, store::TensorKind::kProbeQueries));
+    NEXUSKV_ASSIGN_OR_RETURN(std::string bytes, store.ReadTensor(key, record.turn(), layer,
+                                                                 store::TensorKind::kProbeQueries));
     NEXUSKV_RETURN_IF_ERROR(DecodeToFloat(bytes, dtype, out.probes));
+  }
+  if (record.has_token_scores()) {
+    NEXUSKV_ASSIGN_OR_RETURN(out.token_scores, LoadTokenScores(store, key, record, layer));
   }
   out.nexus_offsets.assign(record.nexus_offsets().begin(), record.nexus_offsets().end());
   if (!out.probes.empty()) {
@@ -51,6 +53,18 @@ absl::StatusOr<DecodedLayer> LoadDecodedLayer(store::Store& store, const store::
   v.keys = out.keys;
   v.values = out.values;
   v.probes = out.probes;
+  v.token_scores = out.token_scores;
+  return out;
+}
+
+absl::StatusOr<std::vector<float>> LoadTokenScores(store::Store& store,
+                                                   const store::SessionKey& key,
+                                                   const store::SegmentRecord& record,
+                                                   uint32_t layer) {
+  NEXUSKV_ASSIGN_OR_RETURN(std::string bytes, store.ReadTensor(key, record.turn(), layer,
+                                                               store::TensorKind::kTokenScores));
+  std::vector<float> out(bytes.size() / sizeof(float));
+  NEXUSKV_RETURN_IF_ERROR(DecodeToFloat(bytes, DType::kFloat32, out));
   return out;
 }
 

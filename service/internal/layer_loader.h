@@ -14,9 +14,10 @@ namespace nexuskv::service {
 
 // A layer in float32 that owns its buffers; view() borrows them.
 struct DecodedLayer {
-  std::vector<float> keys;    // [H, T, D]
-  std::vector<float> values;  // [H, T, D]
-  std::vector<float> probes;  // [Hq, P, D]; empty unless asked for.
+  std::vector<float> keys;              // [H, T, D]
+  std::vector<float> values;            // [H, T, D]
+  std::vector<float> probes;            // [Hq, P, D]; empty unless asked for.
+  std::vector<float> token_scores;      // [H, T]; empty unless the segment has token scores
   std::vector<uint32_t> nexus_offsets;  // the segment's pass-through Nexus tokens
   std::vector<uint32_t> probe_offsets;  // the tokens of its probes; empty: the last P
   // Borrows the vectors above; moving a DecodedLayer keeps their heap buffers, so it stays valid.
@@ -28,8 +29,15 @@ struct DecodedLayer {
 DecodedLayer ShapeOnlyLayer(const nexuskv::v1::ModelSpec& model,
                             const store::SegmentRecord& record);
 
-// Reads keys and values (and probe queries when with_probes) of `layer` of the segment `record`,
-// checksums verified by the store, and decodes them. DataLoss / NotFound from the store pass through.
+// The token scores of `layer` of a segment that has them ([H, T] float32).
+absl::StatusOr<std::vector<float>> LoadTokenScores(store::Store& store,
+                                                   const store::SessionKey& key,
+                                                   const store::SegmentRecord& record,
+                                                   uint32_t layer);
+
+// Reads keys and values (and probe queries when with_probes, token scores when it has them) of
+// `layer` of the segment `record`, checksums verified by the store, and decodes them. DataLoss /
+// NotFound from the store pass through.
 absl::StatusOr<DecodedLayer> LoadDecodedLayer(store::Store& store, const store::SessionKey& key,
                                               const nexuskv::v1::ModelSpec& model,
                                               const store::SegmentRecord& record, uint32_t layer,

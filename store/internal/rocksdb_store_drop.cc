@@ -54,7 +54,8 @@ absl::StatusOr<bool> RocksDbStore::DropRawLocked(absl::Mutex& mu, const SessionK
   const std::string context =
       absl::StrCat("drop the raw KV of turn ", turn, " of session ", session);
   for (uint32_t layer = 0; layer < stored->model().num_layers(); ++layer) {
-    for (TensorKind kind : {TensorKind::kKeys, TensorKind::kValues, TensorKind::kProbeQueries}) {
+    for (TensorKind kind : {TensorKind::kKeys, TensorKind::kValues, TensorKind::kProbeQueries,
+                            TensorKind::kTokenScores}) {
       NEXUSKV_RETURN_IF_ERROR(FromRocksStatus(
           batch.Delete(segments_, EncodeTensorKey(key.tenant, key.session_id, turn, layer, kind)),
           context));

@@ -113,16 +113,15 @@ absl::StatusOr<AppendOutcome> RocksDbStore::AppendLocked(absl::Mutex& mu, const 
   updated.set_raw_bytes(updated.raw_bytes() + record.raw_bytes());
   updated.set_update_time_unix_ms(NowUnixMillis());
   const uint32_t ttl = record.ttl_seconds() > 0 ? record.ttl_seconds()
-                       : !stored                 ? options_.default_session_ttl_seconds
-                                                 : 0;
+                       : !stored                ? options_.default_session_ttl_seconds
+                                                : 0;
   if (ttl > 0) updated.set_expire_time_unix_ms(updated.update_time_unix_ms() + int64_t{ttl} * 1000);
   if (options_.max_turns_per_session > 0 && updated.num_turns() > options_.max_turns_per_session) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "session ", session, " has ", turn, " turns, its quota (--max_turns_per_session=",
         options_.max_turns_per_session, "); start a new session or delete old ones"));
   }
-  if (options_.max_bytes_per_session > 0 &&
-      updated.raw_bytes() > options_.max_bytes_per_session) {
+  if (options_.max_bytes_per_session > 0 && updated.raw_bytes() > options_.max_bytes_per_session) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "turn ", turn, " would bring session ", session, " to ", updated.raw_bytes(),
         " bytes, over its quota (--max_bytes_per_session=", options_.max_bytes_per_session,
@@ -141,12 +140,16 @@ absl::StatusOr<AppendOutcome> RocksDbStore::AppendLocked(absl::Mutex& mu, const 
     NEXUSKV_RETURN_IF_ERROR(put(TensorKind::kValues, tensors.values));
     // Stored even when empty (P = 0) so that it reads back as "" rather than NotFound.
     NEXUSKV_RETURN_IF_ERROR(put(TensorKind::kProbeQueries, tensors.probe_queries));
+    if (record.has_token_scores()) {
+      NEXUSKV_RETURN_IF_ERROR(put(TensorKind::kTokenScores, tensors.token_scores));
+    }
   }
   NEXUSKV_RETURN_IF_ERROR(PutRecord(
       batch, sessions_, EncodeSegmentRecordKey(key.tenant, key.session_id, turn), record));
   NEXUSKV_RETURN_IF_ERROR(
       PutRecord(batch, sessions_, EncodeSessionKey(key.tenant, key.session_id), updated));
-  if (absl::Status written = Write(batch, absl::StrCat("append turn ", turn, " of session ", session));
+  if (absl::Status written =
+          Write(batch, absl::StrCat("append turn ", turn, " of session ", session));
       !written.ok()) {
     AdjustTenantUsage(key.tenant, stored ? 0 : -1, -static_cast<int64_t>(record.raw_bytes()));
     return written;
@@ -286,7 +289,8 @@ absl::StatusOr<uint32_t> RocksDbStore::DeleteExpired(int64_t now_unix_ms) {
       auto key = DecodeSessionsKey(std::string_view(it->key().data(), it->key().size()));
       if (!key.ok() || key->turn.has_value()) continue;
       SessionRecord record;
-      if (!record.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) continue;
+      if (!record.ParseFromArray(it->value().data(), static_cast<int>(it->value().size())))
+        continue;
       if (record.expire_time_unix_ms() > 0 && record.expire_time_unix_ms() <= now_unix_ms) {
         expired.push_back({std::move(key->tenant), std::move(key->session_id)});
       }

@@ -41,6 +41,7 @@ std::vector<uint64_t> ComputeLayerDigests(const std::vector<LayerTensors>& layer
     Update(state.get(), layer.keys);
     Update(state.get(), layer.values);
     Update(state.get(), layer.probe_queries);
+    Update(state.get(), layer.token_scores);  // empty without scores: the digest is as before
     digests.push_back(XXH3_64bits_digest(state.get()));
   }
   return digests;
@@ -49,7 +50,8 @@ std::vector<uint64_t> ComputeLayerDigests(const std::vector<LayerTensors>& layer
 uint64_t RawBytes(const std::vector<LayerTensors>& layers) {
   uint64_t total = 0;
   for (const LayerTensors& layer : layers) {
-    total += layer.keys.size() + layer.values.size() + layer.probe_queries.size();
+    total += layer.keys.size() + layer.values.size() + layer.probe_queries.size() +
+             layer.token_scores.size();
   }
   return total;
 }
@@ -91,6 +93,8 @@ std::string DescribeSegmentDifference(const SegmentRecord& incoming, const Segme
                   stored.probe_offsets().begin(), stored.probe_offsets().end())) {
     diffs.push_back("probe_offsets");
   }
+  AddIfDifferent("has_token_scores", incoming.has_token_scores(), stored.has_token_scores(),
+                 &diffs);
   if (incoming.layer_digests_size() != stored.layer_digests_size()) {
     AddIfDifferent("num_layers", incoming.layer_digests_size(), stored.layer_digests_size(),
                    &diffs);

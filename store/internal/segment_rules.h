@@ -19,11 +19,11 @@
 
 namespace nexuskv::store::internal {
 
-// XXH3-64 of keys || values || probe_queries of each layer, in layer order. Streams the three
-// tensors through one hash state: no concatenated copy is made.
+// XXH3-64 of keys || values || probe_queries || token_scores of each layer, in layer order.
+// Streams the tensors through one hash state: no concatenated copy is made.
 std::vector<uint64_t> ComputeLayerDigests(const std::vector<LayerTensors>& layers);
 
-// Bytes of keys + values + probe queries of all layers.
+// Bytes of keys + values + probe queries + token scores of all layers.
 uint64_t RawBytes(const std::vector<LayerTensors>& layers);
 
 // Empty when the specs are equal (every field, MessageDifferencer::Equals). Otherwise the
@@ -33,7 +33,8 @@ std::string DescribeSpecDifference(const nexuskv::v1::ModelSpec& incoming,
                                    const nexuskv::v1::ModelSpec& stored);
 
 // Empty when `incoming` is an identical re-send of `stored`: same num_tokens, first_position,
-// role, num_probe_queries, raw_bytes, nexus_offsets, probe_offsets and layer_digests. Otherwise what differs,
+// role, num_probe_queries, raw_bytes, nexus_offsets, probe_offsets, has_token_scores and
+// layer_digests. Otherwise what differs,
 // incoming first, e.g. "num_tokens 12 vs 10" or "the tensor bytes of layer 3".
 std::string DescribeSegmentDifference(const SegmentRecord& incoming, const SegmentRecord& stored);
 
