@@ -7,7 +7,8 @@ Segments s_0..s_n (s_0 the system message, s_n the final assistant reply, s_{n-1
      reference. Crop the cache back to the prefix s_0..s_{n-1}.
   3. Append every prefix segment to nexuskv (float32 keys/values [H, T, D] per layer, probes = P of
      the segment's queries spread evenly over it, or its last P with probe_placement "last"), one
-     turn per segment.
+     turn per segment, with token scores (hf.turn_scores: a repeat of the segment on the cache as
+     it ends) unless token_scores is off.
   4. For each method and keep_ratio: GetCache(keep_ratio, keep_recent_turns=1), so the last user turn
      comes back raw and the ratio applies to the history; build the cache with nexuskv.hf and
      teacher-force the same reply at positions next_position..
@@ -21,6 +22,7 @@ Segments s_0..s_n (s_0 the system message, s_n the final assistant reply, s_{n-1
 from __future__ import annotations
 
 import contextlib
+import copy
 import re
 import time
 from dataclasses import dataclass
@@ -56,6 +58,7 @@ class EvalConfig:
     probe_placement: str = "spread"  # "spread": evenly over the segment; "last": its last queries
     keep_recent_turns: int = 1
     sonic_nobias: bool = True  # also SONIC with bias_mode NONE: what the bias contributes
+    token_scores: bool = True  # each turn sent with hf.turn_scores (one more prefill of the turn)
     kvzip_every: int = 1  # KVzip (2-3 extra prefills) on every k-th dialogue only
     batch: int = 8  # resumed caches continued per forward
 
@@ -124,6 +127,7 @@ class Evaluator:
         config = self.model.config
         self.num_layers = config.num_hidden_layers
         self.header_len = len(lm.tokenizer.encode(ASSISTANT_HEADER, add_special_tokens=False))
+        self.repeat_ids = lm.tokenizer.encode(hf.REPEAT_PROMPT, add_special_tokens=False)
 
     # -- one dialogue ---------------------------------------------------------------------------
 
@@ -198,6 +202,12 @@ class Evaluator:
                 probes, offsets = rec.spread(start, end, cfg.probes)
             else:
                 probes, offsets = rec.probes(end - min(cfg.probes, end - start), end), None
+            scores = None
+            if cfg.token_scores:  # as a worker would when the turn ends: the cache ends there
+                turn_cache = copy.deepcopy(cache)
+                turn_cache.crop(end)
+                scores = hf.turn_scores(self.model, turn_cache, seg.ids, self.repeat_ids)
+                del turn_cache
             self.client.append_turn(
                 sid,
                 turn,
@@ -208,6 +218,7 @@ class Evaluator:
                 model_id=self.lm.model_id,
                 first_position=start,
                 probe_offsets=offsets,
+                token_scores=scores,
             )
             start = end
         timings["append_s"] = time.perf_counter() - t0

@@ -46,6 +46,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--probes", type=int, default=32, help="probe queries per segment")
     p.add_argument(
+        "--no-token-scores",
+        action="store_true",
+        help="append turns without hf.turn_scores (SONIC then allocates per turn)",
+    )
+    p.add_argument(
         "--probe-placement",
         choices=("spread", "last"),
         default="spread",
@@ -105,6 +110,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         probes=args.probes,
         probe_placement=args.probe_placement,
         sonic_nobias=not args.no_sonic_nobias,
+        token_scores=not args.no_token_scores,
         kvzip_every=args.kvzip_every,
         batch=args.batch,
     )

@@ -42,7 +42,6 @@ import torch
 
 SINKS = 4
 PROBES = 32
-RECON_PROMPT = "\n\nRepeat the previous context exactly.\n\n"
 SIGNALS = ("recent", "newest-probes", "turn-probes", "prefill", "recon-32", "recon-turn", "recon", "reply")
 SCOPES = ("head", "layer", "global")
 MERGED = (
@@ -162,7 +161,7 @@ def study(lm: Any, item: Any, ratios: tuple[float, ...], reply_tokens: int = 128
     cache.crop(prefix)
     keys, values = hf.turn_kv(cache, 0, prefix)
     hist_keys = [k[:, :t] for k in keys]
-    recon_prompt = tok.encode(RECON_PROMPT, add_special_tokens=False)
+    recon_prompt = tok.encode(hf.REPEAT_PROMPT, add_special_tokens=False)
     with torch.no_grad(), hf.record_queries() as rec2:
         model(input_ids=torch.tensor([hist_ids + recon_prompt + hist_ids]), use_cache=False, logits_to_keep=1)
     turn_index, start = [], 0
@@ -172,24 +171,15 @@ def study(lm: Any, item: Any, ratios: tuple[float, ...], reply_tokens: int = 128
     per_turn = torch.cat(turn_index)
     recon_start = t + len(recon_prompt)
     n_layers = len(keys)
-    # recon-turn: as each turn ends, the prompt and the turn again continue the cache, and the
-    # repeat's queries score that turn's tokens (softmax over every key before the prompt).
+    # recon-turn: what the eval sends with each turn (hf.turn_scores on the cache as the turn ends).
     recon_turn = [torch.zeros(k.shape[:2]) for k in hist_keys]
     start = 0
     for s in history:
         end = start + len(s.ids)
         turn_cache = copy.deepcopy(cache)
         turn_cache.crop(end)
-        with torch.no_grad(), hf.record_queries() as rec3:
-            model(
-                input_ids=torch.tensor([recon_prompt + s.ids]),
-                past_key_values=turn_cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-        for i in range(n_layers):
-            q = rec3.layer(i)[:, len(recon_prompt) :]
-            recon_turn[i][:, start:end] = scores(q, hist_keys[i][:, :end])[:, start:end]
+        for i, layer_scores in enumerate(hf.turn_scores(model, turn_cache, s.ids, recon_prompt)):
+            recon_turn[i][:, start:end] = layer_scores
         del turn_cache
         start = end
 

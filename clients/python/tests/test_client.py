@@ -287,3 +287,25 @@ def test_selection_methods_return_stored_rows(client, sid, method):
             pos = layer.positions[h]
             assert (layer.keys[h] == all_k[h, pos]).all(), f"layer {layer.layer} head {h} keys"
             assert (layer.values[h] == all_v[h, pos]).all(), f"layer {layer.layer} head {h} values"
+
+
+def test_token_scores_spend_the_budget_where_they_are(client, sid):
+    rng = np.random.default_rng(5)
+    k, v, q = make_turn(rng, 20)
+    scores = [np.full((H, 20), 0.01, dtype=np.float32) for _ in range(L)]
+    scores[1][:, 4:16] = 1.0  # layer 1 reads 12 tokens of the turn; every other layer little
+    with pytest.raises(ValueError, match=r"not \[H, T\]"):
+        client.append_turn(sid, 0, k, v, q, model_id="m", token_scores=[s[:, :5] for s in scores])
+    negative = [s.copy() for s in scores]
+    negative[0][0, 3] = -1.0
+    with pytest.raises(NexusKVError) as e:
+        client.append_turn(sid, 0, k, v, q, model_id="m", token_scores=negative)
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT and "must be >= 0" in e.value.details
+    client.append_turn(sid, 0, k, v, q, model_id="m", token_scores=scores)
+    k2, v2, q2 = make_turn(rng, 6)
+    client.append_turn(sid, 1, k2, v2, q2, role="assistant", model_id="m", token_scores=np.ones((L, H, 6)))
+    answer = client.get_cache(sid, method="sonic", keep_ratio=0.5, keep_recent_turns=1)
+    per_layer = [int(n) - 6 for n in answer.entries_per_layer]  # the newest turn is raw
+    assert per_layer[1] > per_layer[0], per_layer
+    assert sum(per_layer) <= 10 * L
+    assert client.append_turn(sid, 0, k, v, q, model_id="m", token_scores=scores).already_stored

@@ -217,3 +217,31 @@ def test_attention_weights_are_eager_probabilities(model, reference):
     assert probs.shape == (1, 4, 40, 40)
     assert torch.allclose(probs.sum(-1), torch.ones(1, 4, 40), atol=1e-5)
     assert probs[0, :, 0, 1:].abs().max() == 0  # causal
+
+
+def test_max_attention_is_the_largest_weight_of_the_group():
+    torch.manual_seed(3)
+    q, k = torch.randn(4, 5, 8), torch.randn(2, 7, 8)
+    got = hf.max_attention(q, k, rows_per_step=3)
+    want = torch.zeros(2, 7)
+    for hq in range(4):
+        probs = torch.softmax(q[hq] @ k[hq // 2].T / 8**0.5, -1)  # [5, 7]
+        want[hq // 2] = torch.maximum(want[hq // 2], probs.amax(0))
+    assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_turn_scores_score_the_turn_and_leave_the_cache_as_it_was(model, reference):
+    ctx, _, _, _ = reference
+    hf.prepare_model(model)
+    cache = transformers.DynamicCache()
+    with torch.no_grad():
+        model(ctx, past_key_values=cache, use_cache=True)
+    before = _kv(cache)
+    scores = hf.turn_scores(model, cache, ctx[0, 25:].tolist(), [5, 6, 7])
+    assert len(scores) == 3 and tuple(scores[0].shape) == (2, 15)
+    assert all(bool(((s >= 0) & (s <= 1)).all()) for s in scores)
+    assert cache.get_seq_length() == 40
+    after = _kv(cache)
+    assert all(torch.equal(a, b) for a, b in zip(before[0], after[0], strict=True))
+    with pytest.raises(ValueError, match="cannot end there"):
+        hf.turn_scores(model, cache, list(range(41)), [5])

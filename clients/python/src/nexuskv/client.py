@@ -206,6 +206,7 @@ class Client:
         num_query_heads: int | None = None,
         first_position: int | None = None,
         probe_offsets: Sequence[int] | None = None,
+        token_scores: LayerTensors | None = None,
         timeout: float | None = None,
     ) -> AppendResult:
         """Stores one finished turn (segment) of a session; returns once the server says durable.
@@ -223,6 +224,10 @@ class Client:
                 otherwise the end of turn-1 as the server reports it (one GetSession call).
             probe_offsets: the offsets in the turn of the probes' tokens, strictly ascending, one
                 per probe; None: the turn's last P tokens.
+            token_scores: per layer [H, T] (or one [L, H, T] array), finite and >= 0: how much
+                later text will read each token (hf.turn_scores computes them). When every turn
+                a GetCache compresses has them, SONIC spends the budget over every (layer, kv
+                head, token) by them (docs/sonic.md). None sends none.
 
         Raises:
             NexusKVError: ALREADY_EXISTS when a different payload is stored for this turn,
@@ -253,6 +258,18 @@ class Client:
         offsets = [int(o) for o in probe_offsets] if probe_offsets is not None else []
         if offsets and len(offsets) != p:
             raise ValueError(f"{len(offsets)} probe_offsets for {p} probe queries")
+        s_layers: list[bytes] | None = None
+        if token_scores is not None:
+            if hasattr(token_scores, "shape") and len(token_scores.shape) == 3:
+                token_scores = [token_scores[i] for i in range(token_scores.shape[0])]
+            s_layers = []
+            for i, s in enumerate(token_scores):
+                a = np.asarray(s.detach().cpu().float() if _tensors._is_torch(s) else s, dtype=np.float32)
+                if a.shape != (h, t):
+                    raise ValueError(f"token_scores of layer {i} are {a.shape}, not [H, T] = {(h, t)}")
+                s_layers.append(a.astype("<f4", copy=False).tobytes())
+            if len(s_layers) != len(k_layers):
+                raise ValueError(f"{len(s_layers)} layers of token_scores for {len(k_layers)} layers")
         if first_position is None:
             first_position = self._first_position(session_id, turn, timeout)
 
@@ -272,6 +289,7 @@ class Client:
             ),
             num_probe_queries=p,
             probe_offsets=offsets,
+            has_token_scores=s_layers is not None,
         )
         # Serialize once: a retry re-sends the same bytes.
         chunks = [
@@ -280,6 +298,7 @@ class Client:
                 keys=_tensors.to_bytes(k_layers[i], dtype),
                 values=_tensors.to_bytes(v_layers[i], dtype),
                 probe_queries=_tensors.to_bytes(q_layers[i], dtype) if q_layers is not None else b"",
+                token_scores=s_layers[i] if s_layers is not None else b"",
             )
             for i in range(len(k_layers))
         ]

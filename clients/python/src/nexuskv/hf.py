@@ -420,6 +420,60 @@ def forward(model: Any, input_ids: torch.Tensor, cache: Any) -> torch.Tensor:
         return model(input_ids=input_ids, past_key_values=cache, use_cache=True).logits
 
 
+# -- token scores for append_turn ------------------------------------------------------------------
+
+REPEAT_PROMPT = "\n\nRepeat the previous context exactly.\n\n"
+
+
+def max_attention(queries: torch.Tensor, keys: torch.Tensor, rows_per_step: int = 512) -> torch.Tensor:
+    """Per kv head and key, the largest softmax weight any query of the head's group gives it:
+    queries [Hq, R, D], keys [H, T, D] -> [H, T] float32 (softmax over the T keys, scale 1/sqrt(D))."""
+    hq, r, d = queries.shape
+    h, t, _ = keys.shape
+    grouped = queries.float().reshape(h, (hq // h) * r, d)
+    k = keys.float()
+    out = torch.zeros(h, t)
+    for i in range(0, grouped.shape[1], rows_per_step):
+        logits = torch.einsum("hrd,htd->hrt", grouped[:, i : i + rows_per_step], k) / d**0.5
+        out = torch.maximum(out, torch.softmax(logits, -1).amax(1))
+    return out
+
+
+def turn_scores(
+    model: Any, cache: Any, turn_ids: Sequence[int], prompt_ids: Sequence[int]
+) -> list[torch.Tensor]:
+    """Token scores for append_turn(token_scores=) of the turn that just ended: its turn_ids are the
+    cache's last len(turn_ids) positions. Feeds prompt_ids (the tokens of REPEAT_PROMPT, say) and the
+    turn again, records the repeat's queries, and crops the cache back. Each token of the turn is
+    scored, per kv head, by the largest attention weight a query of the repeat gives it (softmax
+    over every key before the prompt): KVzip's reconstruction signal, for one turn at the cost of
+    one more prefill of its length. Returns per layer [H, T] float32.
+
+    docs/sonic.md ("the signal study") measures it: close to KVzip's whole-context signal, far
+    ahead of probe or prefill attention."""
+    length = cache.get_seq_length()
+    t = len(turn_ids)
+    if t == 0 or t > length:
+        raise ValueError(f"the cache holds {length} positions; a turn of {t} tokens cannot end there")
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad(), record_queries() as rec:
+            model(
+                input_ids=torch.tensor([list(prompt_ids) + list(turn_ids)], device=device),
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        out = []
+        for i in range(num_layers(cache)):
+            keys, _ = _layer_kv(cache, i)
+            queries = rec.layer(i)[:, len(prompt_ids) :]
+            out.append(max_attention(queries.cpu(), keys[0, :, :length].cpu())[:, length - t :])
+        return out
+    finally:
+        cache.crop(length)
+
+
 def greedy_generate(
     model: Any,
     input_ids: torch.Tensor,
