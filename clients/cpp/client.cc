@@ -1,7 +1,5 @@
 #include "clients/cpp/client.h"
 
-#include "proto/wire_dtype.h"
-
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -11,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "proto/wire_dtype.h"
 
 namespace nexuskv::client {
 namespace {
@@ -93,7 +92,28 @@ v1::SegmentHeader MakeHeader(const Turn& turn, const TurnShape& shape) {
   *header.mutable_model() = turn.model;
   header.set_num_probe_queries(shape.num_probe_queries);
   header.mutable_probe_offsets()->Add(turn.probe_offsets.begin(), turn.probe_offsets.end());
+  header.set_has_token_scores(!turn.layers.empty() && !turn.layers[0].token_scores.empty());
   return header;
+}
+
+// Token scores come in every layer or in none, [H, T] each.
+template <typename Turn>
+absl::Status CheckTokenScores(const Turn& turn, const TurnShape& shape) {
+  const bool scored = !turn.layers.empty() && !turn.layers[0].token_scores.empty();
+  const size_t want = scored ? size_t{turn.model.num_kv_heads()} * shape.num_tokens : 0;
+  for (size_t l = 0; l < turn.layers.size(); ++l) {
+    if (turn.layers[l].token_scores.size() != want) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("layer ", l, ": token_scores hold ", turn.layers[l].token_scores.size(),
+                       " values; send [H, T] = ", want, " in every layer, or none in any"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+void SetTokenScores(std::span<const float> scores, v1::LayerChunk& chunk) {
+  chunk.set_token_scores(reinterpret_cast<const char*>(scores.data()),
+                         scores.size() * sizeof(float));  // little-endian, as every tensor here
 }
 
 absl::Status CheckBytes(std::string_view bytes, size_t element_size, size_t layer,
@@ -247,6 +267,7 @@ absl::StatusOr<v1::AppendSegmentResponse> Client::AppendTurn(const TurnTensors& 
     elements.push_back({b.keys.size() / es, b.values.size() / es, b.probe_queries.size() / es});
   }
   NEXUSKV_ASSIGN_OR_RETURN(const TurnShape shape, DeriveShape(turn.model, elements));
+  NEXUSKV_RETURN_IF_ERROR(CheckTokenScores(turn, shape));
   return Append(MakeHeader(turn, shape), [&turn](uint32_t l) -> absl::StatusOr<v1::LayerChunk> {
     const LayerBytes& b = turn.layers[l];
     v1::LayerChunk chunk;
@@ -254,6 +275,7 @@ absl::StatusOr<v1::AppendSegmentResponse> Client::AppendTurn(const TurnTensors& 
     chunk.set_keys(b.keys.data(), b.keys.size());
     chunk.set_values(b.values.data(), b.values.size());
     chunk.set_probe_queries(b.probe_queries.data(), b.probe_queries.size());
+    SetTokenScores(b.token_scores, chunk);
     return chunk;
   });
 }
@@ -265,6 +287,7 @@ absl::StatusOr<v1::AppendSegmentResponse> Client::AppendTurn(const FloatTurnTens
     elements.push_back({f.keys.size(), f.values.size(), f.probe_queries.size()});
   }
   NEXUSKV_ASSIGN_OR_RETURN(const TurnShape shape, DeriveShape(turn.model, elements));
+  NEXUSKV_RETURN_IF_ERROR(CheckTokenScores(turn, shape));
   const DType dtype = *ToTensorDType(turn.model.dtype());
   return Append(MakeHeader(turn, shape),
                 [&turn, dtype](uint32_t l) -> absl::StatusOr<v1::LayerChunk> {
@@ -274,6 +297,7 @@ absl::StatusOr<v1::AppendSegmentResponse> Client::AppendTurn(const FloatTurnTens
                   AppendEncoded(f.keys, dtype, chunk.mutable_keys());
                   AppendEncoded(f.values, dtype, chunk.mutable_values());
                   AppendEncoded(f.probe_queries, dtype, chunk.mutable_probe_queries());
+                  SetTokenScores(f.token_scores, chunk);
                   return chunk;
                 });
 }

@@ -110,6 +110,8 @@ struct LayerBytes {
   std::string_view keys;           // [H, T, D]
   std::string_view values;         // [H, T, D]
   std::string_view probe_queries;  // [Hq, P, D]; empty when the turn has no probes.
+  // [H, T] float32 scores (SegmentHeader.has_token_scores), in every layer or in none.
+  std::span<const float> token_scores;
 };
 
 // A turn ready to append. T (num_tokens) and P (num_probe_queries) are derived from the byte
@@ -130,6 +132,7 @@ struct FloatLayer {
   std::span<const float> keys;           // [H, T, D]
   std::span<const float> values;         // [H, T, D]
   std::span<const float> probe_queries;  // [Hq, P, D]; empty when the turn has no probes.
+  std::span<const float> token_scores;   // As in LayerBytes.
 };
 struct FloatTurnTensors {
   std::string session_id;
@@ -213,8 +216,6 @@ std::string_view AsBytes(std::span<const T> bytes) {
 
 // grpc::Status -> absl::Status, same code and message (gRPC's codes are absl's codes).
 absl::Status FromGrpcStatus(const grpc::Status& status);
-
-
 
 }  // namespace nexuskv::client
 

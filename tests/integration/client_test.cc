@@ -152,6 +152,26 @@ TEST_F(ClientTest, ProbeOffsetsTravelWithTheTurn) {
   EXPECT_EQ(client_->AppendTurn(t.turn).status().code(), absl::StatusCode::kAlreadyExists);
 }
 
+TEST_F(ClientTest, TokenScoresTravelWithTheTurn) {
+  OwnedTurn t = MakeTurn("scored", 0, 6, 2, 0);
+  std::vector<std::vector<float>> scores(2, std::vector<float>(2 * 6, 0.5f));
+  t.turn.layers[0].token_scores = scores[0];  // layer 1 has none
+  const absl::Status partial = client_->AppendTurn(t.turn).status();
+  EXPECT_EQ(partial.code(), absl::StatusCode::kInvalidArgument) << partial;
+  EXPECT_THAT(partial.message(), HasSubstr("token_scores"));
+  t.turn.layers[1].token_scores = scores[1];
+  ASSERT_TRUE(client_->AppendTurn(t.turn).ok());
+  scores[1][3] = 0.9f;  // other scores: another turn
+  EXPECT_EQ(client_->AppendTurn(t.turn).status().code(), absl::StatusCode::kAlreadyExists);
+  v1::GetCacheRequest request;
+  request.set_session_id("scored");
+  request.set_method(v1::SONIC);
+  request.mutable_budget()->set_keep_ratio(0.5);
+  absl::StatusOr<client::Cache> cache = client_->GetCache(request);
+  ASSERT_TRUE(cache.ok()) << cache.status();
+  EXPECT_EQ(cache->layers.size(), 2u);
+}
+
 TEST_F(ClientTest, ErrorsKeepCodeAndMessage) {
   const grpc::Status raw = RawGetSession("missing");
   ASSERT_EQ(raw.error_code(), grpc::NOT_FOUND);
