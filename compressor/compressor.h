@@ -85,8 +85,11 @@ struct LayerView {
   std::span<const float> lookahead;
   int num_lookahead = 0;  // L
   // [H, T] scores the worker sent with the turn (SegmentHeader.has_token_scores): how much later
-  // text reads each token. SONIC ranks the raw tokens of a top-up by them, ahead of lookahead.
+  // text reads each token. With them (and the raw KV), SONIC serves the highest scored tokens.
   std::span<const float> token_scores;
+  // [H] with token_scores and a bias: how many of a head's n entries are real; the rest are
+  // padding (key and value 0, bias -inf, position -1, first in the head). Empty: n in every head.
+  std::span<const int64_t> head_entries;
 };
 
 // The entries a method keeps for one layer of one segment: n per kv head.

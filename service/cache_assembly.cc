@@ -85,6 +85,7 @@ absl::StatusOr<CacheAssembly::TurnBlock> CacheAssembly::CompressedBlock(
     }
   }
   if (!have_layer) decoded = ShapeOnlyLayer(session_model_, turn.record);
+  if (have_layer && !turn.head_entries.empty()) decoded.view.head_entries = turn.head_entries[layer];
   if (have_layer && !lookahead.empty()) {
     decoded.view.lookahead = lookahead;
     decoded.view.num_lookahead = static_cast<int>(lookahead_->num_probe_queries());

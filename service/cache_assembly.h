@@ -32,6 +32,9 @@ struct TurnPlan {
   // Entries per kv head in each layer when they differ by layer (a budget spent by token
   // scores); empty: `entries` in every layer.
   std::vector<int64_t> layer_entries;
+  // [L][H] real entries per kv head when they differ by head (a biased answer spent by token
+  // scores pads each head up to layer_entries[l]); empty: all real.
+  std::vector<std::vector<int64_t>> head_entries;
   bool load_layer = true;  // Its raw KV is stored: read it for the method (SONIC top-ups need it).
   // Serves this turn instead of the request's method (its fit failed); has no fit. nullptr: the
   // request's method.

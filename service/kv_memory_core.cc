@@ -70,9 +70,10 @@ absl::StatusOr<int64_t> CompressedBudget(const v1::GetCacheRequest& request,
 }
 
 // Spends `budget` (entries per kv head over the compressed turns of `plan`) by the worker's token
-// scores, which every compressed turn has: sets their per-layer entries (service/score_budget.h).
+// scores, which every compressed turn has: sets their per-layer entries, and with `pad_heads`
+// (biased answers) each head's own count (service/score_budget.h).
 absl::Status SpendScoredBudget(store::Store& store, const store::SessionKey& key,
-                               const v1::ModelSpec& model, int64_t budget,
+                               const v1::ModelSpec& model, int64_t budget, bool pad_heads,
                                std::vector<TurnPlan>& plan) {
   std::vector<TurnPlan*> turns;
   std::vector<int64_t> tokens;
@@ -94,14 +95,24 @@ absl::Status SpendScoredBudget(store::Store& store, const store::SessionKey& key
     turns.push_back(&turn);
     tokens.push_back(turn.record.num_tokens());
   }
-  const std::vector<std::vector<int64_t>> n =
+  const HeadCounts kept =
       SpendByTokenScores(scores, model.num_kv_heads(), tokens, budget, sink_turn);
+  const std::vector<std::vector<int64_t>> even = EvenOverHeads(kept);
   const int64_t layers = model.num_layers();
   for (size_t u = 0; u < turns.size(); ++u) {
-    turns[u]->layer_entries = n[u];
-    int64_t sum = 0;
-    for (int64_t x : n[u]) sum += x;
-    turns[u]->entries = (sum + layers / 2) / layers;  // the mean, for TurnAllocation.kept_entries
+    int64_t real = 0;  // entries per head, summed over layers
+    if (pad_heads) {
+      turns[u]->head_entries = kept[u];
+      for (const std::vector<int64_t>& layer : kept[u]) {
+        turns[u]->layer_entries.push_back(*std::max_element(layer.begin(), layer.end()));
+      }
+      for (int64_t x : even[u]) real += x;
+    } else {
+      turns[u]->layer_entries = even[u];
+      for (int64_t x : even[u]) real += x;
+    }
+    // The mean real entries per kv head and layer, for TurnAllocation.kept_entries.
+    turns[u]->entries = (real + layers / 2) / layers;
   }
   return absl::OkStatus();
 }
@@ -343,7 +354,8 @@ absl::StatusOr<std::unique_ptr<CacheAssembly>> KvMemoryCore::PlanCache(
                               !turn.record.raw_dropped());
         });
     if (scored) {
-      NEXUSKV_RETURN_IF_ERROR(SpendScoredBudget(*store_, key, session.model(), budget, plan));
+      NEXUSKV_RETURN_IF_ERROR(
+          SpendScoredBudget(*store_, key, session.model(), budget, has_bias, plan));
     }
     const std::vector<int64_t> allocation =
         scored ? std::vector<int64_t>() : compressor->Allocate(shapes, budget);

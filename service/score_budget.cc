@@ -6,12 +6,13 @@
 
 namespace nexuskv::service {
 
-std::vector<std::vector<int64_t>> SpendByTokenScores(
-    const std::vector<std::vector<std::vector<float>>>& scores, int64_t heads,
-    std::span<const int64_t> tokens, int64_t budget, int sink_turn) {
+HeadCounts SpendByTokenScores(const std::vector<std::vector<std::vector<float>>>& scores,
+                              int64_t heads, std::span<const int64_t> tokens, int64_t budget,
+                              int sink_turn) {
   const size_t turns = scores.size();
   const size_t layers = turns == 0 ? 0 : scores[0].size();
-  std::vector<std::vector<int64_t>> out(turns, std::vector<int64_t>(layers, 0));
+  HeadCounts out(turns, std::vector<std::vector<int64_t>>(
+                            layers, std::vector<int64_t>(std::max<int64_t>(heads, 0), 0)));
   if (turns == 0 || layers == 0 || heads <= 0 || budget <= 0) return out;
 
   // The sinks outrank every score.
@@ -29,7 +30,9 @@ std::vector<std::vector<int64_t>> SpendByTokenScores(
   }
   const int64_t want = budget * heads * static_cast<int64_t>(layers);
   if (want >= static_cast<int64_t>(all.size())) {
-    for (size_t u = 0; u < turns; ++u) std::fill(out[u].begin(), out[u].end(), tokens[u]);
+    for (size_t u = 0; u < turns; ++u) {
+      for (auto& layer : out[u]) std::fill(layer.begin(), layer.end(), tokens[u]);
+    }
     return out;
   }
   // The want-th largest score; everything above it is kept, ties at it in scan order.
@@ -40,14 +43,25 @@ std::vector<std::vector<int64_t>> SpendByTokenScores(
   int64_t ties = want - above;
   for (size_t u = 0; u < turns; ++u) {
     for (size_t l = 0; l < layers; ++l) {
-      int64_t kept = 0;
       for (int64_t h = 0; h < heads; ++h) {
         for (int64_t i = 0; i < tokens[u]; ++i) {
           const float s = score(u, l, h, i);
-          if (s > threshold || (s == threshold && ties-- > 0)) ++kept;
+          if (s > threshold || (s == threshold && ties-- > 0)) ++out[u][l][h];
         }
       }
-      out[u][l] = std::min(tokens[u], kept / heads);
+    }
+  }
+  return out;
+}
+
+std::vector<std::vector<int64_t>> EvenOverHeads(const HeadCounts& kept) {
+  std::vector<std::vector<int64_t>> out;
+  for (const auto& turn : kept) {
+    std::vector<int64_t>& n = out.emplace_back();
+    for (const std::vector<int64_t>& layer : turn) {
+      int64_t sum = 0;
+      for (int64_t c : layer) sum += c;
+      n.push_back(layer.empty() ? 0 : sum / static_cast<int64_t>(layer.size()));
     }
   }
   return out;

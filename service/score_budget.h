@@ -1,14 +1,14 @@
 // Spending a GetCache budget by the worker's token scores (SegmentHeader.has_token_scores).
 //
 // Every (layer, kv head, token) of the compressed turns is ranked by its score, one ranking for
-// all of them, and the budget's entries go to the highest. Each layer then gets, per turn, its
-// share of them: the count divided by the number of kv heads, since an answer has the same
-// number of entries in every head of a layer. The session's first kSinkTokens tokens always
-// count as kept. docs/sonic.md ("the signal study") measures why: one ranking over layers beats
-// a fixed count per layer 2-6x on the real model.
+// all of them, and the budget's entries go to the highest; the session's first kSinkTokens tokens
+// always count as kept. An answer has the same number of entries N in every head of a layer, so
+// a biased answer pads each head up to the fullest one with entries of bias -inf, and an answer
+// without bias gives every head of a layer the layer's mean count (EvenOverHeads).
+// docs/sonic.md ("the signal study") measures both against a fixed count per (layer, head).
 //
-//   std::vector<std::vector<int64_t>> n = SpendByTokenScores(scores, heads, tokens, budget, 0);
-//   // n[u][l]: entries per kv head of compressed turn u in layer l.
+//   HeadCounts kept = SpendByTokenScores(scores, heads, tokens, budget, /*sink_turn=*/0);
+//   // kept[u][l][h]: tokens of compressed turn u kept by head h of layer l.
 //
 // Pure function; thread-safe.
 #ifndef NEXUSKV_SERVICE_SCORE_BUDGET_H_
@@ -22,14 +22,21 @@ namespace nexuskv::service {
 
 inline constexpr int64_t kSinkTokens = 4;
 
+// kept[u][l][h]: tokens of compressed turn u that kv head h of layer l keeps.
+using HeadCounts = std::vector<std::vector<std::vector<int64_t>>>;
+
 // scores[u][l]: [heads, tokens[u]] float32 scores of compressed turn u in layer l (every turn has
 // the same number of layers). budget: entries per kv head per layer to spend over all the turns
 // (sum over turns, as Compressor::Allocate gets it). sink_turn: the index u of the session's
-// first turn, or -1 when it is not among them. Returns n[u][l] in [0, tokens[u]], with
-// sum over u and l of n[u][l] <= budget * layers.
-std::vector<std::vector<int64_t>> SpendByTokenScores(
-    const std::vector<std::vector<std::vector<float>>>& scores, int64_t heads,
-    std::span<const int64_t> tokens, int64_t budget, int sink_turn);
+// first turn, or -1 when it is not among them. Returns how many tokens each (turn, layer, head)
+// keeps: budget * heads * layers in all (everything when that covers every token).
+HeadCounts SpendByTokenScores(const std::vector<std::vector<std::vector<float>>>& scores,
+                              int64_t heads, std::span<const int64_t> tokens, int64_t budget,
+                              int sink_turn);
+
+// The same count in every head of a layer (an answer with no bias cannot pad a head): n[u][l] =
+// the mean over heads of kept[u][l][h], rounded down.
+std::vector<std::vector<int64_t>> EvenOverHeads(const HeadCounts& kept);
 
 }  // namespace nexuskv::service
 

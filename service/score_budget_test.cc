@@ -34,7 +34,7 @@ TEST(SpendByTokenScoresTest, TheBudgetGoesWhereTheScoresAreWhateverLayerOrTurn) 
     for (int i = 0; i < 6; ++i) high.push_back({1, 1, h, i, 1.0f + i});
   }
   // budget 3 per head per layer over 2 layers = 12 per head: all 12 high (layer 1 of turn 1).
-  const auto n = SpendByTokenScores(Scores(tokens, 2, 0.0f, high), 2, tokens, 3, -1);
+  const auto n = EvenOverHeads(SpendByTokenScores(Scores(tokens, 2, 0.0f, high), 2, tokens, 3, -1));
   EXPECT_THAT(n[0], ElementsAre(0, 0));
   EXPECT_THAT(n[1], ElementsAre(0, 6));
 }
@@ -46,7 +46,7 @@ TEST(SpendByTokenScoresTest, TheSessionsFirstTokensAreAlwaysKept) {
     for (int i = 0; i < 8; ++i) high.push_back({1, 0, h, i, 5.0f});
   }
   // 8 per head in all (budget 8 over 1 layer): the 4 sinks of turn 0, then 4 of the 8 high ones.
-  const auto n = SpendByTokenScores(Scores(tokens, 1, 0.0f, high), 2, tokens, 8, 0);
+  const auto n = EvenOverHeads(SpendByTokenScores(Scores(tokens, 1, 0.0f, high), 2, tokens, 8, 0));
   EXPECT_THAT(n[0], ElementsAre(kSinkTokens));
   EXPECT_THAT(n[1], ElementsAre(4));
 }
@@ -55,7 +55,8 @@ TEST(SpendByTokenScoresTest, StaysWithinTheBudgetAndServesWholeTurnsWhenItCovers
   const std::vector<int64_t> tokens = {7, 5, 9};
   std::vector<Scored> high = {{0, 0, 0, 3, 2.0f}, {2, 1, 1, 8, 3.0f}, {1, 2, 0, 0, 1.0f}};
   for (int64_t budget : {1, 4, 9, 20}) {
-    const auto n = SpendByTokenScores(Scores(tokens, 3, 0.5f, high), 2, tokens, budget, 0);
+    const auto n =
+        EvenOverHeads(SpendByTokenScores(Scores(tokens, 3, 0.5f, high), 2, tokens, budget, 0));
     int64_t total = 0;
     for (size_t u = 0; u < n.size(); ++u) {
       for (int64_t x : n[u]) {
@@ -66,9 +67,19 @@ TEST(SpendByTokenScoresTest, StaysWithinTheBudgetAndServesWholeTurnsWhenItCovers
     }
     EXPECT_LE(total, budget * 3) << "budget " << budget;
   }
-  const auto whole = SpendByTokenScores(Scores(tokens, 3, 0.5f, high), 2, tokens, 21, 0);
+  const auto whole =
+      EvenOverHeads(SpendByTokenScores(Scores(tokens, 3, 0.5f, high), 2, tokens, 21, 0));
   EXPECT_THAT(whole[2], ElementsAre(9, 9, 9));
   EXPECT_TRUE(SpendByTokenScores({}, 2, {}, 5, -1).empty());
+}
+
+TEST(SpendByTokenScoresTest, EachHeadKeepsItsOwnCount) {
+  const std::vector<int64_t> tokens = {10};
+  std::vector<Scored> high;
+  for (int i = 0; i < 8; ++i) high.push_back({0, 0, 1, i, 1.0f});  // head 1 reads 8 tokens
+  const HeadCounts kept = SpendByTokenScores(Scores(tokens, 1, 0.0f, high), 2, tokens, 4, -1);
+  EXPECT_THAT(kept[0][0], ElementsAre(0, 8));
+  EXPECT_THAT(EvenOverHeads(kept)[0], ElementsAre(4));
 }
 
 }  // namespace

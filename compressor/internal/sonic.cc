@@ -5,6 +5,7 @@
 #include <Eigen/Core>
 #include <algorithm>
 #include <cfloat>
+#include <limits>
 #include <cmath>
 #include <numeric>
 
@@ -27,8 +28,6 @@ constexpr float kFloat16Max = 65504.0f;
 constexpr double kMinClusterShare = 0.25;
 // Largest |bias| folded into a key for bias-free answers (a weight of e^6 ~ 400 tokens).
 constexpr float kMaxFoldedBias = 6.0f;
-// With token scores, the rung takes at most 1/kScoredRungShare of a turn's entries.
-constexpr int kScoredRungShare = 8;
 
 absl::Status CheckNexusOffsets(const LayerView& layer) {
   uint32_t previous = 0;
@@ -246,19 +245,13 @@ class SonicCompressor final : public Compressor {
     }
     const int t = layer.num_tokens;
     const bool has_raw = !layer.keys.empty();
+    // With the worker's token scores, the highest scored raw tokens (docs/sonic.md measures
+    // Nexus tokens for the rest as worse).
+    if (has_raw && !layer.token_scores.empty()) return ServeScored(layer, n, bias_free);
     if (n == t && has_raw) return RawTurn(layer, bias_free);
-    // The largest rung that fits, topped up with raw tokens when n lies above it. With the
-    // worker's token scores the raw tokens are the point: the rung stands only for the rest
-    // (at most n / kScoredRungShare entries).
-    const bool scored = has_raw && !layer.token_scores.empty();
-    if (scored && layer.token_scores.size() != static_cast<size_t>(layer.num_kv_heads) * t) {
-      return absl::InvalidArgumentError(absl::StrCat("LayerView: token_scores has ",
-                                                     layer.token_scores.size(), " values for [",
-                                                     layer.num_kv_heads, ", ", t, "]"));
-    }
-    const int rung_cap = scored ? std::max(1, n / kScoredRungShare) : n;
-    const auto rung = std::find_if(index.rungs.begin(), index.rungs.end(),
-                                   [rung_cap](int m) { return m <= rung_cap; });
+    // The largest rung that fits, topped up with raw tokens when n lies above it.
+    const auto rung =
+        std::find_if(index.rungs.begin(), index.rungs.end(), [n](int m) { return m <= n; });
     const int k = static_cast<int>(rung - index.rungs.begin());
     const int extra = n - *rung;
     if (extra > 0 && !has_raw) {
@@ -274,14 +267,7 @@ class SonicCompressor final : public Compressor {
     if (extra > 0) {
       const std::vector<float> mass = DecodeSonicTokenMass(fit, index);
       const size_t span = static_cast<size_t>(t) * d;
-      std::vector<float> priority =
-          scored ? std::vector<float>(layer.token_scores.begin(), layer.token_scores.end())
-                 : LookaheadAttention(layer);
-      if (scored && layer.session_start) {  // the sinks first, whatever the worker scored them
-        for (size_t h = 0; h < sets.size(); ++h) {
-          for (int i = 0; i < std::min(t, kSinkTokens); ++i) priority[h * t + i] = FLT_MAX;
-        }
-      }
+      const std::vector<float> priority = LookaheadAttention(layer);
       for (size_t h = 0; h < sets.size(); ++h) {
         const std::span<const float> head_mass = std::span<const float>(mass).subspan(h * t, t);
         sets[h] =
@@ -331,6 +317,57 @@ class SonicCompressor final : public Compressor {
   // the cluster's mass, hence its bias, and its weighted mean value lose the token's share. The
   // rung's mass over the rows is unchanged. `mass` is the head's token mass (all 1 when the fit
   // had no rows). Caller guarantees extra <= T - m.
+  // The highest scored raw tokens of each head (the session's sinks first): n of them, or with
+  // LayerView::head_entries (biased answers only) each head its own count, padded up to n with
+  // entries no query attends to.
+  static absl::StatusOr<LayerEntries> ServeScored(const LayerView& layer, int n, bool bias_free) {
+    const size_t h_count = static_cast<size_t>(layer.num_kv_heads);
+    const size_t t = static_cast<size_t>(layer.num_tokens);
+    const size_t d = static_cast<size_t>(layer.head_dim);
+    const bool padded = !layer.head_entries.empty();
+    if (layer.token_scores.size() != h_count * t ||
+        (padded && (bias_free || layer.head_entries.size() != h_count))) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "LayerView: token_scores has ", layer.token_scores.size(), " values and head_entries ",
+          layer.head_entries.size(), " for H=", h_count, " T=", t,
+          bias_free ? " (an answer without bias cannot pad)" : ""));
+    }
+    LayerEntries out;
+    out.num_kv_heads = layer.num_kv_heads;
+    out.head_dim = layer.head_dim;
+    out.num_entries = n;
+    out.keys.assign(h_count * n * d, 0.0f);
+    out.values.assign(h_count * n * d, 0.0f);
+    out.bias.assign(h_count * n, -std::numeric_limits<float>::infinity());
+    out.positions.assign(h_count * n, -1);
+    std::vector<uint32_t> order(t);
+    for (size_t h = 0; h < h_count; ++h) {
+      const int64_t real = padded ? layer.head_entries[h] : n;
+      if (real < 0 || real > n || real > static_cast<int64_t>(t)) {
+        return absl::InvalidArgumentError(absl::StrCat("LayerView: head ", h, " keeps ", real,
+                                                       " of ", t, " tokens in ", n, " entries"));
+      }
+      const float* scores = layer.token_scores.data() + h * t;
+      auto priority = [&](uint32_t i) {
+        return layer.session_start && i < static_cast<uint32_t>(kSinkTokens) ? FLT_MAX
+                                                                             : scores[i];
+      };
+      std::iota(order.begin(), order.end(), 0u);
+      std::stable_sort(order.begin(), order.end(),
+                       [&](uint32_t a, uint32_t b) { return priority(a) > priority(b); });
+      std::sort(order.begin(), order.begin() + real);
+      const size_t first = h * n + (n - real);  // padding first: positions stay ascending
+      for (int64_t j = 0; j < real; ++j) {
+        const uint32_t i = order[j];
+        std::copy_n(layer.keys.data() + (h * t + i) * d, d, out.keys.data() + (first + j) * d);
+        std::copy_n(layer.values.data() + (h * t + i) * d, d, out.values.data() + (first + j) * d);
+        out.bias[first + j] = 0.0f;
+        out.positions[first + j] = layer.first_position + i;
+      }
+    }
+    if (bias_free) out.bias.clear();
+    return out;
+  }
   static NexusSet TopUp(const NexusSet& rung, const float* keys, const float* values,
                         std::span<const float> mass, std::span<const float> priority, bool rowless,
                         int extra, int head_dim) {
