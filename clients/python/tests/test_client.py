@@ -304,8 +304,14 @@ def test_token_scores_spend_the_budget_where_they_are(client, sid):
     client.append_turn(sid, 0, k, v, q, model_id="m", token_scores=scores)
     k2, v2, q2 = make_turn(rng, 6)
     client.append_turn(sid, 1, k2, v2, q2, role="assistant", model_id="m", token_scores=np.ones((L, H, 6)))
-    answer = client.get_cache(sid, method="sonic", keep_ratio=0.5, keep_recent_turns=1)
-    per_layer = [int(n) - 6 for n in answer.entries_per_layer]  # the newest turn is raw
+    # Without bias every head of a layer holds the layer's share; layer 1 gets the most.
+    even = client.get_cache(sid, method="sonic", keep_ratio=0.5, keep_recent_turns=1, bias=False)
+    per_layer = [int(n) - 6 for n in even.entries_per_layer]  # the newest turn is raw
     assert per_layer[1] > per_layer[0], per_layer
     assert sum(per_layer) <= 10 * L
+    # With bias each head keeps its own count; the others are padded with bias -inf.
+    answer = client.get_cache(sid, method="sonic", keep_ratio=0.5, keep_recent_turns=1)
+    real = sum(int(np.isfinite(layer.bias).sum()) for layer in answer.layers) - 6 * H * L
+    assert real == 10 * H * L
+    assert any(np.isneginf(layer.bias).any() for layer in answer.layers)
     assert client.append_turn(sid, 0, k, v, q, model_id="m", token_scores=scores).already_stored
