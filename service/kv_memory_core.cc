@@ -346,16 +346,19 @@ absl::StatusOr<std::unique_ptr<CacheAssembly>> KvMemoryCore::PlanCache(
                              CompressedBudget(request, session.model(), output_dtype, has_bias,
                                               compressible_tokens, raw_tokens));
     // With the worker's token scores on every compressed turn, one ranking of all of them spends
-    // the budget (service/score_budget.h); otherwise the method allocates per turn.
+    // the budget (service/score_budget.h); otherwise the method allocates per turn. max_tokens
+    // limits every layer, which a ranking over layers does not keep to; max_bytes limits the
+    // whole answer, padding included, so it gets no padding.
     const bool scored =
-        compressor->spends_token_scores() &&
+        compressor->spends_token_scores() && !request.budget().has_max_tokens() &&
         std::all_of(plan.begin(), plan.end(), [](const TurnPlan& turn) {
           return turn.raw || (turn.method == nullptr && turn.record.has_token_scores() &&
                               !turn.record.raw_dropped());
         });
     if (scored) {
-      NEXUSKV_RETURN_IF_ERROR(
-          SpendScoredBudget(*store_, key, session.model(), budget, has_bias, plan));
+      NEXUSKV_RETURN_IF_ERROR(SpendScoredBudget(*store_, key, session.model(), budget,
+                                                has_bias && request.budget().has_keep_ratio(),
+                                                plan));
     }
     const std::vector<int64_t> allocation =
         scored ? std::vector<int64_t>() : compressor->Allocate(shapes, budget);

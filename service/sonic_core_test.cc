@@ -7,10 +7,10 @@
 #include <string>
 #include <vector>
 
+#include "compressor/sonic.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "service/kv_memory_core.h"
-#include "compressor/sonic.h"
 #include "service/lookahead.h"
 #include "service/test_util.h"
 
@@ -247,8 +247,7 @@ class RefusingSonic final : public compressor::Compressor {
     return sonic_->Fit(layer);
   }
   absl::StatusOr<compressor::LayerEntries> Materialize(const compressor::LayerView& layer,
-                                                       std::string_view fit,
-                                                       int n) const override {
+                                                       std::string_view fit, int n) const override {
     return sonic_->Materialize(layer, fit, n);
   }
   std::string SummarizeFit(std::span<const std::string> per_layer) const override {
@@ -274,8 +273,7 @@ class Borrowed final : public compressor::Compressor {
     return method_.Fit(layer);
   }
   absl::StatusOr<compressor::LayerEntries> Materialize(const compressor::LayerView& layer,
-                                                       std::string_view fit,
-                                                       int n) const override {
+                                                       std::string_view fit, int n) const override {
     return method_.Materialize(layer, fit, n);
   }
   std::vector<int64_t> Allocate(std::span<const compressor::TurnShape> turns,
@@ -301,8 +299,8 @@ TEST_F(SonicCoreTest, AFailedFitFallsBackToTheRawTurnAndSaysSo) {
 
   std::vector<std::unique_ptr<compressor::Compressor>> with_fallback;
   with_fallback.push_back(std::make_unique<RefusingSonic>(24));
-  with_fallback.push_back(std::make_unique<Borrowed>(
-      *compressor::CompressorRegistry::Default().Find("STREAMING_LLM")));
+  with_fallback.push_back(
+      std::make_unique<Borrowed>(*compressor::CompressorRegistry::Default().Find("STREAMING_LLM")));
   compressor::CompressorRegistry fallback_registry(std::move(with_fallback));
   core_ = std::make_unique<KvMemoryCore>(store_.get(), &fallback_registry,
                                          CoreOptions{.precompute_fits = false});
@@ -391,8 +389,8 @@ TEST_F(SonicCoreTest, TokenScoresSpendTheBudgetOverLayersAndTurnsAndPickTheRawTo
       }
       std::vector<float> bias(2 * n);
       std::memcpy(bias.data(), (*layers)[l].bias().data(), bias.size() * sizeof(float));
-      const size_t finite = std::count_if(bias.begin(), bias.end(),
-                                          [](float b) { return std::isfinite(b); });
+      const size_t finite =
+          std::count_if(bias.begin(), bias.end(), [](float b) { return std::isfinite(b); });
       EXPECT_EQ(finite + std::count(bias.begin(), bias.end(), -INFINITY), bias.size());
       real += finite / 2;
     }
@@ -410,12 +408,35 @@ TEST_F(SonicCoreTest, TokenScoresSpendTheBudgetOverLayersAndTurnsAndPickTheRawTo
                              16 + 2 * i);
       }
       for (int64_t sink = 0; sink < 4; ++sink) {
-        EXPECT_EQ(std::count(positions.begin() + head * n, positions.begin() + (head + 1) * n,
-                             sink), 1) << "sink " << sink << " in head " << head;
+        EXPECT_EQ(
+            std::count(positions.begin() + head * n, positions.begin() + (head + 1) * n, sink), 1)
+            << "sink " << sink << " in head " << head;
       }
     }
     EXPECT_GE(served, 2 * 10) << "most of the high-scored tokens are served raw";
   }
+  // Hard limits hold: max_bytes counts padding, so it gets none; max_tokens limits every layer,
+  // so it is allocated per turn.
+  v1::GetCacheRequest bytes = Request(v1::SONIC, 0.5, 1);
+  bytes.mutable_budget()->set_max_bytes(28 * 2 * 2 * (2 * 8 * 2 + 4));  // 28 entries per head
+  auto by_bytes = core_->PlanCache("default", bytes);
+  ASSERT_TRUE(by_bytes.ok()) << by_bytes.status();
+  EXPECT_LE(by_bytes->get()->header().cache_bytes(), bytes.budget().max_bytes());
+  EXPECT_GT(by_bytes->get()->header().entries_per_layer(1),
+            by_bytes->get()->header().entries_per_layer(0))
+      << "still spent by the scores";
+  auto bytes_layers = Layers(**by_bytes);
+  ASSERT_TRUE(bytes_layers.ok()) << bytes_layers.status();
+  for (const v1::CacheLayer& layer : *bytes_layers) {
+    std::vector<float> bias(layer.bias().size() / sizeof(float));
+    std::memcpy(bias.data(), layer.bias().data(), layer.bias().size());
+    EXPECT_EQ(std::count(bias.begin(), bias.end(), -INFINITY), 0) << "no padding";
+  }
+  v1::GetCacheRequest tokens = Request(v1::SONIC, 0.5, 1);
+  tokens.mutable_budget()->set_max_tokens(20);
+  auto by_tokens = core_->PlanCache("default", tokens);
+  ASSERT_TRUE(by_tokens.ok()) << by_tokens.status();
+  for (uint32_t n : by_tokens->get()->header().entries_per_layer()) EXPECT_LE(n, 20u);
 }
 
 TEST_F(SonicCoreTest, WithoutScoresOnEveryCompressedTurnTheAllocationIsPerTurn) {
