@@ -111,6 +111,21 @@ def compare(
     return out
 
 
+def scores_per_turn(
+    model: Any, cache: Any, turns: list[list[int]], prompt_ids: list[int]
+) -> list[list[torch.Tensor]]:
+    """hf.turn_scores of every turn, as a worker gets them when each turn ends: turns are the ids of
+    consecutive segments from position 0, all in `cache`, which is left as it was. One copy of the
+    cache, walked from the newest turn back (each crop only drops what later turns used)."""
+    ends = [sum(len(t) for t in turns[: i + 1]) for i in range(len(turns))]
+    work = copy.deepcopy(cache)
+    out: list[list[torch.Tensor]] = [[] for _ in turns]
+    for i in reversed(range(len(turns))):
+        work.crop(ends[i])
+        out[i] = hf.turn_scores(model, work, turns[i], prompt_ids)
+    return out
+
+
 def session_id(run_id: str, index: int, dialogue_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9.:-]", "-", f"eval-{run_id}-{index}-{dialogue_id}")[:128]
 
@@ -190,6 +205,11 @@ class Evaluator:
         t0 = time.perf_counter()
         sid = session_id(self.run_id, index, item.dialogue.id)
         start = 0
+        turn_scores = (
+            scores_per_turn(self.model, cache, [s.ids for s in segs[:-1]], self.repeat_ids)
+            if cfg.token_scores
+            else None
+        )
         try:
             self.client.delete(sid)
         except NexusKVError as e:
@@ -202,12 +222,6 @@ class Evaluator:
                 probes, offsets = rec.spread(start, end, cfg.probes)
             else:
                 probes, offsets = rec.probes(end - min(cfg.probes, end - start), end), None
-            scores = None
-            if cfg.token_scores:  # as a worker would when the turn ends: the cache ends there
-                turn_cache = copy.deepcopy(cache)
-                turn_cache.crop(end)
-                scores = hf.turn_scores(self.model, turn_cache, seg.ids, self.repeat_ids)
-                del turn_cache
             self.client.append_turn(
                 sid,
                 turn,
@@ -218,7 +232,7 @@ class Evaluator:
                 model_id=self.lm.model_id,
                 first_position=start,
                 probe_offsets=offsets,
-                token_scores=scores,
+                token_scores=turn_scores[turn] if turn_scores is not None else None,
             )
             start = end
         timings["append_s"] = time.perf_counter() - t0

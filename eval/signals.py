@@ -31,7 +31,6 @@ evicted tokens (merged_rest) and the rest as "global". docs/sonic.md discusses t
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import time
@@ -56,13 +55,16 @@ def scores(queries: torch.Tensor, keys: torch.Tensor, positions: torch.Tensor | 
     """Per kv head and key, the max attention any row gives it: queries [Hq, P, D], keys [H, T, D] ->
     [H, T]. positions [P] (absolute, keys at 0..T-1) applies a causal mask; None: every row sees
     every key."""
+    from nexuskv import hf
+
+    if positions is None:
+        return hf.max_attention(queries, keys)
     hq, p, d = queries.shape
     h, t, _ = keys.shape
     grouped = queries.float().reshape(h, (hq // h) * p, d)
     logits = torch.einsum("hpd,htd->hpt", grouped, keys.float()) / math.sqrt(d)
-    if positions is not None:
-        hidden = torch.arange(t)[None, :] > positions.repeat(hq // h)[:, None]
-        logits = logits.masked_fill(hidden[None], float("-inf"))
+    hidden = torch.arange(t)[None, :] > positions.repeat(hq // h)[:, None]
+    logits = logits.masked_fill(hidden[None], float("-inf"))
     return torch.softmax(logits, -1).amax(1)
 
 
@@ -137,7 +139,7 @@ def study(lm: Any, item: Any, ratios: tuple[float, ...], reply_tokens: int = 128
     answer would need: {'signal/scope@ratio': {'kl': ..., 'padding': ...}}."""
     from transformers import DynamicCache
 
-    from eval.protocol import ASSISTANT_HEADER, compare
+    from eval.protocol import ASSISTANT_HEADER, compare, scores_per_turn
     from nexuskv import hf
 
     model, tok = lm.model, lm.tokenizer
@@ -172,16 +174,8 @@ def study(lm: Any, item: Any, ratios: tuple[float, ...], reply_tokens: int = 128
     recon_start = t + len(recon_prompt)
     n_layers = len(keys)
     # recon-turn: what the eval sends with each turn (hf.turn_scores on the cache as the turn ends).
-    recon_turn = [torch.zeros(k.shape[:2]) for k in hist_keys]
-    start = 0
-    for s in history:
-        end = start + len(s.ids)
-        turn_cache = copy.deepcopy(cache)
-        turn_cache.crop(end)
-        for i, layer_scores in enumerate(hf.turn_scores(model, turn_cache, s.ids, recon_prompt)):
-            recon_turn[i][:, start:end] = layer_scores
-        del turn_cache
-        start = end
+    per_turn_scores = scores_per_turn(model, cache, [s.ids for s in history], recon_prompt)
+    recon_turn = [torch.cat([turn[i] for turn in per_turn_scores], 1) for i in range(len(hist_keys))]
 
     def signal(name: str) -> list[torch.Tensor] | None:
         if name == "recent":
