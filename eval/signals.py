@@ -5,7 +5,8 @@ either evenly over (layer, kv head) or unevenly. This study holds everything els
 only those two choices: it keeps a subset of the history's exact KV (the rest masked with a -inf
 bias, the session's first 4 tokens always kept), and teacher-forces the reply exactly as eval.run
 does. The signals, each a per-(layer, kv head, token) score, the max over query rows and the
-query heads of the group of the softmax over the history's keys:
+query heads of the group of the softmax the model computes (causal; in the repeats, over the
+history, the prompt and the repeat so far, as KVzip scores):
 
   recent          no score: the sinks and the newest tokens (StreamingLLM's choice).
   newest-probes   32 queries spread over the last user turn: what SONIC's lookahead reads.
@@ -13,9 +14,10 @@ query heads of the group of the softmax over the history's keys:
   prefill         every query of the history's own prefill (causal): ObservedAttention's input.
   recon-32        32 per turn of the queries of a second pass that repeats the history after
                   "Repeat the previous context exactly." (KVzip's reconstruction, sampled).
-  recon-turn      as each turn ends, the same prompt and that turn again continue the cache; the
-                  repeat's queries score that turn (what a worker could send with each turn, at
-                  the cost of one extra prefill of the turn's length).
+  recon-turn      hf.turn_scores: as each turn ends, the same prompt and that turn again continue
+                  the cache; the repeat's queries score that turn, times the cache's length (what a
+                  worker sends with each turn, at the cost of one extra prefill of the turn's length).
+  recon-turn-uncal  the same without the factor: turns scored on shorter caches rank higher.
   recon           all of those reconstruction queries: KVzip's signal.
   reply           the reply's own queries: the oracle, which no method has.
 
@@ -39,9 +41,21 @@ from typing import Any
 
 import torch
 
+from nexuskv import hf
+
 SINKS = 4
 PROBES = 32
-SIGNALS = ("recent", "newest-probes", "turn-probes", "prefill", "recon-32", "recon-turn", "recon", "reply")
+SIGNALS = (
+    "recent",
+    "newest-probes",
+    "turn-probes",
+    "prefill",
+    "recon-32",
+    "recon-turn-uncal",
+    "recon-turn",
+    "recon",
+    "reply",
+)
 SCOPES = ("head", "layer", "global")
 MERGED = (
     "recon-turn",
@@ -49,23 +63,6 @@ MERGED = (
     "reply",
 )  # also: global, with MERGE_SHARE of the budget merging the evicted rest
 MERGE_SHARE = 0.05
-
-
-def scores(queries: torch.Tensor, keys: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
-    """Per kv head and key, the max attention any row gives it: queries [Hq, P, D], keys [H, T, D] ->
-    [H, T]. positions [P] (absolute, keys at 0..T-1) applies a causal mask; None: every row sees
-    every key."""
-    from nexuskv import hf
-
-    if positions is None:
-        return hf.max_attention(queries, keys)
-    hq, p, d = queries.shape
-    h, t, _ = keys.shape
-    grouped = queries.float().reshape(h, (hq // h) * p, d)
-    logits = torch.einsum("hpd,htd->hpt", grouped, keys.float()) / math.sqrt(d)
-    hidden = torch.arange(t)[None, :] > positions.repeat(hq // h)[:, None]
-    logits = logits.masked_fill(hidden[None], float("-inf"))
-    return torch.softmax(logits, -1).amax(1)
 
 
 def keep_masks(
@@ -140,7 +137,6 @@ def study(lm: Any, item: Any, ratios: tuple[float, ...], reply_tokens: int = 128
     from transformers import DynamicCache
 
     from eval.protocol import ASSISTANT_HEADER, compare, scores_per_turn
-    from nexuskv import hf
 
     model, tok = lm.model, lm.tokenizer
     segs = item.dialogue.segments
@@ -164,18 +160,35 @@ def study(lm: Any, item: Any, ratios: tuple[float, ...], reply_tokens: int = 128
     keys, values = hf.turn_kv(cache, 0, prefix)
     hist_keys = [k[:, :t] for k in keys]
     recon_prompt = tok.encode(hf.REPEAT_PROMPT, add_special_tokens=False)
+    recon_cache = DynamicCache()
     with torch.no_grad(), hf.record_queries() as rec2:
-        model(input_ids=torch.tensor([hist_ids + recon_prompt + hist_ids]), use_cache=False, logits_to_keep=1)
-    turn_index, start = [], 0
+        model(
+            input_ids=torch.tensor([hist_ids + recon_prompt + hist_ids]),
+            past_key_values=recon_cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+    recon_keys = [k[0] for k in (hf._layer_kv(recon_cache, i)[0] for i in range(hf.num_layers(recon_cache)))]
+    turn_index, ends, start = [], [], 0
     for s in history:
         turn_index.append(spread(start, start + len(s.ids)))
         start += len(s.ids)
+        ends.append(start)
     per_turn = torch.cat(turn_index)
     recon_start = t + len(recon_prompt)
     n_layers = len(keys)
     # recon-turn: what the eval sends with each turn (hf.turn_scores on the cache as the turn ends).
     per_turn_scores = scores_per_turn(model, cache, [s.ids for s in history], recon_prompt)
     recon_turn = [torch.cat([turn[i] for turn in per_turn_scores], 1) for i in range(len(hist_keys))]
+    uncal = [
+        torch.cat([turn[i] / end for turn, end in zip(per_turn_scores, ends, strict=True)], 1)
+        for i in range(len(hist_keys))
+    ]
+
+    def repeat_scores(layer: int, rows: torch.Tensor) -> torch.Tensor:
+        """The whole-history repeat's rows (offsets into the repeated history) scoring the history."""
+        queries = rec2.layer(layer)[:, recon_start + rows]
+        return hf.max_attention(queries, recon_keys[layer], recon_start + rows)[:, :t]
 
     def signal(name: str) -> list[torch.Tensor] | None:
         if name == "recent":
@@ -184,19 +197,21 @@ def study(lm: Any, item: Any, ratios: tuple[float, ...], reply_tokens: int = 128
         for i in range(n_layers):
             k = hist_keys[i]
             if name == "newest-probes":
-                out.append(scores(rec.layer(i)[:, spread(t, prefix)], k))
+                out.append(hf.max_attention(rec.layer(i)[:, spread(t, prefix)], k))
             elif name == "turn-probes":
-                out.append(scores(rec.layer(i)[:, per_turn], k, per_turn))
+                out.append(hf.max_attention(rec.layer(i)[:, per_turn], k, per_turn))
             elif name == "prefill":
-                out.append(scores(rec.layer(i)[:, :t], k, torch.arange(t)))
+                out.append(hf.max_attention(rec.layer(i)[:, :t], k, torch.arange(t)))
             elif name == "recon-32":
-                out.append(scores(rec2.layer(i)[:, recon_start + per_turn], k))
+                out.append(repeat_scores(i, per_turn))
             elif name == "recon":
-                out.append(scores(rec2.layer(i)[:, recon_start : recon_start + t], k))
+                out.append(repeat_scores(i, torch.arange(t)))
             elif name == "recon-turn":
                 out.append(recon_turn[i])
+            elif name == "recon-turn-uncal":
+                out.append(uncal[i])
             elif name == "reply":
-                out.append(scores(rec.layer(i)[:, prefix : prefix + reply], k))
+                out.append(hf.max_attention(rec.layer(i)[:, prefix : prefix + reply], k))
             else:
                 raise ValueError(name)
         return out

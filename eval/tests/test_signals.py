@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from eval.signals import SINKS, keep_masks, merged_rest, padding, scores
+from eval.signals import SINKS, keep_masks, merged_rest, padding
 
 
 def test_head_scope_keeps_the_same_count_everywhere_and_the_sinks():
@@ -60,21 +60,6 @@ def test_merged_rest_stands_for_the_evicted_runs():
 def test_recent_keeps_the_sinks_and_the_newest():
     keep = keep_masks(None, (1, 2, 40), 0.25, "head")[0]
     assert keep[:, :SINKS].all() and keep[:, 34:].all() and not keep[:, SINKS:34].any()
-
-
-def test_scores_are_the_max_softmax_over_rows_and_group_heads_with_the_causal_mask():
-    torch.manual_seed(1)
-    q, k = torch.randn(4, 3, 8), torch.randn(2, 5, 8)  # 2 query heads per kv head
-    pos = torch.tensor([0, 2, 4])
-    got = scores(q, k, pos)
-    want = torch.zeros(2, 5)
-    for hq in range(4):
-        for r, p in enumerate(pos.tolist()):
-            logits = (k[hq // 2, : p + 1] @ q[hq, r]) / math.sqrt(8)
-            probs = torch.softmax(logits, -1)
-            want[hq // 2, : p + 1] = torch.maximum(want[hq // 2, : p + 1], probs)
-    assert got == pytest.approx(want, abs=1e-6)
-    assert scores(q, k).shape == (2, 5)
 
 
 def test_an_unknown_scope_is_refused():

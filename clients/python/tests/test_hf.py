@@ -222,26 +222,43 @@ def test_attention_weights_are_eager_probabilities(model, reference):
 def test_max_attention_is_the_largest_weight_of_the_group():
     torch.manual_seed(3)
     q, k = torch.randn(4, 5, 8), torch.randn(2, 7, 8)
+    positions = torch.tensor([2, 3, 4, 5, 6])  # query r sees keys 0..r+2
     got = hf.max_attention(q, k, rows_per_step=3)
-    want = torch.zeros(2, 7)
+    causal = hf.max_attention(q, k, positions, rows_per_step=3)
+    want, want_causal = torch.zeros(2, 7), torch.zeros(2, 7)
     for hq in range(4):
-        probs = torch.softmax(q[hq] @ k[hq // 2].T / 8**0.5, -1)  # [5, 7]
-        want[hq // 2] = torch.maximum(want[hq // 2], probs.amax(0))
+        logits = q[hq] @ k[hq // 2].T / 8**0.5  # [5, 7]
+        want[hq // 2] = torch.maximum(want[hq // 2], torch.softmax(logits, -1).amax(0))
+        hidden = torch.arange(7)[None, :] > positions[:, None]
+        probs = torch.softmax(logits.masked_fill(hidden, float("-inf")), -1)
+        want_causal[hq // 2] = torch.maximum(want_causal[hq // 2], probs.amax(0))
     assert torch.allclose(got, want, atol=1e-6)
+    assert torch.allclose(causal, want_causal, atol=1e-6)
+    assert not torch.allclose(causal, want, atol=1e-3)
 
 
-def test_turn_scores_score_the_turn_and_leave_the_cache_as_it_was(model, reference):
+def test_turn_scores_are_the_repeats_attention_times_the_cache_length(model, reference):
     ctx, _, _, _ = reference
     hf.prepare_model(model)
     cache = transformers.DynamicCache()
     with torch.no_grad():
         model(ctx, past_key_values=cache, use_cache=True)
     before = _kv(cache)
-    scores = hf.turn_scores(model, cache, ctx[0, 25:].tolist(), [5, 6, 7])
+    turn, prompt = ctx[0, 25:].tolist(), [5, 6, 7]
+    scores = hf.turn_scores(model, cache, turn, prompt)
     assert len(scores) == 3 and tuple(scores[0].shape) == (2, 15)
-    assert all(bool(((s >= 0) & (s <= 1)).all()) for s in scores)
     assert cache.get_seq_length() == 40
     after = _kv(cache)
     assert all(torch.equal(a, b) for a, b in zip(before[0], after[0], strict=True))
+    # The same repeat, with the model's own attention weights: rows of the repeated turn, columns of
+    # the turn in the cache, max over the query heads of each kv head's group, times 40 positions.
+    with torch.no_grad(), hf.attention_weights():
+        out = model(
+            torch.tensor([prompt + turn]), past_key_values=cache, use_cache=True, output_attentions=True
+        )
+    cache.crop(40)
+    for layer, weights in enumerate(out.attentions):  # [1, 4, 18, 58]
+        rows = weights[0, :, len(prompt) :, 25:40].reshape(2, 2 * 15, 15)
+        assert torch.allclose(scores[layer], rows.amax(1) * 40, atol=1e-4)
     with pytest.raises(ValueError, match="cannot end there"):
         hf.turn_scores(model, cache, list(range(41)), [5])

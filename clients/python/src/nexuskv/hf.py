@@ -425,16 +425,28 @@ def forward(model: Any, input_ids: torch.Tensor, cache: Any) -> torch.Tensor:
 REPEAT_PROMPT = "\n\nRepeat the previous context exactly.\n\n"
 
 
-def max_attention(queries: torch.Tensor, keys: torch.Tensor, rows_per_step: int = 512) -> torch.Tensor:
+def max_attention(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    positions: torch.Tensor | None = None,
+    rows_per_step: int = 512,
+) -> torch.Tensor:
     """Per kv head and key, the largest softmax weight any query of the head's group gives it:
-    queries [Hq, R, D], keys [H, T, D] -> [H, T] float32 (softmax over the T keys, scale 1/sqrt(D))."""
+    queries [Hq, R, D], keys [H, T, D] -> [H, T] float32 (scale 1/sqrt(D)). positions None: every
+    query sees all T keys. positions [R] (absolute, keys at 0..T-1): query r sees keys 0..positions[r],
+    the causal softmax a model computes."""
     hq, r, d = queries.shape
     h, t, _ = keys.shape
-    grouped = queries.float().reshape(h, (hq // h) * r, d)
+    group = hq // h
+    grouped = queries.float().reshape(h, group * r, d)
+    rows = None if positions is None else positions.reshape(r).repeat(group)  # row order of `grouped`
     k = keys.float()
     out = torch.zeros(h, t)
     for i in range(0, grouped.shape[1], rows_per_step):
         logits = torch.einsum("hrd,htd->hrt", grouped[:, i : i + rows_per_step], k) / d**0.5
+        if rows is not None:
+            hidden = torch.arange(t)[None, :] > rows[i : i + rows_per_step, None]
+            logits = logits.masked_fill(hidden[None], float("-inf"))
         out = torch.maximum(out, torch.softmax(logits, -1).amax(1))
     return out
 
@@ -445,12 +457,14 @@ def turn_scores(
     """Token scores for append_turn(token_scores=) of the turn that just ended: its turn_ids are the
     cache's last len(turn_ids) positions. Feeds prompt_ids (the tokens of REPEAT_PROMPT, say) and the
     turn again, records the repeat's queries, and crops the cache back. Each token of the turn is
-    scored, per kv head, by the largest attention weight a query of the repeat gives it (softmax
-    over every key before the prompt): KVzip's reconstruction signal, for one turn at the cost of
-    one more prefill of its length. Returns per layer [H, T] float32.
+    scored, per kv head, by the largest attention weight a query of the repeat gives it (the model's
+    own causal softmax, over the cache, the prompt and the repeat so far: KVzip's reconstruction
+    signal, for one turn at the cost of one more prefill of its length), times the cache's length.
+    The factor puts turns scored on caches of different lengths on one scale: a weight of 0.01 means
+    more among 2000 keys than among 200. Returns per layer [H, T] float32.
 
-    docs/sonic.md ("the signal study") measures it: close to KVzip's whole-context signal, far
-    ahead of probe or prefill attention."""
+    docs/sonic.md ("the signal study") measures it: as good as KVzip's whole-context repeat, far
+    ahead of probe or prefill attention, and the calibration is worth as much as the signal's form."""
     length = cache.get_seq_length()
     t = len(turn_ids)
     if t == 0 or t > length:
@@ -464,11 +478,13 @@ def turn_scores(
                 use_cache=True,
                 logits_to_keep=1,
             )
+        positions = length + len(prompt_ids) + torch.arange(t)
         out = []
         for i in range(num_layers(cache)):
             keys, _ = _layer_kv(cache, i)
             queries = rec.layer(i)[:, len(prompt_ids) :]
-            out.append(max_attention(queries.cpu(), keys[0, :, :length].cpu())[:, length - t :])
+            weights = max_attention(queries.cpu(), keys[0].cpu(), positions)
+            out.append(weights[:, length - t : length] * length)
         return out
     finally:
         cache.crop(length)
