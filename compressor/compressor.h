@@ -59,6 +59,10 @@
 
 namespace nexuskv::compressor {
 
+// Attention sinks: the session's first kSinkTokens tokens, which every method that evicts keeps
+// (and the service's budgets spent by token scores rank first).
+inline constexpr int kSinkTokens = 4;
+
 // One layer of one segment, in float32. Borrowed: the caller keeps the buffers alive.
 struct LayerView {
   int num_kv_heads = 0;        // H
@@ -141,7 +145,8 @@ class Compressor {
 
   // Whether the service should spend a budget by the worker's token scores when every compressed
   // turn has them: per (layer, turn) counts from one ranking of all their scores, each served by
-  // Materialize with LayerView::token_scores set (SONIC).
+  // Materialize with LayerView::token_scores set and the raw KV (SONIC). Such a Materialize does
+  // not read its fit, which may be empty: the service does not wait for it.
   virtual bool spends_token_scores() const { return false; }
 
   // Whether Materialize sets LayerEntries::bias (SONIC); the answer then carries a bias.

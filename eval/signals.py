@@ -131,7 +131,14 @@ def spread(start: int, end: int, count: int = PROBES) -> torch.Tensor:
     return torch.linspace(start, end - 1, min(count, end - start)).round().long()
 
 
-def study(lm: Any, item: Any, ratios: tuple[float, ...], reply_tokens: int = 128) -> dict[str, float]:
+def study(
+    lm: Any,
+    item: Any,
+    ratios: tuple[float, ...],
+    reply_tokens: int = 128,
+    signals: tuple[str, ...] = SIGNALS,
+    scopes: tuple[str, ...] = SCOPES,
+) -> dict[str, float]:
     """For every signal, scope and ratio, KL(full || kept) of the reply and the padding an [H, N]
     answer would need: {'signal/scope@ratio': {'kl': ..., 'padding': ...}}."""
     from transformers import DynamicCache
@@ -218,10 +225,10 @@ def study(lm: Any, item: Any, ratios: tuple[float, ...], reply_tokens: int = 128
 
     pending = []
     shape = (n_layers, *hist_keys[0].shape[:2])
-    for name in SIGNALS:
+    for name in signals:
         sig = signal(name)
-        rows = [("head", 0.0)] if sig is None else [(scope, 0.0) for scope in SCOPES]
-        if name in MERGED:
+        rows = [("head", 0.0)] if sig is None else [(scope, 0.0) for scope in scopes]
+        if name in MERGED and "global" in scopes:
             rows.append(("global", MERGE_SHARE))
         for scope, share in rows:
             for ratio in ratios:
@@ -261,6 +268,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-tokens", type=int, default=2048)
     p.add_argument("--ratios", default="0.5,0.2")
+    p.add_argument("--signals", default=",".join(SIGNALS), help="a subset of " + ",".join(SIGNALS))
+    p.add_argument("--scopes", default=",".join(SCOPES), help="a subset of " + ",".join(SCOPES))
     p.add_argument("--model-cache", default="eval-out/model-cache")
     p.add_argument("--out", default="eval-out/signals")
     args = p.parse_args(argv)
@@ -270,6 +279,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from eval.protocol import Item
 
     ratios = tuple(float(r) for r in args.ratios.split(","))
+    signals, scopes = tuple(args.signals.split(",")), tuple(args.scopes.split(","))
+    for name, given, known in (("signal", signals, SIGNALS), ("scope", scopes, SCOPES)):
+        if unknown := set(given) - set(known):
+            p.error(f"unknown {name} {sorted(unknown)}; use some of {','.join(known)}")
     lm = model_mod.load(args.model_cache)
     selected = dialogues.select(
         lm.tokenizer, args.skip + args.dialogues, seed=args.seed, max_tokens=args.max_tokens
@@ -277,7 +290,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     per_item = []
     for n, d in enumerate(selected):
-        per_item.append({"id": d.id, "results": study(lm, Item(dialogue=d), ratios)})
+        results = study(lm, Item(dialogue=d), ratios, signals=signals, scopes=scopes)
+        per_item.append({"id": d.id, "results": results})
         print(f"[{n + 1}/{len(selected)}] {d.id} {time.perf_counter() - started:.0f}s", flush=True)
     keys = list(per_item[0]["results"])
     mean = {

@@ -5,13 +5,13 @@
     .venv/bin/python examples/resume_demo.py --server localhost:50051
 
 1. Pod A (a child process) chats with SmolLM2-135M-Instruct for several turns, offloading every turn's
-   KV (with probe queries) to nexuskv as soon as the turn is finished, then exits.
+   KV (with probe queries, and token scores from hf.turn_scores: one more prefill of the turn) to
+   nexuskv as soon as the turn is finished, then exits.
 2. Pod B (a fresh child process: nothing in memory) gets a follow-up question about turn 1. It answers
    it three ways and prints time-to-first-token (TTFT) for each:
      * re-prefill: tokenize the transcript and prefill the whole history, as a pod without the tier must;
      * tier FULL: GetCache(method=full), continue from the exact stored cache;
-     * tier compressed: GetCache(keep_ratio=0.5, last turn raw) with SONIC, or H2O where this server
-       has no SONIC yet.
+     * tier compressed: GetCache(keep_ratio=0.5, last turn raw) with SONIC.
    TTFT here is wall time from "question arrives" to "first answer token chosen", including the GetCache
    round trip and building the cache.
 """
@@ -67,6 +67,7 @@ def chat(target: str, transcript: Path) -> None:
     lm = _load()
     tok, model = lm.tokenizer, lm.model
     eos = tok.convert_tokens_to_ids("<|im_end|>")
+    repeat_ids = tok.encode(hf.REPEAT_PROMPT, add_special_tokens=False)
     messages: list[dict[str, str]] = []
     cache = DynamicCache()
     stored = 0  # turns offloaded so far
@@ -92,16 +93,14 @@ def chat(target: str, transcript: Path) -> None:
             # The generated reply may tokenize differently from its re-rendering: rebuild this
             # round's KV from the rendered segments so the tier holds exactly the transcript.
             segs = _segment_ids(tok, messages)
-            start = sum(len(s) for s in segs[:stored])
-            cache.crop(start)
-            round_ids = [i for s in segs[stored:] for i in s]
-            with torch.no_grad(), hf.record_queries() as rec:
-                model(input_ids=torch.tensor([round_ids]), past_key_values=cache)
-            offset = 0
+            cache.crop(sum(len(s) for s in segs[:stored]))
             for turn in range(stored, len(segs)):
-                end = offset + len(segs[turn])
-                keys, values = hf.turn_kv(cache, start + offset, start + end)
-                probes, probe_offsets = rec.spread(offset, end, 32)
+                ids = segs[turn]
+                first = cache.get_seq_length()
+                with torch.no_grad(), hf.record_queries() as rec:
+                    model(input_ids=torch.tensor([ids]), past_key_values=cache)
+                keys, values = hf.turn_kv(cache, first, first + len(ids))
+                probes, probe_offsets = rec.spread(0, len(ids), 32)
                 kv.append_turn(
                     SESSION,
                     turn,
@@ -110,10 +109,10 @@ def chat(target: str, transcript: Path) -> None:
                     probes,
                     role=(["system"] + [m["role"] for m in messages])[turn],
                     model_id=lm.model_id,
-                    first_position=start + offset,
+                    first_position=first,
                     probe_offsets=probe_offsets,
+                    token_scores=hf.turn_scores(model, cache, ids, repeat_ids),
                 )
-                offset = end
             stored = len(segs)
         info = kv.session(SESSION)
     transcript.write_text(json.dumps(messages))
@@ -161,7 +160,7 @@ def resume(target: str, transcript: Path) -> None:
 
     rows = [("re-prefill the transcript", *median_of_3(reprefill))]
     with Client(target) as kv:
-        for method, ratio in (("full", None), ("sonic", 0.5), ("h2o", 0.5)):
+        for method, ratio in (("full", None), ("sonic", 0.5)):
 
             def from_tier(method: str = method, ratio: float | None = ratio) -> tuple[int, float, str]:
                 t0 = time.perf_counter()
@@ -177,8 +176,6 @@ def resume(target: str, transcript: Path) -> None:
                 print(f"tier {method}: {e.code.name} ({e.details})", flush=True)
                 continue
             rows.append((f"tier {method}" + (f" keep_ratio {ratio}" if ratio else ""), *row))
-            if method == "sonic":
-                break  # SONIC answered: H2O is only the stand-in for a server without it
 
     print(f"pod B: question about turn 1: {QUESTION}\n")
     print(f"{'path':32} {'cache entries':>13} {'TTFT (s)':>9}  answer")

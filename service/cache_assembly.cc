@@ -80,18 +80,24 @@ absl::StatusOr<CacheAssembly::TurnBlock> CacheAssembly::CompressedBlock(
     if (loaded.ok()) {
       decoded = *std::move(loaded);
       have_layer = true;
+    } else if (turn.scored && absl::IsNotFound(loaded.status())) {
+      return absl::UnavailableError(absl::StrCat(
+          "the raw KV of turn ", turn.record.turn(),
+          " was dropped (--raw_retention) while this answer was served from it; retry: the turn is "
+          "then served from its ladder"));
     } else if (!absl::IsNotFound(loaded.status()) || method->materialize_reads_layer()) {
       return loaded.status();
     }
   }
   if (!have_layer) decoded = ShapeOnlyLayer(session_model_, turn.record);
-  if (have_layer && !turn.head_entries.empty()) decoded.view.head_entries = turn.head_entries[layer];
+  if (have_layer && !turn.head_entries.empty())
+    decoded.view.head_entries = turn.head_entries[layer];
   if (have_layer && !lookahead.empty()) {
     decoded.view.lookahead = lookahead;
     decoded.view.num_lookahead = static_cast<int>(lookahead_->num_probe_queries());
   }
   std::string fit;
-  if (method->has_fit()) {
+  if (method->has_fit() && !turn.scored) {
     NEXUSKV_ASSIGN_OR_RETURN(std::optional<std::string> stored,
                              store_->GetFit(key_, turn.record.turn(), method->name(), layer));
     if (!stored.has_value()) {

@@ -36,6 +36,9 @@ struct TurnPlan {
   // scores pads each head up to layer_entries[l]); empty: all real.
   std::vector<std::vector<int64_t>> head_entries;
   bool load_layer = true;  // Its raw KV is stored: read it for the method (SONIC top-ups need it).
+  // Served from its raw KV by the worker's token scores (head_entries / layer_entries): the raw KV
+  // must still be there, and the method's fit is not read (it may not exist yet).
+  bool scored = false;
   // Serves this turn instead of the request's method (its fit failed); has no fit. nullptr: the
   // request's method.
   const compressor::Compressor* method = nullptr;

@@ -262,6 +262,19 @@ absl::StatusOr<std::unique_ptr<CacheAssembly>> KvMemoryCore::PlanCache(
   };
   NEXUSKV_RETURN_IF_ERROR(check_dropped());
 
+  // With the worker's token scores on every compressed turn, and their raw KV, one ranking of all
+  // of them spends the budget (service/score_budget.h) and the method serves raw tokens: no fit is
+  // read, so none is waited for. max_tokens limits every layer, which a ranking over layers does
+  // not keep to. Under --raw_retention=drop a fit would drop the raw KV mid-answer, so the fits run
+  // first and the turns go to their ladders.
+  const bool scored =
+      compressor->spends_token_scores() && !request.budget().has_max_tokens() &&
+      options_.raw_retention.mode != RawRetention::Mode::kDrop &&
+      std::all_of(segments.begin() + request.first_turn(), segments.begin() + raw_from,
+                  [](const store::SegmentRecord& turn) {
+                    return turn.has_token_scores() && !turn.raw_dropped();
+                  });
+
   // Fits first: a method with a per-turn summary allocates from it, and storing a SONIC ladder may
   // drop raw KV (raw_retention), so the turn records are read again afterwards.
   // A turn whose fit fails (the method refused its data) is not lost: it is served from its raw KV
@@ -270,7 +283,7 @@ absl::StatusOr<std::unique_ptr<CacheAssembly>> KvMemoryCore::PlanCache(
   std::vector<bool> fit_failed(count, false);
   std::vector<std::string> notes;
   const compressor::Compressor* const fallback = registry_->Find("STREAMING_LLM");
-  if (compressor->has_fit()) {
+  if (compressor->has_fit() && !scored) {
     for (uint32_t t = request.first_turn(); t < raw_from; ++t) {
       if (absl::Status fit = fits_.Ensure(FitJob{key, session.model(), segments[t], compressor});
           !fit.ok()) {
@@ -323,6 +336,7 @@ absl::StatusOr<std::unique_ptr<CacheAssembly>> KvMemoryCore::PlanCache(
   int64_t compressible_tokens = 0;
   for (uint32_t t = request.first_turn(); t <= last; ++t) {
     TurnPlan turn{.record = segments[t], .raw = t >= raw_from};
+    turn.scored = scored && !turn.raw;
     if (!turn.raw && fit_failed[t - request.first_turn()]) turn.method = fallback;
     const bool dropped = turn.record.raw_dropped();
     turn.load_layer = !dropped;
@@ -345,16 +359,8 @@ absl::StatusOr<std::unique_ptr<CacheAssembly>> KvMemoryCore::PlanCache(
     NEXUSKV_ASSIGN_OR_RETURN(int64_t budget,
                              CompressedBudget(request, session.model(), output_dtype, has_bias,
                                               compressible_tokens, raw_tokens));
-    // With the worker's token scores on every compressed turn, one ranking of all of them spends
-    // the budget (service/score_budget.h); otherwise the method allocates per turn. max_tokens
-    // limits every layer, which a ranking over layers does not keep to; max_bytes limits the
-    // whole answer, padding included, so it gets no padding.
-    const bool scored =
-        compressor->spends_token_scores() && !request.budget().has_max_tokens() &&
-        std::all_of(plan.begin(), plan.end(), [](const TurnPlan& turn) {
-          return turn.raw || (turn.method == nullptr && turn.record.has_token_scores() &&
-                              !turn.record.raw_dropped());
-        });
+    // Scored turns (above) share one ranking; otherwise the method allocates per turn. max_bytes
+    // limits the whole answer, padding included, so it gets no padding.
     if (scored) {
       NEXUSKV_RETURN_IF_ERROR(SpendScoredBudget(*store_, key, session.model(), budget,
                                                 has_bias && request.budget().has_keep_ratio(),

@@ -18,9 +18,11 @@
 #include <span>
 #include <vector>
 
+#include "compressor/compressor.h"
+
 namespace nexuskv::service {
 
-inline constexpr int64_t kSinkTokens = 4;
+using compressor::kSinkTokens;
 
 // kept[u][l][h]: tokens of compressed turn u that kv head h of layer l keeps.
 using HeadCounts = std::vector<std::vector<std::vector<int64_t>>>;

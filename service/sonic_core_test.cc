@@ -451,6 +451,34 @@ TEST_F(SonicCoreTest, WithoutScoresOnEveryCompressedTurnTheAllocationIsPerTurn) 
   EXPECT_TRUE(AppendScored(0, 16, 0, {}).ok()) << "an identical retry is fine";
 }
 
+TEST_F(SonicCoreTest, ScoredAnswersDoNotWaitForFits) {
+  ASSERT_TRUE(AppendScored(0, 16, 0, {}).ok());
+  ASSERT_TRUE(AppendScored(1, 24, 16, {{1, 0, 5}}).ok());
+  ASSERT_TRUE(AppendScored(2, 8, 40, {}).ok());
+  const store::SessionKey key{"default", "s"};
+  auto fitted = [&](uint32_t turn) {
+    auto fit = store_->GetFit(key, turn, "SONIC", store::Store::kFitSummaryLayer);
+    EXPECT_TRUE(fit.ok()) << fit.status();
+    return fit.ok() && fit->has_value();
+  };
+  for (const v1::BiasMode mode : {v1::BIAS_MODE_UNSPECIFIED, v1::BIAS_MODE_NONE}) {
+    v1::GetCacheRequest request = Request(v1::SONIC, 0.3, 1);
+    request.set_bias_mode(mode);
+    auto plan = core_->PlanCache("default", request);
+    ASSERT_TRUE(plan.ok()) << plan.status();
+    EXPECT_TRUE(Layers(**plan).ok());
+  }
+  EXPECT_FALSE(fitted(0) || fitted(1)) << "the scored answers computed no fit";
+  // max_tokens is allocated per turn, from the fits: those are computed then.
+  v1::GetCacheRequest tokens = Request(v1::SONIC, 0.5, 1);
+  tokens.mutable_budget()->set_max_tokens(20);
+  auto plan = core_->PlanCache("default", tokens);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_TRUE(Layers(**plan).ok());
+  EXPECT_TRUE(fitted(0) && fitted(1));
+  EXPECT_FALSE(fitted(2)) << "the turn kept raw needs no fit";
+}
+
 TEST_F(SonicCoreTest, ScoredTurnsWhoseRawWasDroppedAreServedFromTheirLadders) {
   Start(*ParseRawRetention("drop"));
   ASSERT_TRUE(AppendScored(0, 16, 0, {}).ok());

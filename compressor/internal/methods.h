@@ -13,9 +13,6 @@
 
 namespace nexuskv::compressor::internal {
 
-// Attention sinks: tokens at the start of the session that StreamingLLM always keeps.
-inline constexpr int kSinkTokens = 4;
-
 // SnapKV's 1-D average pooling kernel (kvpress SnapKVPress default).
 inline constexpr int kSnapKvPoolKernel = 5;
 

@@ -5,8 +5,8 @@
 #include <Eigen/Core>
 #include <algorithm>
 #include <cfloat>
-#include <limits>
 #include <cmath>
+#include <limits>
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
@@ -235,6 +235,10 @@ class SonicCompressor final : public Compressor {
     out.num_kv_heads = layer.num_kv_heads;
     out.head_dim = layer.head_dim;
     if (n == 0) return out;
+    // With the worker's token scores, the highest scored raw tokens; the fit is not read (the
+    // service does not wait for it). docs/sonic.md measures Nexus tokens for the rest as worse.
+    const bool has_raw = !layer.keys.empty();
+    if (has_raw && !layer.token_scores.empty()) return ServeScored(layer, n, bias_free);
     NEXUSKV_ASSIGN_OR_RETURN(SonicLadderIndex index, IndexSonicLadder(fit));
     if (index.num_kv_heads != layer.num_kv_heads || index.num_tokens != layer.num_tokens ||
         index.head_dim != layer.head_dim) {
@@ -244,10 +248,6 @@ class SonicCompressor final : public Compressor {
                        " T=", layer.num_tokens, " D=", layer.head_dim));
     }
     const int t = layer.num_tokens;
-    const bool has_raw = !layer.keys.empty();
-    // With the worker's token scores, the highest scored raw tokens (docs/sonic.md measures
-    // Nexus tokens for the rest as worse).
-    if (has_raw && !layer.token_scores.empty()) return ServeScored(layer, n, bias_free);
     if (n == t && has_raw) return RawTurn(layer, bias_free);
     // The largest rung that fits, topped up with raw tokens when n lies above it.
     const auto rung =
@@ -327,10 +327,10 @@ class SonicCompressor final : public Compressor {
     const bool padded = !layer.head_entries.empty();
     if (layer.token_scores.size() != h_count * t ||
         (padded && (bias_free || layer.head_entries.size() != h_count))) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "LayerView: token_scores has ", layer.token_scores.size(), " values and head_entries ",
-          layer.head_entries.size(), " for H=", h_count, " T=", t,
-          bias_free ? " (an answer without bias cannot pad)" : ""));
+      return absl::InvalidArgumentError(
+          absl::StrCat("LayerView: token_scores has ", layer.token_scores.size(),
+                       " values and head_entries ", layer.head_entries.size(), " for H=", h_count,
+                       " T=", t, bias_free ? " (an answer without bias cannot pad)" : ""));
     }
     LayerEntries out;
     out.num_kv_heads = layer.num_kv_heads;
@@ -349,8 +349,7 @@ class SonicCompressor final : public Compressor {
       }
       const float* scores = layer.token_scores.data() + h * t;
       auto priority = [&](uint32_t i) {
-        return layer.session_start && i < static_cast<uint32_t>(kSinkTokens) ? FLT_MAX
-                                                                             : scores[i];
+        return layer.session_start && i < static_cast<uint32_t>(kSinkTokens) ? FLT_MAX : scores[i];
       };
       std::iota(order.begin(), order.end(), 0u);
       std::stable_sort(order.begin(), order.end(),
