@@ -1,0 +1,80 @@
+"""Paired differences between two methods of one run, on the items where both ran.
+
+  python -m eval.paired eval-out/merged-cal sonic kvpress:kvzip
+
+Means over different items (KVzip runs on every 4th item only) are not comparable; the mean of
+per-item differences, with its standard error, is. Dialogues only (needle items are scored on the
+fact, not the reply): KL and top-1 at every keep_ratio both methods have, and on how many items
+the first method is better.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+def paired(run: dict[str, Any], first: str, second: str) -> list[dict[str, Any]]:
+    """One row per (keep_ratio, metric): n, both means, the mean difference first - second, its
+    standard error, and the items where `first` is better (lower KL, higher top-1)."""
+    ratios = sorted(
+        {k.partition("@")[2] for k in run["config_keys"] if k.startswith(first + "@")},
+        key=float,
+        reverse=True,
+    )
+    rows = []
+    for ratio in ratios:
+        for metric, lower_is_better in (("kl", True), ("top1", False)):
+            pairs = []
+            for item in run["items"]:
+                results = item["results"]
+                a, b = results.get(f"{first}@{ratio}"), results.get(f"{second}@{ratio}")
+                if item["kind"] == "dialogue" and a and b and metric in a and metric in b:
+                    pairs.append((a[metric], b[metric]))
+            if len(pairs) < 2:
+                continue
+            n = len(pairs)
+            diffs = [x - y for x, y in pairs]
+            mean = sum(diffs) / n
+            se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n)
+            better = sum(1 for d in diffs if (d < 0 if lower_is_better else d > 0))
+            rows.append(
+                {
+                    "keep_ratio": float(ratio),
+                    "metric": metric,
+                    "n": n,
+                    first: sum(x for x, _ in pairs) / n,
+                    second: sum(y for _, y in pairs) / n,
+                    "diff": mean,
+                    "se": se,
+                    "first_better": better,
+                }
+            )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("run", help="a run's output folder (its results.json)")
+    p.add_argument("first")
+    p.add_argument("second")
+    args = p.parse_args(argv)
+    run = json.loads((Path(args.run) / "results.json").read_text())
+    rows = paired(run, args.first, args.second)
+    if not rows:
+        p.error(f"no dialogue has both {args.first} and {args.second} at one keep_ratio")
+    print(f"| keep_ratio | metric | n | {args.first} | {args.second} | difference | {args.first} better |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['keep_ratio']:g} | {r['metric']} | {r['n']} | {r[args.first]:.4f} | {r[args.second]:.4f} "
+            f"| {r['diff']:+.4f} ± {r['se']:.4f} | {r['first_better']} / {r['n']} |"
+        )
+    return rows
+
+
+if __name__ == "__main__":
+    main()

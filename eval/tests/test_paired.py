@@ -1,0 +1,34 @@
+"""eval.paired: differences on the items both methods ran, dialogues only."""
+
+import math
+
+import pytest
+
+from eval.paired import paired
+
+
+def _item(kind, results):
+    return {"kind": kind, "results": results}
+
+
+def test_differences_are_paired_on_the_items_both_methods_have():
+    run = {
+        "config_keys": ["full", "a@0.5", "b@0.5"],
+        "items": [
+            _item("dialogue", {"a@0.5": {"kl": 0.1, "top1": 0.9}, "b@0.5": {"kl": 0.3, "top1": 0.8}}),
+            _item("dialogue", {"a@0.5": {"kl": 0.4, "top1": 0.7}, "b@0.5": {"kl": 0.2, "top1": 0.9}}),
+            _item("dialogue", {"a@0.5": {"kl": 0.2, "top1": 0.8}, "b@0.5": {"kl": 0.3, "top1": 0.8}}),
+            _item("dialogue", {"a@0.5": {"kl": 9.0, "top1": 0.0}}),  # b did not run: left out
+            _item("needle", {"a@0.5": {"kl": 9.0, "top1": 0.0}, "b@0.5": {"kl": 0.0, "top1": 1.0}}),
+        ],
+    }
+    kl, top1 = paired(run, "a", "b")
+    assert kl["metric"] == "kl" and kl["n"] == 3
+    assert kl["a"] == pytest.approx(0.7 / 3) and kl["b"] == pytest.approx(0.8 / 3)
+    diffs = [-0.2, 0.2, -0.1]
+    mean = sum(diffs) / 3
+    assert kl["diff"] == pytest.approx(mean)
+    assert kl["se"] == pytest.approx(math.sqrt(sum((d - mean) ** 2 for d in diffs) / 2 / 3))
+    assert kl["first_better"] == 2  # lower KL
+    assert top1["diff"] == pytest.approx((0.1 - 0.2 + 0.0) / 3)
+    assert top1["first_better"] == 1  # higher top-1; a tie is not better
