@@ -25,7 +25,9 @@ Scopes: "head" keeps the same number of tokens in every (layer, kv head); "globa
 (layer, kv head, token) together, as KVzip does; "layer" gives each layer its share of the global
 ranking but the same count in each of its heads (what an answer of [H, N] per layer carries
 without padding). "+merged" rows spend 5% of the budget on entries that stand for each head's
-evicted tokens (merged_rest) and the rest as "global". docs/sonic.md discusses the results.
+evicted tokens (merged_rest) and the rest as "global"; "+merged16" rows merge only the best scored
+of them, in runs of at most 16 (merged_rest with run=16), and drop the rest. docs/sonic.md
+discusses the results.
 
   .venv/bin/python -m eval.signals --skip 25 --dialogues 16 --out eval-out/signals
 """
@@ -63,6 +65,7 @@ MERGED = (
     "reply",
 )  # also: global, with MERGE_SHARE of the budget merging the evicted rest
 MERGE_SHARE = 0.05
+NEAR_RUN = 16  # "+merged16": runs of at most this many of the best scored evicted tokens
 
 
 def keep_masks(
@@ -97,12 +100,19 @@ def keep_masks(
 
 
 def merged_rest(
-    keys: torch.Tensor, values: torch.Tensor, weight: torch.Tensor, keep: torch.Tensor, m: int
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    weight: torch.Tensor,
+    keep: torch.Tensor,
+    m: int,
+    run: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """m entries per kv head that stand for its evicted tokens: keys, values [H, T, D], weight and
-    keep [H, T] -> keys, values [H, m, D] and bias [H, m]. The evicted tokens, in order, are cut into
-    m runs; each entry is its run's weight-averaged key and value, with bias log(run length), so it
-    carries the run's count (a crude Nexus token: no fit). Unused entries get bias -inf."""
+    keep [H, T] -> keys, values [H, m, D] and bias [H, m]. run None: all the evicted tokens, in order,
+    are cut into m runs. run R: only the m*R evicted tokens of highest weight, in order, cut into
+    runs of R (the rest stay evicted). Each entry is its run's weight-averaged key and value, with
+    bias log(run length), so it carries the run's count (a crude Nexus token: no fit). Unused
+    entries get bias -inf."""
     h, _, d = keys.shape
     out_k, out_v = torch.zeros(h, m, d), torch.zeros(h, m, d)
     out_b = torch.full((h, m), float("-inf"))
@@ -110,12 +120,17 @@ def merged_rest(
         evicted = (~keep[head]).nonzero()[:, 0]
         if m == 0 or len(evicted) == 0:
             continue
-        for j, run in enumerate(torch.tensor_split(evicted, min(m, len(evicted)))):
-            w = weight[head, run].double() + 1e-12
+        if run is None:
+            runs = torch.tensor_split(evicted, min(m, len(evicted)))
+        else:
+            best = weight[head, evicted].argsort(descending=True, stable=True)[: m * run]
+            runs = torch.split(evicted[best].sort().values, run)
+        for j, run_tokens in enumerate(runs):
+            w = weight[head, run_tokens].double() + 1e-12
             w = (w / w.sum()).float()[:, None]
-            out_k[head, j] = (w * keys[head, run].float()).sum(0)
-            out_v[head, j] = (w * values[head, run].float()).sum(0)
-            out_b[head, j] = math.log(len(run))
+            out_k[head, j] = (w * keys[head, run_tokens].float()).sum(0)
+            out_v[head, j] = (w * values[head, run_tokens].float()).sum(0)
+            out_b[head, j] = math.log(len(run_tokens))
     return out_k, out_v, out_b
 
 
@@ -227,10 +242,10 @@ def study(
     shape = (n_layers, *hist_keys[0].shape[:2])
     for name in signals:
         sig = signal(name)
-        rows = [("head", 0.0)] if sig is None else [(scope, 0.0) for scope in scopes]
+        rows = [("head", 0.0, None)] if sig is None else [(scope, 0.0, None) for scope in scopes]
         if name in MERGED and "global" in scopes:
-            rows.append(("global", MERGE_SHARE))
-        for scope, share in rows:
+            rows += [("global", MERGE_SHARE, None), ("global", MERGE_SHARE, NEAR_RUN)]
+        for scope, share, run in rows:
             for ratio in ratios:
                 keep = keep_masks(sig, shape, ratio * (1 - share), scope)
                 m = round(share * ratio * t)
@@ -240,12 +255,13 @@ def study(
                     b[:, :t][~kept] = float("-inf")
                     k, v = keys[layer], values[layer]
                     if m:
-                        mk, mv, mb = merged_rest(hist_keys[layer], v[:, :t], sig[layer], kept, m)
+                        mk, mv, mb = merged_rest(hist_keys[layer], v[:, :t], sig[layer], kept, m, run)
                         k, v, b = torch.cat([k, mk], 1), torch.cat([v, mv], 1), torch.cat([b, mb], 1)
                     layer_k.append(k)
                     layer_v.append(v)
                     bias.append(b)
-                label = name if sig is None else f"{name}/{scope}" + ("+merged" if m else "")
+                merged = "" if not m else "+merged" if run is None else f"+merged{run}"
+                label = name if sig is None else f"{name}/{scope}{merged}"
                 cache_k = hf.cache_from_tensors(layer_k, layer_v, prefix, bias=bias)
                 pending.append((f"{label}@{ratio:g}", cache_k, padding(keep)))
     results = {}

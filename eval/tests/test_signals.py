@@ -57,6 +57,21 @@ def test_merged_rest_stands_for_the_evicted_runs():
     assert torch.isinf(b).all()  # nothing evicted: unused entries no query can attend to
 
 
+def test_merged_rest_with_a_run_length_merges_only_the_best_evicted():
+    torch.manual_seed(3)
+    keys, values = torch.randn(1, 8, 4), torch.randn(1, 8, 4)
+    keep = torch.tensor([[True, False, False, False, True, False, False, False]])
+    weight = torch.tensor([[9.0, 5.0, 0.1, 4.0, 9.0, 0.2, 3.0, 0.3]])
+    k, v, b = merged_rest(keys, values, weight, keep, 2, run=1)
+    # the two best evicted are 1 (5.0) and 3 (4.0): one entry each, in token order, bias log 1
+    assert torch.allclose(k[0], keys[0, [1, 3]]) and torch.allclose(v[0], values[0, [1, 3]])
+    assert b[0].tolist() == [0.0, 0.0]
+    k, v, b = merged_rest(keys, values, weight, keep, 2, run=2)
+    # the four best evicted are 1, 3, 6 and 7 (0.3): runs (1, 3) and (6, 7); 2 and 5 stay evicted
+    assert k[0, 1] == pytest.approx((3.0 * keys[0, 6] + 0.3 * keys[0, 7]) / 3.3, abs=1e-5)
+    assert b[0].tolist() == pytest.approx([math.log(2), math.log(2)])
+
+
 def test_recent_keeps_the_sinks_and_the_newest():
     keep = keep_masks(None, (1, 2, 40), 0.25, "head")[0]
     assert keep[:, :SINKS].all() and keep[:, 34:].all() and not keep[:, SINKS:34].any()
