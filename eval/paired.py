@@ -1,6 +1,10 @@
 """Paired differences between two methods of one run, on the items where both ran.
 
   python -m eval.paired eval-out/merged-cal sonic kvpress:kvzip
+  python -m eval.paired eval-out/signals-merge recon-turn/global+merged16 recon/global
+
+A run is an eval.run folder (results.json) or an eval.signals folder (signals.json: KL only, every
+item a dialogue).
 
 Means over different items (KVzip runs on every 4th item only) are not comparable; the mean of
 per-item differences, with its standard error, is. Dialogues only (needle items are scored on the
@@ -56,13 +60,22 @@ def paired(run: dict[str, Any], first: str, second: str) -> list[dict[str, Any]]
     return rows
 
 
+def load(folder: Path) -> dict[str, Any]:
+    """A run as paired() reads it, from an eval.run folder or an eval.signals one."""
+    if (folder / "results.json").exists():
+        return json.loads((folder / "results.json").read_text())
+    study = json.loads((folder / "signals.json").read_text())
+    items = [{"kind": "dialogue", "results": item["results"]} for item in study["items"]]
+    return {"config_keys": list(study["items"][0]["results"]) if items else [], "items": items}
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("run", help="a run's output folder (its results.json)")
+    p.add_argument("run", help="an eval.run folder (results.json) or an eval.signals one (signals.json)")
     p.add_argument("first")
     p.add_argument("second")
     args = p.parse_args(argv)
-    run = json.loads((Path(args.run) / "results.json").read_text())
+    run = load(Path(args.run))
     rows = paired(run, args.first, args.second)
     if not rows:
         p.error(f"no dialogue has both {args.first} and {args.second} at one keep_ratio")

@@ -182,15 +182,6 @@ def study(
     keys, values = hf.turn_kv(cache, 0, prefix)
     hist_keys = [k[:, :t] for k in keys]
     recon_prompt = tok.encode(hf.REPEAT_PROMPT, add_special_tokens=False)
-    recon_cache = DynamicCache()
-    with torch.no_grad(), hf.record_queries() as rec2:
-        model(
-            input_ids=torch.tensor([hist_ids + recon_prompt + hist_ids]),
-            past_key_values=recon_cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-    recon_keys = [k[0] for k in (hf._layer_kv(recon_cache, i)[0] for i in range(hf.num_layers(recon_cache)))]
     turn_index, ends, start = [], [], 0
     for s in history:
         turn_index.append(spread(start, start + len(s.ids)))
@@ -199,18 +190,33 @@ def study(
     per_turn = torch.cat(turn_index)
     recon_start = t + len(recon_prompt)
     n_layers = len(keys)
-    # recon-turn: what the eval sends with each turn (hf.turn_scores on the cache as the turn ends).
-    per_turn_scores = scores_per_turn(model, cache, [s.ids for s in history], recon_prompt)
-    recon_turn = [torch.cat([turn[i] for turn in per_turn_scores], 1) for i in range(len(hist_keys))]
-    uncal = [
-        torch.cat([turn[i] / end for turn, end in zip(per_turn_scores, ends, strict=True)], 1)
-        for i in range(len(hist_keys))
-    ]
+    repeats: dict[str, Any] = {}  # the repeat passes, run only for the signals that read them
+
+    def whole_repeat() -> tuple[Any, list[torch.Tensor]]:
+        """The pass that repeats the whole history: its recorded queries and every layer's keys."""
+        if "whole" not in repeats:
+            recon_cache = DynamicCache()
+            with torch.no_grad(), hf.record_queries() as rec2:
+                model(
+                    input_ids=torch.tensor([hist_ids + recon_prompt + hist_ids]),
+                    past_key_values=recon_cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+            repeats["whole"] = rec2, hf.turn_kv(recon_cache, 0, recon_cache.get_seq_length())[0]
+        return repeats["whole"]
 
     def repeat_scores(layer: int, rows: torch.Tensor) -> torch.Tensor:
         """The whole-history repeat's rows (offsets into the repeated history) scoring the history."""
+        rec2, recon_keys = whole_repeat()
         queries = rec2.layer(layer)[:, recon_start + rows]
         return hf.max_attention(queries, recon_keys[layer], recon_start + rows)[:, :t]
+
+    def turn_repeats() -> list[list[torch.Tensor]]:
+        """recon-turn: what the eval sends with each turn (hf.turn_scores as each turn ends)."""
+        if "turns" not in repeats:
+            repeats["turns"] = scores_per_turn(model, cache, [s.ids for s in history], recon_prompt)
+        return repeats["turns"]
 
     def signal(name: str) -> list[torch.Tensor] | None:
         if name == "recent":
@@ -229,9 +235,10 @@ def study(
             elif name == "recon":
                 out.append(repeat_scores(i, torch.arange(t)))
             elif name == "recon-turn":
-                out.append(recon_turn[i])
-            elif name == "recon-turn-uncal":
-                out.append(uncal[i])
+                out.append(torch.cat([turn[i] for turn in turn_repeats()], 1))
+            elif name == "recon-turn-uncal":  # turn_scores without its factor, the cache's length
+                unscaled = [turn[i] / end for turn, end in zip(turn_repeats(), ends, strict=True)]
+                out.append(torch.cat(unscaled, 1))
             elif name == "reply":
                 out.append(hf.max_attention(rec.layer(i)[:, prefix : prefix + reply], k))
             else:

@@ -1,10 +1,11 @@
 """eval.paired: differences on the items both methods ran, dialogues only."""
 
+import json
 import math
 
 import pytest
 
-from eval.paired import paired
+from eval.paired import load, paired
 
 
 def _item(kind, results):
@@ -32,3 +33,17 @@ def test_differences_are_paired_on_the_items_both_methods_have():
     assert kl["first_better"] == 2  # lower KL
     assert top1["diff"] == pytest.approx((0.1 - 0.2 + 0.0) / 3)
     assert top1["first_better"] == 1  # higher top-1; a tie is not better
+
+
+def test_a_signal_study_is_read_as_dialogues_with_kl_only(tmp_path):
+    study = {
+        "items": [
+            {"id": "x", "results": {"r/global@0.5": {"kl": 0.1, "padding": 1}, "s/global@0.5": {"kl": 0.3}}},
+            {"id": "y", "results": {"r/global@0.5": {"kl": 0.2, "padding": 1}, "s/global@0.5": {"kl": 0.1}}},
+        ]
+    }
+    (tmp_path / "signals.json").write_text(json.dumps(study))
+    (row,) = paired(load(tmp_path), "r/global", "s/global")  # no top-1 in a study
+    assert row["metric"] == "kl" and row["n"] == 2
+    assert row["diff"] == pytest.approx(((0.1 - 0.3) + (0.2 - 0.1)) / 2)
+    assert row["first_better"] == 1
