@@ -2,10 +2,12 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <utility>
 
 #include "common/status_macros.h"
+#include "compressor/merge.h"
 #include "service/internal/layer_loader.h"
 #include "service/lookahead.h"
 #include "service/validation.h"
@@ -21,6 +23,141 @@ struct CacheAssembly::TurnBlock {
   std::string values;              // [H, n, D]
   std::vector<float> bias;         // [H, n]; empty means all zero.
   std::vector<int64_t> positions;  // [H, n]
+};
+
+namespace {
+
+// One merged entry of a built turn, ready to place.
+struct MergedEntry {
+  int64_t position;
+  std::vector<float> key;
+  std::vector<float> value;
+  float bias;
+};
+
+// Adds a turn's merged entries to the entries its method served: each head's real entries (the
+// last head_entries[h] of the method's n; padding first) and its merged ones merge in position
+// order, padded up to n (bias -inf, key and value 0, position -1, first).
+compressor::LayerEntries PlaceMerged(const compressor::LayerEntries& served,
+                                     std::span<const int64_t> head_entries,
+                                     const std::vector<std::vector<MergedEntry>>& merged,
+                                     int64_t n) {
+  const size_t d = static_cast<size_t>(served.head_dim);
+  const size_t heads = static_cast<size_t>(served.num_kv_heads);
+  const size_t from_n = static_cast<size_t>(served.num_entries);
+  compressor::LayerEntries out;
+  out.num_kv_heads = served.num_kv_heads;
+  out.head_dim = served.head_dim;
+  out.num_entries = static_cast<int>(n);
+  out.keys.assign(heads * n * d, 0.0f);
+  out.values.assign(heads * n * d, 0.0f);
+  out.bias.assign(heads * n, -std::numeric_limits<float>::infinity());
+  out.positions.assign(heads * n, -1);
+  for (size_t h = 0; h < heads; ++h) {
+    const std::vector<MergedEntry>& extra = merged[h];
+    const size_t real = static_cast<size_t>(head_entries[h]);
+    size_t slot = h * n + (n - real - extra.size());
+    size_t r = h * from_n + (from_n - real);  // the method's first real entry of this head
+    const size_t r_end = (h + 1) * from_n;
+    auto m = extra.begin();
+    for (; r < r_end || m != extra.end(); ++slot) {
+      if (m == extra.end() || (r < r_end && served.positions[r] < m->position)) {
+        std::copy_n(served.keys.data() + r * d, d, out.keys.data() + slot * d);
+        std::copy_n(served.values.data() + r * d, d, out.values.data() + slot * d);
+        out.bias[slot] = served.bias[r];
+        out.positions[slot] = served.positions[r];
+        ++r;
+      } else {
+        std::copy_n(m->key.data(), d, out.keys.data() + slot * d);
+        std::copy_n(m->value.data(), d, out.values.data() + slot * d);
+        out.bias[slot] = m->bias;
+        out.positions[slot] = m->position;
+        ++m;
+      }
+    }
+  }
+  return out;
+}
+
+// The raw KV of a turn served by token scores; UNAVAILABLE when it was dropped meanwhile.
+absl::StatusOr<DecodedLayer> LoadScoredLayer(store::Store& store, const store::SessionKey& key,
+                                             const v1::ModelSpec& model, const TurnPlan& turn,
+                                             uint32_t layer) {
+  absl::StatusOr<DecodedLayer> loaded =
+      LoadDecodedLayer(store, key, model, turn.record, layer, /*with_probes=*/false);
+  if (absl::IsNotFound(loaded.status())) {
+    return absl::UnavailableError(absl::StrCat(
+        "the raw KV of turn ", turn.record.turn(),
+        " was dropped (--raw_retention) while this answer was served from it; retry: the turn is "
+        "then served from its ladder"));
+  }
+  return loaded;
+}
+
+}  // namespace
+
+// The merged entries (TurnPlan::merged) of one layer: their sums, filled turn by turn as the
+// assembly reads each scored turn's raw KV in turn order, so that every run is complete when the
+// turn holding its last token is built.
+class CacheAssembly::MergeSums {
+ public:
+  // `turns` must outlive the sums.
+  MergeSums(std::span<const TurnPlan> turns, uint32_t layer, int head_dim) {
+    for (size_t p = 0; p < turns.size(); ++p) {
+      if (turns[p].merged.empty()) continue;
+      const std::vector<std::vector<MergeRun>>& heads = turns[p].merged[layer];
+      for (size_t h = 0; h < heads.size(); ++h) {
+        for (const MergeRun& run : heads[h]) {
+          runs_.push_back({&run, &turns[p], h, compressor::MergedRun(head_dim)});
+          for (const TokenRef& token : run) readers_.push_back(token.u);
+        }
+      }
+    }
+  }
+
+  // Whether a run reads tokens of this turn.
+  bool Reads(uint32_t turn) const {
+    return std::find(readers_.begin(), readers_.end(), static_cast<int>(turn)) != readers_.end();
+  }
+
+  // Adds the tokens of `turn` (its raw KV and token scores in `view`) to the runs that hold them.
+  void Add(uint32_t turn, const compressor::LayerView& view) {
+    const size_t t = static_cast<size_t>(view.num_tokens);
+    const size_t d = static_cast<size_t>(view.head_dim);
+    for (Open& open : runs_) {
+      for (const TokenRef& token : *open.run) {
+        if (token.u != static_cast<int>(turn)) continue;
+        const size_t row = open.head * t + static_cast<size_t>(token.i);
+        open.sum.Add(view.keys.subspan(row * d, d), view.values.subspan(row * d, d),
+                     view.token_scores[row]);
+      }
+    }
+  }
+
+  // [H] the merged entries that `turn` (one of the constructor's) serves, each head's in position
+  // order (their runs are complete once that turn was added).
+  std::vector<std::vector<MergedEntry>> Take(const TurnPlan& turn, size_t heads) const {
+    std::vector<std::vector<MergedEntry>> out(heads);
+    for (const Open& open : runs_) {
+      if (open.turn != &turn) continue;
+      MergedEntry& e = out[open.head].emplace_back();
+      e.position = static_cast<int64_t>(turn.record.first_position()) + open.run->back().i;
+      e.key.resize(open.sum.head_dim());
+      e.value.resize(open.sum.head_dim());
+      open.sum.Finish(e.key, e.value, &e.bias);
+    }
+    return out;  // runs are in history order within a head, so positions ascend
+  }
+
+ private:
+  struct Open {
+    const MergeRun* run;
+    const TurnPlan* turn;  // the turn serving it
+    size_t head;
+    compressor::MergedRun sum;
+  };
+  std::vector<Open> runs_;
+  std::vector<int> readers_;
 };
 
 CacheAssembly::CacheAssembly(store::Store* store, store::SessionKey key,
@@ -67,24 +204,23 @@ absl::StatusOr<CacheAssembly::TurnBlock> CacheAssembly::RawBlock(const TurnPlan&
 
 absl::StatusOr<CacheAssembly::TurnBlock> CacheAssembly::CompressedBlock(
     const TurnPlan& turn, uint32_t layer, int64_t entries_per_head,
-    std::span<const float> lookahead) {
+    std::span<const float> lookahead, MergeSums& merges) {
   // A method that serves from its fit alone (SONIC) reads the raw KV only when it is stored (for
   // top-ups); otherwise it gets the shape.
   const compressor::Compressor* const method = turn.method != nullptr ? turn.method : method_;
   DecodedLayer decoded;
   bool have_layer = false;
-  if (turn.load_layer || method->materialize_reads_layer()) {
+  if (turn.scored) {
+    NEXUSKV_ASSIGN_OR_RETURN(decoded, LoadScoredLayer(*store_, key_, session_model_, turn, layer));
+    have_layer = true;
+    merges.Add(turn.record.turn(), decoded.view);
+  } else if (turn.load_layer || method->materialize_reads_layer()) {
     absl::StatusOr<DecodedLayer> loaded =
         LoadDecodedLayer(*store_, key_, session_model_, turn.record, layer,
                          /*with_probes=*/false);
     if (loaded.ok()) {
       decoded = *std::move(loaded);
       have_layer = true;
-    } else if (turn.scored && absl::IsNotFound(loaded.status())) {
-      return absl::UnavailableError(absl::StrCat(
-          "the raw KV of turn ", turn.record.turn(),
-          " was dropped (--raw_retention) while this answer was served from it; retry: the turn is "
-          "then served from its ladder"));
     } else if (!absl::IsNotFound(loaded.status()) || method->materialize_reads_layer()) {
       return loaded.status();
     }
@@ -106,10 +242,19 @@ absl::StatusOr<CacheAssembly::TurnBlock> CacheAssembly::CompressedBlock(
     }
     fit = std::move(*stored);
   }
-  const int n = static_cast<int>(entries_per_head);
+  // With merged entries the method serves the raw tokens (the fullest head's count), and they
+  // are placed among them.
+  const bool merging = !turn.merged.empty();
+  const int n = static_cast<int>(
+      merging ? *std::max_element(turn.head_entries[layer].begin(), turn.head_entries[layer].end())
+              : entries_per_head);
   NEXUSKV_ASSIGN_OR_RETURN(compressor::LayerEntries entries,
                            bias_free_ ? method->MaterializeBiasFree(decoded.view, fit, n)
                                       : method->Materialize(decoded.view, fit, n));
+  if (merging) {
+    entries = PlaceMerged(entries, turn.head_entries[layer],
+                          merges.Take(turn, session_model_.num_kv_heads()), entries_per_head);
+  }
   TurnBlock block;
   block.entries = entries.num_entries;
   if (output_dtype_ == DType::kFloat16) {
@@ -134,14 +279,23 @@ absl::StatusOr<v1::CacheLayer> CacheAssembly::BuildLayer(uint32_t layer) {
     NEXUSKV_ASSIGN_OR_RETURN(lookahead,
                              LoadProbes(*store_, key_, session_model_, *lookahead_, layer));
   }
+  MergeSums merges(turns_, layer, static_cast<int>(session_model_.head_dim()));
   std::vector<TurnBlock> blocks;
   blocks.reserve(turns_.size());
   for (const TurnPlan& turn : turns_) {
     const int64_t n = turn.layer_entries.empty() ? turn.entries : turn.layer_entries[layer];
-    if (n == 0) continue;
-    NEXUSKV_ASSIGN_OR_RETURN(TurnBlock block, turn.raw
-                                                  ? RawBlock(turn, layer)
-                                                  : CompressedBlock(turn, layer, n, lookahead));
+    if (n == 0) {
+      // A turn that serves nothing in this layer may still hold tokens of a later merged entry.
+      if (turn.scored && merges.Reads(turn.record.turn())) {
+        NEXUSKV_ASSIGN_OR_RETURN(DecodedLayer decoded,
+                                 LoadScoredLayer(*store_, key_, session_model_, turn, layer));
+        merges.Add(turn.record.turn(), decoded.view);
+      }
+      continue;
+    }
+    NEXUSKV_ASSIGN_OR_RETURN(
+        TurnBlock block,
+        turn.raw ? RawBlock(turn, layer) : CompressedBlock(turn, layer, n, lookahead, merges));
     blocks.push_back(std::move(block));
   }
 

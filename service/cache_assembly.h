@@ -19,6 +19,7 @@
 #include "absl/status/statusor.h"
 #include "compressor/compressor.h"
 #include "nexuskv/v1/kv_memory.pb.h"
+#include "service/score_budget.h"
 #include "store/store.h"
 #include "tensor/dtype.h"
 
@@ -32,9 +33,14 @@ struct TurnPlan {
   // Entries per kv head in each layer when they differ by layer (a budget spent by token
   // scores); empty: `entries` in every layer.
   std::vector<int64_t> layer_entries;
-  // [L][H] real entries per kv head when they differ by head (a biased answer spent by token
-  // scores pads each head up to layer_entries[l]); empty: all real.
+  // [L][H] raw tokens each kv head keeps when they differ by head (a biased answer spent by
+  // token scores pads each head up to layer_entries[l]); empty: all real.
   std::vector<std::vector<int64_t>> head_entries;
+  // [L][H] runs of evicted tokens whose merged entries (compressor/merge.h) this turn serves, in
+  // addition to head_entries: the turn holds each run's last token, and the entry takes that
+  // token's position. TokenRef::u is a turn number here; a run may reach into earlier compressed
+  // turns. Empty: none.
+  std::vector<std::vector<std::vector<MergeRun>>> merged;
   bool load_layer = true;  // Its raw KV is stored: read it for the method (SONIC top-ups need it).
   // Served from its raw KV by the worker's token scores (head_entries / layer_entries): the raw KV
   // must still be there, and the method's fit is not read (it may not exist yet).
@@ -65,9 +71,10 @@ class CacheAssembly {
 
  private:
   struct TurnBlock;
+  class MergeSums;
   absl::StatusOr<TurnBlock> RawBlock(const TurnPlan& turn, uint32_t layer);
   absl::StatusOr<TurnBlock> CompressedBlock(const TurnPlan& turn, uint32_t layer, int64_t entries,
-                                            std::span<const float> lookahead);
+                                            std::span<const float> lookahead, MergeSums& merges);
 
   store::Store* const store_;
   const store::SessionKey key_;

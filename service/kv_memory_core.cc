@@ -8,6 +8,7 @@
 #include "absl/strings/str_join.h"
 #include "common/log.h"
 #include "common/status_macros.h"
+#include "compressor/merge.h"
 #include "service/internal/layer_loader.h"
 #include "service/lookahead.h"
 #include "service/score_budget.h"
@@ -71,10 +72,11 @@ absl::StatusOr<int64_t> CompressedBudget(const v1::GetCacheRequest& request,
 
 // Spends `budget` (entries per kv head over the compressed turns of `plan`) by the worker's token
 // scores, which every compressed turn has: sets their per-layer entries, and with `pad_heads`
-// (biased answers) each head's own count (service/score_budget.h).
+// (biased answers) each head's own count (service/score_budget.h). Of a padded budget,
+// `merge_share` goes to merged entries, each standing for a run of evicted tokens.
 absl::Status SpendScoredBudget(store::Store& store, const store::SessionKey& key,
                                const v1::ModelSpec& model, int64_t budget, bool pad_heads,
-                               std::vector<TurnPlan>& plan) {
+                               double merge_share, std::vector<TurnPlan>& plan) {
   std::vector<TurnPlan*> turns;
   std::vector<int64_t> tokens;
   std::vector<std::vector<std::vector<float>>> scores;
@@ -95,18 +97,37 @@ absl::Status SpendScoredBudget(store::Store& store, const store::SessionKey& key
     turns.push_back(&turn);
     tokens.push_back(turn.record.num_tokens());
   }
+  const int64_t merge_entries = pad_heads ? std::llround(merge_share * budget) : 0;
   const HeadCounts kept =
-      SpendByTokenScores(scores, model.num_kv_heads(), tokens, budget, sink_turn);
+      SpendByTokenScores(scores, model.num_kv_heads(), tokens, budget - merge_entries, sink_turn);
   const std::vector<std::vector<int64_t>> even = EvenOverHeads(kept);
   const int64_t layers = model.num_layers();
+  const int64_t heads = model.num_kv_heads();
+  // Each merged entry is served by the turn holding its run's last token.
+  HeadCounts served = kept;
+  const auto runs = PlanMergeRuns(scores, heads, tokens, kept, merge_entries,
+                                  compressor::kMergeRunLength, sink_turn);
+  for (int64_t l = 0; l < layers && merge_entries > 0; ++l) {
+    for (int64_t h = 0; h < heads; ++h) {
+      for (MergeRun run : runs[l][h]) {
+        const int owner = run.back().u;
+        for (TokenRef& token : run) token.u = static_cast<int>(turns[token.u]->record.turn());
+        std::vector<std::vector<std::vector<MergeRun>>>& merged = turns[owner]->merged;
+        if (merged.empty()) merged.assign(layers, std::vector<std::vector<MergeRun>>(heads));
+        merged[l][h].push_back(std::move(run));
+        ++served[owner][l][h];
+      }
+    }
+  }
+  const std::vector<std::vector<int64_t>> even_served = EvenOverHeads(served);
   for (size_t u = 0; u < turns.size(); ++u) {
     int64_t real = 0;  // entries per head, summed over layers
     if (pad_heads) {
       turns[u]->head_entries = kept[u];
-      for (const std::vector<int64_t>& layer : kept[u]) {
+      for (const std::vector<int64_t>& layer : served[u]) {
         turns[u]->layer_entries.push_back(*std::max_element(layer.begin(), layer.end()));
       }
-      for (int64_t x : even[u]) real += x;
+      for (int64_t x : even_served[u]) real += x;
     } else {
       turns[u]->layer_entries = even[u];
       for (int64_t x : even[u]) real += x;
@@ -364,7 +385,7 @@ absl::StatusOr<std::unique_ptr<CacheAssembly>> KvMemoryCore::PlanCache(
     if (scored) {
       NEXUSKV_RETURN_IF_ERROR(SpendScoredBudget(*store_, key, session.model(), budget,
                                                 has_bias && request.budget().has_keep_ratio(),
-                                                plan));
+                                                options_.merge_share, plan));
     }
     const std::vector<int64_t> allocation =
         scored ? std::vector<int64_t>() : compressor->Allocate(shapes, budget);

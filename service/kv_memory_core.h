@@ -40,6 +40,9 @@ struct CoreOptions {
   bool precompute_fits = true;
   // When a turn's raw KV is dropped once its SONIC ladder is stored (see raw_retention.h).
   RawRetention raw_retention;
+  // Share of a biased keep_ratio budget spent by token scores that goes to merged entries, each
+  // standing for a run of evicted tokens (compressor/merge.h); 0 turns them off.
+  double merge_share = 0.05;
 };
 
 class KvMemoryCore {

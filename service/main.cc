@@ -5,6 +5,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
 #include "common/log.h"
 #include "service/raw_retention.h"
 #include "service/server.h"
@@ -42,6 +43,9 @@ ABSL_FLAG(uint32_t, raw_keep_recent_turns, 1,
           "The newest turns of each session that always keep their raw KV.");
 ABSL_FLAG(int, raw_retention_sweep_s, 60,
           "Seconds between sweeps applying a duration --raw_retention to idle sessions.");
+ABSL_FLAG(double, merge_share, 0.05,
+          "Share of a biased keep_ratio answer spent by token scores that goes to merged entries, "
+          "each standing for a run of evicted tokens (0: none; at most 0.5).");
 ABSL_FLAG(int, rpc_threads, 8, "Threads for blocking RPC work (RocksDB, cache assembly).");
 ABSL_FLAG(int, shutdown_grace_s, 20, "Seconds in-flight RPCs get to finish on SIGTERM/SIGINT.");
 ABSL_FLAG(std::string, tls_cert_file, "", "PEM server certificate chain; with --tls_key_file "
@@ -91,6 +95,13 @@ int main(int argc, char** argv) {
   options.core.raw_retention = *retention;
   options.core.raw_retention.keep_recent_turns = absl::GetFlag(FLAGS_raw_keep_recent_turns);
   options.core.raw_retention.sweep = absl::Seconds(absl::GetFlag(FLAGS_raw_retention_sweep_s));
+  options.core.merge_share = absl::GetFlag(FLAGS_merge_share);
+  if (!(options.core.merge_share >= 0.0 && options.core.merge_share <= 0.5)) {
+    nexuskv::Log(nexuskv::LogLevel::kError, "bad_flag",
+                 {{"status", absl::StrCat("--merge_share must be in [0, 0.5], got ",
+                                          options.core.merge_share)}});
+    return EXIT_FAILURE;
+  }
   options.rpc_threads = absl::GetFlag(FLAGS_rpc_threads);
   options.shutdown_grace = absl::Seconds(absl::GetFlag(FLAGS_shutdown_grace_s));
   options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert_file);

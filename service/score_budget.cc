@@ -4,6 +4,8 @@
 #include <cfloat>
 #include <functional>
 
+#include "compressor/merge.h"
+
 namespace nexuskv::service {
 
 HeadCounts SpendByTokenScores(const std::vector<std::vector<std::vector<float>>>& scores,
@@ -48,6 +50,47 @@ HeadCounts SpendByTokenScores(const std::vector<std::vector<std::vector<float>>>
           const float s = score(u, l, h, i);
           if (s > threshold || (s == threshold && ties-- > 0)) ++out[u][l][h];
         }
+      }
+    }
+  }
+  return out;
+}
+
+std::vector<std::vector<std::vector<MergeRun>>> PlanMergeRuns(
+    const std::vector<std::vector<std::vector<float>>>& scores, int64_t heads,
+    std::span<const int64_t> tokens, const HeadCounts& kept, int64_t entries, int run_length,
+    int sink_turn) {
+  const size_t turns = scores.size();
+  const size_t layers = turns == 0 ? 0 : scores[0].size();
+  std::vector<std::vector<std::vector<MergeRun>>> out(
+      layers, std::vector<std::vector<MergeRun>>(std::max<int64_t>(heads, 0)));
+  if (entries <= 0 || run_length <= 0) return out;
+  struct Evicted {
+    float score;
+    TokenRef token;
+  };
+  for (size_t l = 0; l < layers; ++l) {
+    for (int64_t h = 0; h < heads; ++h) {
+      std::vector<Evicted> evicted;  // in history order
+      for (size_t u = 0; u < turns; ++u) {
+        const std::span<const float> head =
+            std::span<const float>(scores[u][l]).subspan(h * tokens[u], tokens[u]);
+        std::vector<uint32_t> order =
+            compressor::RankByTokenScores(head, static_cast<int>(u) == sink_turn);
+        order.erase(order.begin(), order.begin() + std::min<int64_t>(kept[u][l][h], tokens[u]));
+        std::sort(order.begin(), order.end());
+        for (uint32_t i : order) evicted.push_back({head[i], {static_cast<int>(u), i}});
+      }
+      const size_t take = std::min<size_t>(evicted.size(), entries * run_length);
+      std::stable_sort(evicted.begin(), evicted.end(),
+                       [](const Evicted& a, const Evicted& b) { return a.score > b.score; });
+      evicted.resize(take);
+      std::sort(evicted.begin(), evicted.end(), [](const Evicted& a, const Evicted& b) {
+        return a.token.u != b.token.u ? a.token.u < b.token.u : a.token.i < b.token.i;
+      });
+      for (size_t j = 0; j < take; j += run_length) {
+        MergeRun& run = out[l][h].emplace_back();
+        for (size_t k = j; k < std::min(take, j + run_length); ++k) run.push_back(evicted[k].token);
       }
     }
   }

@@ -6,9 +6,13 @@
 // a biased answer pads each head up to the fullest one with entries of bias -inf, and an answer
 // without bias gives every head of a layer the layer's mean count (EvenOverHeads).
 // docs/sonic.md ("the signal study") measures both against a fixed count per (layer, head).
+// A biased answer may also spend a share of the budget on merged entries (PlanMergeRuns), each
+// standing for a run of evicted tokens.
 //
 //   HeadCounts kept = SpendByTokenScores(scores, heads, tokens, budget, /*sink_turn=*/0);
 //   // kept[u][l][h]: tokens of compressed turn u kept by head h of layer l.
+//   auto runs = PlanMergeRuns(scores, heads, tokens, kept, /*entries=*/2, kMergeRunLength, 0);
+//   // runs[l][h]: up to 2 runs of the best evicted tokens, each served as one merged entry.
 //
 // Pure function; thread-safe.
 #ifndef NEXUSKV_SERVICE_SCORE_BUDGET_H_
@@ -35,6 +39,25 @@ using HeadCounts = std::vector<std::vector<std::vector<int64_t>>>;
 HeadCounts SpendByTokenScores(const std::vector<std::vector<std::vector<float>>>& scores,
                               int64_t heads, std::span<const int64_t> tokens, int64_t budget,
                               int sink_turn);
+
+// A token of a compressed turn: u indexes the turns as in SpendByTokenScores, i is the offset.
+struct TokenRef {
+  int u = 0;
+  int64_t i = 0;
+  friend bool operator==(const TokenRef&, const TokenRef&) = default;
+};
+// The tokens one merged entry stands for (compressor/merge.h), in history order.
+using MergeRun = std::vector<TokenRef>;
+
+// runs[l][h]: the runs of kv head h of layer l. With kept = SpendByTokenScores(...) (the same
+// scores, tokens and sink_turn), each head evicts the tokens past its count in
+// compressor::RankByTokenScores order; of those, over all the turns, the entries * run_length of
+// highest score (ties to the earlier token) are cut, in history order, into runs of run_length
+// (the last may be shorter): at most `entries` runs per head, fewer when few tokens were evicted.
+std::vector<std::vector<std::vector<MergeRun>>> PlanMergeRuns(
+    const std::vector<std::vector<std::vector<float>>>& scores, int64_t heads,
+    std::span<const int64_t> tokens, const HeadCounts& kept, int64_t entries, int run_length,
+    int sink_turn);
 
 // The same count in every head of a layer (an answer with no bias cannot pad a head): n[u][l] =
 // the mean over heads of kept[u][l][h], rounded down.

@@ -1,4 +1,5 @@
-// SpendByTokenScores: one ranking over every (layer, kv head, token), the sinks always kept.
+// SpendByTokenScores: one ranking over every (layer, kv head, token), the sinks always kept;
+// PlanMergeRuns: the evicted tokens that merged entries stand for.
 #include "service/score_budget.h"
 
 #include <vector>
@@ -80,6 +81,38 @@ TEST(SpendByTokenScoresTest, EachHeadKeepsItsOwnCount) {
   const HeadCounts kept = SpendByTokenScores(Scores(tokens, 1, 0.0f, high), 2, tokens, 4, -1);
   EXPECT_THAT(kept[0][0], ElementsAre(0, 8));
   EXPECT_THAT(EvenOverHeads(kept)[0], ElementsAre(4));
+}
+
+}  // namespace
+}  // namespace nexuskv::service
+
+namespace nexuskv::service {
+namespace {
+
+TEST(PlanMergeRunsTest, TheBestEvictedTokensOfEveryTurnInHistoryOrderCutIntoRuns) {
+  const std::vector<int64_t> tokens = {6, 6};
+  // One layer. Head 0 keeps its 2 best tokens of turn 0 and 1 of turn 1; head 1 keeps none.
+  std::vector<std::vector<std::vector<float>>> scores = {
+      {{9, 1, 8, 5, 0, 4, /* head 1 */ 1, 1, 1, 1, 1, 1}},
+      {{3, 7, 2, 6, 0, 0, /* head 1 */ 1, 1, 1, 1, 1, 1}}};
+  const HeadCounts kept = {{{2, 0}}, {{1, 0}}};
+  // Head 0 evicts 1, 3, 4, 5 of turn 0 (scores 1, 5, 0, 4) and 0, 2, 3, 4, 5 of turn 1 (3, 2, 6,
+  // 0, 0); the 6 best of them (6, 5, 4, 3, 2, 1) in history order, in runs of 2: one run reaches
+  // across the turn boundary.
+  auto runs = PlanMergeRuns(scores, 2, tokens, kept, /*entries=*/3, /*run_length=*/2, -1);
+  ASSERT_EQ(runs.size(), 1u);
+  ASSERT_EQ(runs[0].size(), 2u);
+  using R = MergeRun;
+  EXPECT_THAT(runs[0][0], ElementsAre(R{{0, 1}, {0, 3}}, R{{0, 5}, {1, 0}}, R{{1, 2}, {1, 3}}));
+  // Head 1 keeps nothing, and every score ties: the earliest 6 tokens, across the turn boundary.
+  EXPECT_THAT(runs[0][1], ElementsAre(R{{0, 0}, {0, 1}}, R{{0, 2}, {0, 3}}, R{{0, 4}, {0, 5}}));
+  // The sinks of turn 0 rank first, so they are the ones kept, and a head that evicts fewer
+  // tokens than the runs would hold gets fewer, shorter runs.
+  const HeadCounts most = {{{5, 6}}, {{6, 6}}};
+  runs = PlanMergeRuns(scores, 2, tokens, most, 3, 2, /*sink_turn=*/0);
+  EXPECT_THAT(runs[0][0], ElementsAre(R{{0, 4}}));
+  EXPECT_TRUE(runs[0][1].empty());
+  EXPECT_TRUE(PlanMergeRuns(scores, 2, tokens, kept, 0, 2, -1)[0][0].empty());
 }
 
 }  // namespace

@@ -1,8 +1,11 @@
 // SONIC through the core (no gRPC): bias in the answer and bias-free mode, budgets, raw retention
 // (drop, duration, keep) with the bytes GetSession reports, and pass-through Nexus offsets.
+#include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -38,10 +41,11 @@ class SonicCoreTest : public ::testing::Test {
     std::filesystem::remove_all(dir_);
   }
 
-  void Start(RawRetention retention) {
+  void Start(RawRetention retention, double merge_share = CoreOptions{}.merge_share) {
     core_.reset();
     CoreOptions options;
     options.raw_retention = retention;
+    options.merge_share = merge_share;
     options.precompute_fits = false;  // fits run inline (GetCache or an explicit plan): determinism
     core_ = std::make_unique<KvMemoryCore>(store_.get(), &compressor::CompressorRegistry::Default(),
                                            options);
@@ -65,13 +69,27 @@ class SonicCoreTest : public ::testing::Test {
   absl::StatusOr<v1::AppendSegmentResponse> AppendScored(
       uint32_t turn, uint32_t tokens, uint64_t first, const std::vector<std::array<int, 3>>& high,
       float base = 0.01f) {
+    return AppendScoredBy(turn, tokens, first, [&](int l, int h, int i) {
+      for (const auto& [layer, head, token] : high) {
+        if (layer == l && head == h && token == i) return 1.0f;
+      }
+      return base;
+    });
+  }
+
+  // A turn whose token i of head h in layer l scores score(l, h, i).
+  absl::StatusOr<v1::AppendSegmentResponse> AppendScoredBy(
+      uint32_t turn, uint32_t tokens, uint64_t first,
+      const std::function<float(int, int, int)>& score) {
     SegmentAssembler assembler(Limits{});
     auto messages = testing::SegmentMessages("s", turn, tokens, first, 4, testing::TinySpec());
     messages[0].mutable_header()->set_has_token_scores(true);
     for (size_t l = 0; l + 1 < messages.size(); ++l) {
-      std::vector<float> scores(2 * tokens, base);
-      for (const auto& [layer, head, token] : high) {
-        if (layer == static_cast<int>(l)) scores[head * tokens + token] = 1.0f;
+      std::vector<float> scores(2 * tokens);
+      for (int h = 0; h < 2; ++h) {
+        for (uint32_t i = 0; i < tokens; ++i) {
+          scores[h * tokens + i] = score(static_cast<int>(l), h, static_cast<int>(i));
+        }
       }
       messages[l + 1].mutable_layer()->set_token_scores(EncodeFromFloat(scores, DType::kFloat32));
     }
@@ -489,6 +507,124 @@ TEST_F(SonicCoreTest, ScoredTurnsWhoseRawWasDroppedAreServedFromTheirLadders) {
   ASSERT_TRUE(plan.ok()) << plan.status();
   EXPECT_EQ((*plan)->header().entries_per_layer(0), (*plan)->header().entries_per_layer(1));
   EXPECT_TRUE(Layers(**plan).ok());
+}
+
+}  // namespace
+}  // namespace nexuskv::service
+
+namespace nexuskv::service {
+namespace {
+
+template <typename T>
+std::vector<T> Floats(const std::string& bytes) {
+  std::vector<T> out(bytes.size() / sizeof(T));
+  std::memcpy(out.data(), bytes.data(), out.size() * sizeof(T));
+  return out;
+}
+
+TEST_F(SonicCoreTest, MergedEntriesStandForRunsOfTheBestEvictedTokensAcrossTurns) {
+  // Scores fall with the position, so each head keeps its earliest tokens and evicts the rest;
+  // layers and heads differ in scale, so they keep different counts.
+  auto score = [](uint64_t first) {
+    return [first](int l, int h, int i) {
+      return (1.0f + 0.3f * l + 0.1f * h) / (1.0f + static_cast<float>(first + i));
+    };
+  };
+  ASSERT_TRUE(AppendScoredBy(0, 40, 0, score(0)).ok());
+  ASSERT_TRUE(AppendScoredBy(1, 40, 40, score(40)).ok());
+  ASSERT_TRUE(AppendScoredBy(2, 8, 80, score(80)).ok());  // kept raw
+  Start(RawRetention{}, /*merge_share=*/0.1);
+  v1::GetCacheRequest full_request = Request(v1::FULL, 1.0, 1);
+  full_request.clear_budget();
+  auto full = core_->PlanCache("default", full_request);
+  ASSERT_TRUE(full.ok()) << full.status();
+  auto raw = Layers(**full);
+  ASSERT_TRUE(raw.ok()) << raw.status();
+
+  // keep 0.5: 40 entries per head and layer over the 80 older tokens, 4 of them merged.
+  auto plan = core_->PlanCache("default", Request(v1::SONIC, 0.5, 1));
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  auto layers = Layers(**plan);
+  ASSERT_TRUE(layers.ok()) << layers.status();
+  const size_t d = 8;
+  int64_t real = 0;
+  int merged_total = 0;
+  for (int l = 0; l < 2; ++l) {
+    const int64_t n = (*plan)->header().entries_per_layer(l);
+    const auto bias = Floats<float>((*layers)[l].bias());
+    const auto positions = Floats<int64_t>((*layers)[l].positions());
+    std::vector<float> keys(2 * n * d), values(2 * n * d), full_keys(2 * 88 * d),
+        full_values(2 * 88 * d);
+    ASSERT_TRUE(DecodeToFloat((*layers)[l].keys(), DType::kFloat16, keys).ok());
+    ASSERT_TRUE(DecodeToFloat((*layers)[l].values(), DType::kFloat16, values).ok());
+    ASSERT_TRUE(DecodeToFloat((*raw)[l].keys(), DType::kFloat16, full_keys).ok());
+    ASSERT_TRUE(DecodeToFloat((*raw)[l].values(), DType::kFloat16, full_values).ok());
+    for (int h = 0; h < 2; ++h) {
+      std::vector<int64_t> kept;  // raw entries of the compressed turns
+      std::vector<int64_t> merged;
+      int64_t previous = -1;
+      for (int64_t j = h * n; j < (h + 1) * n; ++j) {
+        if (bias[j] == -INFINITY) {
+          EXPECT_EQ(positions[j], -1);
+          continue;
+        }
+        EXPECT_GT(positions[j], previous) << "ascending, padding aside";
+        previous = positions[j];
+        if (positions[j] >= 80) continue;  // the raw turn
+        (bias[j] == 0.0f ? kept : merged).push_back(j);
+      }
+      // The kept tokens are the head's earliest; the rest, in order, are cut into runs of 16.
+      const int64_t k = static_cast<int64_t>(kept.size());
+      for (int64_t i = 0; i < k; ++i) EXPECT_EQ(positions[kept[i]], i);
+      std::vector<std::vector<int64_t>> runs;
+      for (int64_t p = k; p < 80 && runs.size() < 4; p += 16) {
+        std::vector<int64_t>& run = runs.emplace_back();
+        for (int64_t q = p; q < std::min<int64_t>(p + 16, 80); ++q) run.push_back(q);
+      }
+      ASSERT_EQ(merged.size(), runs.size()) << "layer " << l << " head " << h << " keeps " << k;
+      for (size_t r = 0; r < runs.size(); ++r) {
+        const size_t j = static_cast<size_t>(merged[r]);
+        EXPECT_EQ(positions[j], runs[r].back()) << "at its run's last token";
+        EXPECT_FLOAT_EQ(bias[j], std::log(static_cast<float>(runs[r].size())));
+        for (size_t c = 0; c < d; ++c) {
+          double key = 0.0, value = 0.0, weight = 0.0;
+          for (int64_t p : runs[r]) {
+            const double w = score(0)(l, h, static_cast<int>(p));
+            key += w * full_keys[(h * 88 + p) * d + c];
+            value += w * full_values[(h * 88 + p) * d + c];
+            weight += w;
+          }
+          EXPECT_NEAR(keys[j * d + c], key / weight, 2e-3) << "the score-weighted mean key";
+          EXPECT_NEAR(values[j * d + c], value / weight, 2e-3);
+        }
+      }
+      EXPECT_TRUE(
+          std::any_of(runs.begin(), runs.end(),
+                      [](const auto& run) { return run.front() < 40 && run.back() >= 40; }) ||
+          k >= 40)
+          << "a run reaches across the turn boundary";
+      real += k + static_cast<int64_t>(merged.size());
+      merged_total += static_cast<int>(merged.size());
+    }
+  }
+  EXPECT_GT(merged_total, 0);
+  EXPECT_LE(real, 4 * 40) << "within the budget, merged entries included";
+  EXPECT_GE(real, 4 * 36);
+
+  // Off with --merge_share=0, and never in answers without bias or spent by max_bytes.
+  v1::GetCacheRequest bias_free = Request(v1::SONIC, 0.5, 1);
+  bias_free.set_bias_mode(v1::BIAS_MODE_NONE);
+  auto unbiased = core_->PlanCache("default", bias_free);
+  ASSERT_TRUE(unbiased.ok()) << unbiased.status();
+  EXPECT_FALSE(unbiased->get()->header().has_bias());
+  Start(RawRetention{}, /*merge_share=*/0.0);
+  auto none = core_->PlanCache("default", Request(v1::SONIC, 0.5, 1));
+  ASSERT_TRUE(none.ok()) << none.status();
+  auto none_layers = Layers(**none);
+  ASSERT_TRUE(none_layers.ok()) << none_layers.status();
+  for (const v1::CacheLayer& layer : *none_layers) {
+    for (float b : Floats<float>(layer.bias())) EXPECT_TRUE(b == 0.0f || b == -INFINITY);
+  }
 }
 
 }  // namespace

@@ -19,6 +19,7 @@
 #include "compressor/internal/sonic_fit.h"
 #include "compressor/internal/sonic_ladder.h"
 #include "compressor/internal/sonic_math.h"
+#include "compressor/merge.h"
 
 namespace nexuskv::compressor::internal {
 namespace {
@@ -340,20 +341,14 @@ class SonicCompressor final : public Compressor {
     out.values.assign(h_count * n * d, 0.0f);
     out.bias.assign(h_count * n, -std::numeric_limits<float>::infinity());
     out.positions.assign(h_count * n, -1);
-    std::vector<uint32_t> order(t);
     for (size_t h = 0; h < h_count; ++h) {
       const int64_t real = padded ? layer.head_entries[h] : n;
       if (real < 0 || real > n || real > static_cast<int64_t>(t)) {
         return absl::InvalidArgumentError(absl::StrCat("LayerView: head ", h, " keeps ", real,
                                                        " of ", t, " tokens in ", n, " entries"));
       }
-      const float* scores = layer.token_scores.data() + h * t;
-      auto priority = [&](uint32_t i) {
-        return layer.session_start && i < static_cast<uint32_t>(kSinkTokens) ? FLT_MAX : scores[i];
-      };
-      std::iota(order.begin(), order.end(), 0u);
-      std::stable_sort(order.begin(), order.end(),
-                       [&](uint32_t a, uint32_t b) { return priority(a) > priority(b); });
+      std::vector<uint32_t> order =
+          RankByTokenScores(layer.token_scores.subspan(h * t, t), layer.session_start);
       std::sort(order.begin(), order.begin() + real);
       const size_t first = h * n + (n - real);  // padding first: positions stay ascending
       for (int64_t j = 0; j < real; ++j) {
