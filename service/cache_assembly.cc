@@ -4,6 +4,7 @@
 #include <cstring>
 #include <limits>
 #include <string>
+#include <unordered_map>
 #include <utility>
 
 #include "common/status_macros.h"
@@ -103,34 +104,32 @@ class CacheAssembly::MergeSums {
  public:
   // `turns` must outlive the sums.
   MergeSums(std::span<const TurnPlan> turns, uint32_t layer, int head_dim) {
-    for (size_t p = 0; p < turns.size(); ++p) {
-      if (turns[p].merged.empty()) continue;
-      const std::vector<std::vector<MergeRun>>& heads = turns[p].merged[layer];
+    for (const TurnPlan& turn : turns) {
+      if (turn.merged.empty()) continue;
+      const std::vector<std::vector<MergeRun>>& heads = turn.merged[layer];
       for (size_t h = 0; h < heads.size(); ++h) {
         for (const MergeRun& run : heads[h]) {
-          runs_.push_back({&run, &turns[p], h, compressor::MergedRun(head_dim)});
-          for (const TokenRef& token : run) readers_.push_back(token.u);
+          for (const TokenRef& token : run) by_turn_[token.u].push_back({runs_.size(), token.i});
+          runs_.push_back({&run, &turn, h, compressor::MergedRun(head_dim)});
         }
       }
     }
   }
 
   // Whether a run reads tokens of this turn.
-  bool Reads(uint32_t turn) const {
-    return std::find(readers_.begin(), readers_.end(), static_cast<int>(turn)) != readers_.end();
-  }
+  bool Reads(uint32_t turn) const { return by_turn_.contains(static_cast<int>(turn)); }
 
   // Adds the tokens of `turn` (its raw KV and token scores in `view`) to the runs that hold them.
   void Add(uint32_t turn, const compressor::LayerView& view) {
+    const auto tokens = by_turn_.find(static_cast<int>(turn));
+    if (tokens == by_turn_.end()) return;
     const size_t t = static_cast<size_t>(view.num_tokens);
     const size_t d = static_cast<size_t>(view.head_dim);
-    for (Open& open : runs_) {
-      for (const TokenRef& token : *open.run) {
-        if (token.u != static_cast<int>(turn)) continue;
-        const size_t row = open.head * t + static_cast<size_t>(token.i);
-        open.sum.Add(view.keys.subspan(row * d, d), view.values.subspan(row * d, d),
-                     view.token_scores[row]);
-      }
+    for (const auto& [run, offset] : tokens->second) {
+      Open& open = runs_[run];
+      const size_t row = open.head * t + static_cast<size_t>(offset);
+      open.sum.Add(view.keys.subspan(row * d, d), view.values.subspan(row * d, d),
+                   view.token_scores[row]);
     }
   }
 
@@ -157,7 +156,8 @@ class CacheAssembly::MergeSums {
     compressor::MergedRun sum;
   };
   std::vector<Open> runs_;
-  std::vector<int> readers_;
+  // turn number -> (index into runs_, offset) of every token of that turn some run holds.
+  std::unordered_map<int, std::vector<std::pair<size_t, int64_t>>> by_turn_;
 };
 
 CacheAssembly::CacheAssembly(store::Store* store, store::SessionKey key,

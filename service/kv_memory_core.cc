@@ -97,7 +97,13 @@ absl::Status SpendScoredBudget(store::Store& store, const store::SessionKey& key
     turns.push_back(&turn);
     tokens.push_back(turn.record.num_tokens());
   }
-  const int64_t merge_entries = pad_heads ? std::llround(merge_share * budget) : 0;
+  // Merged entries only replace tokens the budget cannot hold.
+  int64_t tokens_per_head = 0;
+  for (int64_t t : tokens) tokens_per_head += t;
+  const int64_t merge_entries =
+      pad_heads ? std::clamp<int64_t>(std::llround(merge_share * budget), 0,
+                                      std::max<int64_t>(tokens_per_head - budget, 0))
+                : 0;
   const HeadCounts kept =
       SpendByTokenScores(scores, model.num_kv_heads(), tokens, budget - merge_entries, sink_turn);
   const std::vector<std::vector<int64_t>> even = EvenOverHeads(kept);

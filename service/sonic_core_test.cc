@@ -611,6 +611,16 @@ TEST_F(SonicCoreTest, MergedEntriesStandForRunsOfTheBestEvictedTokensAcrossTurns
   EXPECT_LE(real, 4 * 40) << "within the budget, merged entries included";
   EXPECT_GE(real, 4 * 36);
 
+  // None when the budget holds every token: they only replace tokens it cannot hold.
+  auto everything = core_->PlanCache("default", Request(v1::SONIC, 1.0, 1));
+  ASSERT_TRUE(everything.ok()) << everything.status();
+  auto every_layer = Layers(**everything);
+  ASSERT_TRUE(every_layer.ok()) << every_layer.status();
+  for (const v1::CacheLayer& layer : *every_layer) {
+    const auto bias = Floats<float>(layer.bias());
+    EXPECT_EQ(std::count(bias.begin(), bias.end(), 0.0f), 2 * 88) << "every token, raw";
+  }
+
   // Off with --merge_share=0, and never in answers without bias or spent by max_bytes.
   v1::GetCacheRequest bias_free = Request(v1::SONIC, 0.5, 1);
   bias_free.set_bias_mode(v1::BIAS_MODE_NONE);
