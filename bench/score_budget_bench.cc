@@ -1,5 +1,6 @@
 // Planning a GetCache by token scores: SpendByTokenScores (service/score_budget.h) ranks every
-// (layer, kv head, token) of a session's compressed turns at once. Its time per GetCache, next to
+// (layer, kv head, token) of a session's compressed turns at once, and PlanMergeRuns picks the
+// evicted tokens that merged entries stand for. Its time per GetCache, next to
 // a full std::sort of the same scores (the naive reference), for a SmolLM2-135M session (30
 // layers, 3 kv heads) and a Llama-3-8B session (32 layers, 8 kv heads) of 20 turns of T tokens.
 //
@@ -59,11 +60,38 @@ void BM_SpendByTokenScores(benchmark::State& state, int layers, int heads) {
   state.counters["sort_ms"] = sort_s * 1e3;
 }
 
+// PlanMergeRuns after SpendByTokenScores has kept 95% of the budget: which evicted tokens the
+// other 5% merge (compressor/merge.h). Counter spend_ms: SpendByTokenScores of the same session
+// and budget, same run, the planning step it adds to.
+void BM_PlanMergeRuns(benchmark::State& state, int layers, int heads) {
+  const int tokens = static_cast<int>(state.range(0));
+  const Session s = MakeSession(layers, heads, 20, tokens);
+  const int64_t budget = 20 * tokens / 5;  // keep 0.2
+  const int64_t merged = budget / 20;
+  const auto start = std::chrono::steady_clock::now();
+  const HeadCounts kept = SpendByTokenScores(s.scores, heads, s.tokens, budget - merged, 0);
+  const double spend_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  for (auto _ : state) {
+    auto runs = PlanMergeRuns(s.scores, heads, s.tokens, kept, merged, 16, 0);
+    benchmark::DoNotOptimize(runs);
+  }
+  state.counters["spend_ms"] = spend_s * 1e3;
+}
+
 BENCHMARK_CAPTURE(BM_SpendByTokenScores, smollm2, 30, 3)
     ->Arg(128)
     ->Arg(1024)
     ->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(BM_SpendByTokenScores, llama3_8b, 32, 8)
+    ->Arg(128)
+    ->Arg(1024)
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_PlanMergeRuns, smollm2, 30, 3)
+    ->Arg(128)
+    ->Arg(1024)
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_PlanMergeRuns, llama3_8b, 32, 8)
     ->Arg(128)
     ->Arg(1024)
     ->Unit(benchmark::kMillisecond);

@@ -9,15 +9,45 @@
 
 namespace nexuskv::compressor {
 
-std::vector<uint32_t> RankByTokenScores(std::span<const float> scores, bool session_start) {
-  auto priority = [&](uint32_t i) {
-    return session_start && i < static_cast<uint32_t>(kSinkTokens) ? FLT_MAX : scores[i];
+namespace {
+
+// The order of RankByTokenScores as a strict total order: priority, then the lower offset.
+auto KeptBefore(std::span<const float> scores, bool session_start) {
+  return [scores, session_start](uint32_t a, uint32_t b) {
+    auto priority = [&](uint32_t i) {
+      return session_start && i < static_cast<uint32_t>(kSinkTokens) ? FLT_MAX : scores[i];
+    };
+    const float pa = priority(a);
+    const float pb = priority(b);
+    return pa != pb ? pa > pb : a < b;
   };
+}
+
+}  // namespace
+
+std::vector<uint32_t> RankByTokenScores(std::span<const float> scores, bool session_start) {
   std::vector<uint32_t> order(scores.size());
   std::iota(order.begin(), order.end(), 0u);
-  std::stable_sort(order.begin(), order.end(),
-                   [&](uint32_t a, uint32_t b) { return priority(a) > priority(b); });
+  std::sort(order.begin(), order.end(), KeptBefore(scores, session_start));
   return order;
+}
+
+std::vector<uint32_t> EvictedByTokenScores(std::span<const float> scores, bool session_start,
+                                           int64_t n) {
+  std::vector<uint32_t> order(scores.size());
+  std::iota(order.begin(), order.end(), 0u);
+  const int64_t kept = std::clamp<int64_t>(n, 0, static_cast<int64_t>(order.size()));
+  if (kept == 0) return order;
+  std::nth_element(order.begin(), order.begin() + (kept - 1), order.end(),
+                   KeptBefore(scores, session_start));
+  std::vector<bool> is_kept(order.size(), false);
+  for (int64_t j = 0; j < kept; ++j) is_kept[order[j]] = true;
+  std::vector<uint32_t> evicted;
+  evicted.reserve(order.size() - kept);
+  for (uint32_t i = 0; i < order.size(); ++i) {
+    if (!is_kept[i]) evicted.push_back(i);
+  }
+  return evicted;
 }
 
 MergedRun::MergedRun(int head_dim)

@@ -8,7 +8,8 @@
 // runs") measures it.
 //
 //   std::vector<uint32_t> order = RankByTokenScores(head_scores, session_start);
-//   // a head keeping n tokens keeps order[0, n); the rest are evicted.
+//   // a head keeping n tokens keeps order[0, n); the rest are evicted:
+//   std::vector<uint32_t> evicted = EvictedByTokenScores(head_scores, session_start, n);
 //   MergedRun run(head_dim);
 //   for (each token of the run) run.Add(key, value, score);
 //   run.Finish(key_out, value_out, &bias_out);
@@ -31,6 +32,12 @@ inline constexpr int kMergeRunLength = 16;
 // kSinkTokens (the session's attention sinks), then the highest score first, ties to the lower
 // offset. `scores` is the head's [T] token scores.
 std::vector<uint32_t> RankByTokenScores(std::span<const float> scores, bool session_start);
+
+// The offsets, ascending, of the tokens a head evicts when it keeps `n` of them: all but the first
+// n of RankByTokenScores(scores, session_start), found without sorting them (O(T)). Scores must
+// be finite.
+std::vector<uint32_t> EvictedByTokenScores(std::span<const float> scores, bool session_start,
+                                           int64_t n);
 
 // The running sums of one merged entry.
 class MergedRun {

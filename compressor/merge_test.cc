@@ -1,7 +1,9 @@
 // Merged entries: the order a scored answer keeps tokens in, and one run's weighted means.
 #include "compressor/merge.h"
 
+#include <algorithm>
 #include <cmath>
+#include <random>
 #include <vector>
 
 #include "compressor/compressor.h"
@@ -17,6 +19,23 @@ TEST(RankByTokenScoresTest, SinksFirstThenHighestScoreTiesToTheLowerOffset) {
   EXPECT_EQ(RankByTokenScores(scores, /*session_start=*/false),
             (std::vector<uint32_t>{7, 4, 6, 5, 1, 0, 2, 3}));
   EXPECT_TRUE(RankByTokenScores({}, true).empty());
+}
+
+TEST(EvictedByTokenScoresTest, IsWhatRankByTokenScoresLeavesOutInOffsetOrder) {
+  std::mt19937 rng(3);
+  std::uniform_int_distribution<int> level(0, 5);  // many ties
+  for (int trial = 0; trial < 50; ++trial) {
+    std::vector<float> scores(37);
+    for (float& s : scores) s = 0.1f * level(rng);
+    const bool sinks = trial % 2 == 0;
+    const std::vector<uint32_t> order = RankByTokenScores(scores, sinks);
+    for (int64_t n : {0, 1, 4, 20, 36, 37, 40}) {
+      std::vector<uint32_t> expected(order.begin() + std::min<int64_t>(n, 37), order.end());
+      std::sort(expected.begin(), expected.end());
+      EXPECT_EQ(EvictedByTokenScores(scores, sinks, n), expected)
+          << "trial " << trial << " n " << n;
+    }
+  }
 }
 
 TEST(MergedRunTest, ScoreWeightedMeansAndTheLogOfTheCount) {

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cfloat>
 #include <functional>
+#include <numeric>
 
 #include "compressor/merge.h"
 
@@ -75,22 +76,29 @@ std::vector<std::vector<std::vector<MergeRun>>> PlanMergeRuns(
       for (size_t u = 0; u < turns; ++u) {
         const std::span<const float> head =
             std::span<const float>(scores[u][l]).subspan(h * tokens[u], tokens[u]);
-        std::vector<uint32_t> order =
-            compressor::RankByTokenScores(head, static_cast<int>(u) == sink_turn);
-        order.erase(order.begin(), order.begin() + std::min<int64_t>(kept[u][l][h], tokens[u]));
-        std::sort(order.begin(), order.end());
-        for (uint32_t i : order) evicted.push_back({head[i], {static_cast<int>(u), i}});
+        for (uint32_t i : compressor::EvictedByTokenScores(head, static_cast<int>(u) == sink_turn,
+                                                           kept[u][l][h])) {
+          evicted.push_back({head[i], {static_cast<int>(u), i}});
+        }
       }
+      // The `take` best (ties to the earlier token), then back in history order.
       const size_t take = std::min<size_t>(evicted.size(), entries * run_length);
-      std::stable_sort(evicted.begin(), evicted.end(),
-                       [](const Evicted& a, const Evicted& b) { return a.score > b.score; });
-      evicted.resize(take);
-      std::sort(evicted.begin(), evicted.end(), [](const Evicted& a, const Evicted& b) {
-        return a.token.u != b.token.u ? a.token.u < b.token.u : a.token.i < b.token.i;
-      });
+      std::vector<uint32_t> best(evicted.size());
+      std::iota(best.begin(), best.end(), 0u);
+      if (take > 0 && take < best.size()) {
+        std::nth_element(
+            best.begin(), best.begin() + (take - 1), best.end(), [&](uint32_t a, uint32_t b) {
+              return evicted[a].score != evicted[b].score ? evicted[a].score > evicted[b].score
+                                                          : a < b;
+            });
+      }
+      best.resize(take);
+      std::sort(best.begin(), best.end());
       for (size_t j = 0; j < take; j += run_length) {
         MergeRun& run = out[l][h].emplace_back();
-        for (size_t k = j; k < std::min(take, j + run_length); ++k) run.push_back(evicted[k].token);
+        for (size_t k = j; k < std::min(take, j + run_length); ++k) {
+          run.push_back(evicted[best[k]].token);
+        }
       }
     }
   }
