@@ -7,6 +7,7 @@
 #include <unordered_map>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "compressor/merge.h"
 #include "service/internal/layer_loader.h"
@@ -39,13 +40,26 @@ struct MergedEntry {
 // Adds a turn's merged entries to the entries its method served: each head's real entries (the
 // last head_entries[h] of the method's n; padding first) and its merged ones merge in position
 // order, padded up to n (bias -inf, key and value 0, position -1, first).
-compressor::LayerEntries PlaceMerged(const compressor::LayerEntries& served,
-                                     std::span<const int64_t> head_entries,
-                                     const std::vector<std::vector<MergedEntry>>& merged,
-                                     int64_t n) {
+absl::StatusOr<compressor::LayerEntries> PlaceMerged(
+    const compressor::LayerEntries& served, std::span<const int64_t> head_entries,
+    const std::vector<std::vector<MergedEntry>>& merged, int64_t n) {
   const size_t d = static_cast<size_t>(served.head_dim);
   const size_t heads = static_cast<size_t>(served.num_kv_heads);
   const size_t from_n = static_cast<size_t>(served.num_entries);
+  if (head_entries.size() != heads || merged.size() != heads ||
+      served.bias.size() != heads * from_n) {
+    return absl::InternalError(absl::StrCat(
+        "merged entries for ", merged.size(), " heads, ", head_entries.size(), " counts and ",
+        served.bias.size(), " biases in an answer of ", heads, " heads x ", from_n, " entries"));
+  }
+  for (size_t h = 0; h < heads; ++h) {
+    if (head_entries[h] < 0 || static_cast<size_t>(head_entries[h]) > from_n ||
+        head_entries[h] + static_cast<int64_t>(merged[h].size()) > n) {
+      return absl::InternalError(absl::StrCat("head ", h, " has ", head_entries[h], " kept and ",
+                                              merged[h].size(), " merged entries for ", n,
+                                              " slots (", from_n, " served)"));
+    }
+  }
   compressor::LayerEntries out;
   out.num_kv_heads = served.num_kv_heads;
   out.head_dim = served.head_dim;
@@ -252,8 +266,9 @@ absl::StatusOr<CacheAssembly::TurnBlock> CacheAssembly::CompressedBlock(
                            bias_free_ ? method->MaterializeBiasFree(decoded.view, fit, n)
                                       : method->Materialize(decoded.view, fit, n));
   if (merging) {
-    entries = PlaceMerged(entries, turn.head_entries[layer],
-                          merges.Take(turn, session_model_.num_kv_heads()), entries_per_head);
+    NEXUSKV_ASSIGN_OR_RETURN(
+        entries, PlaceMerged(entries, turn.head_entries[layer],
+                             merges.Take(turn, session_model_.num_kv_heads()), entries_per_head));
   }
   TurnBlock block;
   block.entries = entries.num_entries;
