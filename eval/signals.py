@@ -24,10 +24,10 @@ history, the prompt and the repeat so far, as KVzip scores):
 Scopes: "head" keeps the same number of tokens in every (layer, kv head); "global" ranks every
 (layer, kv head, token) together, as KVzip does; "layer" gives each layer its share of the global
 ranking but the same count in each of its heads (what an answer of [H, N] per layer carries
-without padding). "+merged" rows spend 5% of the budget on entries that stand for each head's
-evicted tokens (merged_rest) and the rest as "global"; "+merged16" rows merge only the best scored
-of them, in runs of at most 16 (merged_rest with run=16), and drop the rest. docs/sonic.md
-discusses the results.
+without padding). "+merged" rows spend 5% of the budget (--merge-share) on entries that stand
+for each head's evicted tokens (merged_rest) and the rest as "global"; "+merged16" rows merge only
+the best scored of them, in runs of at most 16 (--merge-run; merged_rest with run=16), and drop
+the rest, as the server does. docs/sonic.md discusses the results.
 
   .venv/bin/python -m eval.signals --skip 25 --dialogues 16 --out eval-out/signals
 """
@@ -153,6 +153,8 @@ def study(
     reply_tokens: int = 128,
     signals: tuple[str, ...] = SIGNALS,
     scopes: tuple[str, ...] = SCOPES,
+    merge_share: float = MERGE_SHARE,
+    near_run: int = NEAR_RUN,
 ) -> dict[str, float]:
     """For every signal, scope and ratio, KL(full || kept) of the reply and the padding an [H, N]
     answer would need: {'signal/scope@ratio': {'kl': ..., 'padding': ...}}."""
@@ -251,7 +253,7 @@ def study(
         sig = signal(name)
         rows = [("head", 0.0, None)] if sig is None else [(scope, 0.0, None) for scope in scopes]
         if name in MERGED and "global" in scopes:
-            rows += [("global", MERGE_SHARE, None), ("global", MERGE_SHARE, NEAR_RUN)]
+            rows += [("global", merge_share, None), ("global", merge_share, near_run)]
         for scope, share, run in rows:
             for ratio in ratios:
                 keep = keep_masks(sig, shape, ratio * (1 - share), scope)
@@ -293,6 +295,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--ratios", default="0.5,0.2")
     p.add_argument("--signals", default=",".join(SIGNALS), help="a subset of " + ",".join(SIGNALS))
     p.add_argument("--scopes", default=",".join(SCOPES), help="a subset of " + ",".join(SCOPES))
+    p.add_argument("--merge-share", type=float, default=MERGE_SHARE, help="budget share of +merged rows")
+    p.add_argument("--merge-run", type=int, default=NEAR_RUN, help="run length of the +mergedR rows")
     p.add_argument("--model-cache", default="eval-out/model-cache")
     p.add_argument("--out", default="eval-out/signals")
     args = p.parse_args(argv)
@@ -313,7 +317,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     per_item = []
     for n, d in enumerate(selected):
-        results = study(lm, Item(dialogue=d), ratios, signals=signals, scopes=scopes)
+        results = study(
+            lm,
+            Item(dialogue=d),
+            ratios,
+            signals=signals,
+            scopes=scopes,
+            merge_share=args.merge_share,
+            near_run=args.merge_run,
+        )
         per_item.append({"id": d.id, "results": results})
         print(f"[{n + 1}/{len(selected)}] {d.id} {time.perf_counter() - started:.0f}s", flush=True)
     keys = list(per_item[0]["results"])
