@@ -272,8 +272,13 @@ class Evaluator:
             # the method served it compressed or (within the budget) raw.
             history = answer.turns[: len(answer.turns) - cfg.keep_recent_turns] if ratio_s else []
             orig = sum(t.original_tokens for t in history)
+            kept = sum(t.kept_entries for t in history)
+            # What the answer carries for the history per layer (padding included) over what it keeps.
+            recent = sum(t.kept_entries for t in answer.turns[len(history) :])
+            sent = sum(answer.entries_per_layer) / len(answer.entries_per_layer) - recent
             meta = {
-                "kept_ratio": sum(t.kept_entries for t in history) / orig if orig else 1.0,
+                "kept_ratio": kept / orig if orig else 1.0,
+                "wire": sent / kept if kept else 1.0,
                 "entries": int(answer.entries_per_layer[0]),
                 "has_bias": bool(answer.has_bias),
                 "fetch_s": time.perf_counter() - t1,

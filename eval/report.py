@@ -7,7 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-METRICS = ("kl", "top1", "dnll", "kept_ratio")
+# wire: entries the answer sends for the history (padding included) over the entries it keeps.
+METRICS = ("kl", "top1", "dnll", "kept_ratio", "wire")
 
 
 def _mean_se(xs: list[float]) -> tuple[float, float]:
