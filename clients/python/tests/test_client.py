@@ -315,3 +315,47 @@ def test_token_scores_spend_the_budget_where_they_are(client, sid):
     assert real == 10 * H * L
     assert any(np.isneginf(layer.bias).any() for layer in answer.layers)
     assert client.append_turn(sid, 0, k, v, q, model_id="m", token_scores=scores).already_stored
+
+
+def _append_scored(client: Client, sid: str, lengths: list[int]) -> list[tuple]:
+    """Turns whose token scores fall with the position, so each head evicts its latest tokens."""
+    rng = np.random.default_rng(13)
+    turns, first = [], 0
+    for turn, t in enumerate(lengths):
+        k, v, q = make_turn(rng, t)
+        pos = first + np.arange(t, dtype=np.float32)
+        scores = [np.stack([(1 + 0.3 * layer + 0.1 * h) / (1 + pos) for h in range(H)]) for layer in range(L)]
+        role = "user" if turn % 2 == 0 else "assistant"
+        client.append_turn(sid, turn, k, v, q, role=role, model_id="m", token_scores=scores)
+        turns.append((k, v))
+        first += t
+    return turns
+
+
+def test_merged_entries_stand_for_evicted_runs_and_the_flag_turns_them_off(client, sid):
+    lengths = [40, 40, 6]
+    turns = _append_scored(client, sid, lengths)
+    answer = client.get_cache(sid, method="sonic", keep_ratio=0.5, keep_recent_turns=1)
+    merged = 0
+    for layer in answer.layers:
+        all_k = np.concatenate([k[layer.layer] for k, _ in turns], axis=1)
+        for h in range(H):
+            bias, pos = layer.bias[h], layer.positions[h]
+            real = np.isfinite(bias)
+            assert (np.diff(pos[real]) > 0).all(), "positions ascend, padding aside"
+            raw = real & (bias == 0)
+            assert (layer.keys[h][raw] == all_k[h, pos[raw]]).all(), "kept tokens are exact"
+            runs = real & (bias > 0)  # merged entries: bias log(run length), at the run's last token
+            assert (pos[runs] < 80).all() and not np.isin(pos[runs], pos[raw]).any()
+            merged += int(runs.sum())
+    assert merged > 0
+    real = sum(int(np.isfinite(layer.bias).sum()) for layer in answer.layers) - 6 * H * L
+    assert real <= 40 * H * L, "merged entries are inside the budget"
+
+    with LocalServer(extra_args=["--merge_share=0"]) as off, Client(off.target, timeout=30.0) as c:
+        _append_scored(c, sid, lengths)
+        answer = c.get_cache(sid, method="sonic", keep_ratio=0.5, keep_recent_turns=1)
+        for layer in answer.layers:
+            assert ((layer.bias == 0) | np.isneginf(layer.bias)).all()
+    with pytest.raises(RuntimeError, match="merge_share must be in"):
+        LocalServer(extra_args=["--merge_share=0.9"]).start()
