@@ -120,13 +120,15 @@ class CacheAssembly::MergeSums {
   MergeSums(std::span<const TurnPlan> turns, uint32_t layer, int head_dim) {
     for (const TurnPlan& turn : turns) {
       if (turn.merged.empty()) continue;
+      const size_t first = runs_.size();
       const std::vector<std::vector<MergeRun>>& heads = turn.merged[layer];
       for (size_t h = 0; h < heads.size(); ++h) {
         for (const MergeRun& run : heads[h]) {
           for (const TokenRef& token : run) by_turn_[token.u].push_back({runs_.size(), token.i});
-          runs_.push_back({&run, &turn, h, compressor::MergedRun(head_dim)});
+          runs_.push_back({&run, h, compressor::MergedRun(head_dim)});
         }
       }
+      served_by_[&turn] = {first, runs_.size()};
     }
   }
 
@@ -151,8 +153,10 @@ class CacheAssembly::MergeSums {
   // order (their runs are complete once that turn was added).
   std::vector<std::vector<MergedEntry>> Take(const TurnPlan& turn, size_t heads) const {
     std::vector<std::vector<MergedEntry>> out(heads);
-    for (const Open& open : runs_) {
-      if (open.turn != &turn) continue;
+    const auto range = served_by_.find(&turn);
+    if (range == served_by_.end()) return out;
+    for (size_t j = range->second.first; j < range->second.second; ++j) {
+      const Open& open = runs_[j];
       MergedEntry& e = out[open.head].emplace_back();
       e.position = static_cast<int64_t>(turn.record.first_position()) + open.run->back().i;
       e.key.resize(open.sum.head_dim());
@@ -165,13 +169,14 @@ class CacheAssembly::MergeSums {
  private:
   struct Open {
     const MergeRun* run;
-    const TurnPlan* turn;  // the turn serving it
     size_t head;
     compressor::MergedRun sum;
   };
   std::vector<Open> runs_;
   // turn number -> (index into runs_, offset) of every token of that turn some run holds.
   std::unordered_map<int, std::vector<std::pair<size_t, int64_t>>> by_turn_;
+  // The turn serving each run -> its runs, [first, last) of runs_.
+  std::unordered_map<const TurnPlan*, std::pair<size_t, size_t>> served_by_;
 };
 
 CacheAssembly::CacheAssembly(store::Store* store, store::SessionKey key,
