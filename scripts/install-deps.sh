@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything nexuskv needs to build and test on Debian 12. Idempotent: a second run only
-# checks. Needs root (or sudo) for apt-get.
+# checks. Needs root (or sudo) for apt-get. tests/scripts/test_script_packages.py checks that every
+# command the scripts run is part of a minimal bookworm or comes from a package listed here (or in
+# the `packages` list of the script that uses it).
 set -euo pipefail
 
 packages=(
@@ -8,6 +10,12 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   librocksdb-dev libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev libopenblas-dev libxxhash-dev libeigen3-dev libssl-dev openssl
   nlohmann-json3-dev
+  # metrics/ (--metrics_listen) serves /metrics with civetweb; scripts/metrics-test.sh scrapes it
+  # with a real Prometheus server and checks it with promtool
+  libcivetweb-dev prometheus
+  # scripts/python-env.sh: Debian's python3.11 and its venv module (ensurepip), which a bare
+  # bookworm lacks; PyPI gives everything else
+  python3.11 python3.11-venv
   # scripts/fuzz.sh and scripts/sanitize.sh (run by scripts/test.sh): clang-14, its sanitizer and
   # libFuzzer runtimes (libclang_rt.{asan,ubsan_standalone,fuzzer}), llvm-symbolizer for reports
   clang clang-14 libclang-rt-14-dev llvm
