@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Go side of the test suite: installs Debian's Go toolchain and gRPC sources (idempotent), generates
+# the client's stubs from proto/ (go generate), links its dependencies from /usr/share/gocode into
+# clients/go/vendor/ (offline: the Go module proxy is not reachable, docs/go.md), then runs go vet
+# and go test on clients/go against a real nexuskv-server process. Assumes build/bin/nexuskv-server
+# exists (scripts/build.sh); NEXUSKV_SERVER overrides the path. Extra arguments go to go test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(
+  golang-go protobuf-compiler protoc-gen-go protoc-gen-go-grpc
+  golang-google-grpc-dev golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]} > 0)); then
+  sudo=""
+  if [[ $(id -u) -ne 0 ]]; then sudo="sudo"; fi
+  echo "go-test: installing ${missing[*]}"
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+server=${NEXUSKV_SERVER:-build/bin/nexuskv-server}
+if [[ ! -x $server ]]; then
+  echo "go-test: $server is missing: build it first (scripts/build.sh)" >&2
+  exit 1
+fi
+NEXUSKV_SERVER=$(realpath "$server")
+export NEXUSKV_SERVER
+# Offline and reproducible: no proxy, no toolchain downloads, the build cache under build/.
+export GOPROXY=off GOFLAGS=-mod=vendor GOTOOLCHAIN=local GOCACHE=${GOCACHE:-$PWD/build/go-cache}
+
+cd clients/go
+go generate .
+bash scripts/debian-vendor.sh
+go vet ./...
+go test -count=1 -v ./... "$@"
