@@ -20,6 +20,7 @@
 #define NEXUSKV_STORE_STORE_H_
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -92,6 +93,23 @@ struct SessionPage {
 struct DeleteOutcome {
   uint32_t deleted_turns = 0;
   uint64_t freed_bytes = 0;
+};
+
+// What the store holds, for monitoring (Store::Stats).
+struct StoreStats {
+  // RocksDB properties summed over the column families: the SST files of the current version,
+  // the blob files of the current version (tensors and fits), and the bytes compaction still has
+  // to rewrite to reach its targets.
+  uint64_t live_sst_bytes = 0;
+  uint64_t live_blob_bytes = 0;
+  uint64_t pending_compaction_bytes = 0;
+  // Per tenant seen since Open: sessions held and bytes counted against its quota (raw tensors not
+  // dropped, plus fits). A tenant whose sessions are all deleted stays, at zero.
+  struct Tenant {
+    uint64_t sessions = 0;
+    uint64_t bytes = 0;
+  };
+  std::map<std::string, Tenant> tenants;
 };
 
 class Store {
@@ -185,6 +203,17 @@ class Store {
   // Deletes (as DeleteSession) every session, of any tenant, whose expiry is at or before
   // `now_unix_ms`; returns how many. Errors stop the sweep; what was deleted stays deleted.
   virtual absl::StatusOr<uint32_t> DeleteExpired(int64_t now_unix_ms) = 0;
+
+  // Sizes and per-tenant usage, read from RocksDB properties and the in-memory accounting that
+  // tenant quotas use: no data is scanned, so it is cheap enough for every metrics scrape.
+  virtual StoreStats Stats() = 0;
+
+  // Whether an append could be written now (nothing is written to find out): OK;
+  // ResourceExhausted when the free space of the data disk is below Options::min_free_disk_bytes
+  // (plus the unflushed memtables), so appends are being refused; FailedPrecondition when the data
+  // directory is on a read-only filesystem; Unavailable while RocksDB has stopped writes after a
+  // background error (naming it), until it recovers. Reads may still work in every case.
+  virtual absl::Status CheckWritable() = 0;
 
  protected:
   Store() = default;

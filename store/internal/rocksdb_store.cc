@@ -67,12 +67,15 @@ absl::StatusOr<std::unique_ptr<Store>> RocksDbStore::Open(const Options& options
   rocksdb::DBOptions db_options;
   db_options.create_if_missing = true;
   db_options.create_missing_column_families = true;
+  auto background_errors = std::make_shared<BackgroundErrorListener>();
+  db_options.listeners.push_back(background_errors);
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
   rocksdb::DB* db = nullptr;
   NEXUSKV_RETURN_IF_ERROR(FromRocksStatus(
       rocksdb::DB::Open(db_options, options.path, ColumnFamilyDescriptors(options), &handles, &db),
       absl::StrCat("open the store at \"", options.path, "\"")));
-  std::unique_ptr<RocksDbStore> store(new RocksDbStore(options, db, std::move(handles)));
+  std::unique_ptr<RocksDbStore> store(
+      new RocksDbStore(options, db, std::move(handles), std::move(background_errors)));
   NEXUSKV_RETURN_IF_ERROR(store->LoadTenantUsage());
   Log(LogLevel::kInfo, "store_opened", {{"path", options.path}, {"sync", options.sync_writes}});
   return std::unique_ptr<Store>(std::move(store));
@@ -124,13 +127,15 @@ void RocksDbStore::AdjustTenantUsage(const std::string& tenant, int64_t sessions
 }
 
 RocksDbStore::RocksDbStore(const Options& options, rocksdb::DB* db,
-                           std::vector<rocksdb::ColumnFamilyHandle*> handles)
+                           std::vector<rocksdb::ColumnFamilyHandle*> handles,
+                           std::shared_ptr<BackgroundErrorListener> errors)
     : options_(options),
       db_(db),
       handles_(std::move(handles)),
       sessions_(handles_[kSessionsCf]),
       segments_(handles_[kSegmentsCf]),
-      nexus_(handles_[kNexusCf]) {}
+      nexus_(handles_[kNexusCf]),
+      background_errors_(std::move(errors)) {}
 
 RocksDbStore::~RocksDbStore() {
   for (rocksdb::ColumnFamilyHandle* handle : handles_) db_->DestroyColumnFamilyHandle(handle);
@@ -153,7 +158,7 @@ uint64_t RocksDbStore::FreeDiskBytes() const {
 }
 
 absl::Status RocksDbStore::CheckFreeSpace(uint64_t incoming, bool use_reserve,
-                                          std::string_view context) {
+                                          std::string_view context, bool quiet) {
   const uint64_t free_bytes = FreeDiskBytes();
   // Unflushed memtables reach the disk at the next flush (their blobs too): count them as owed.
   uint64_t owed = 0;
@@ -168,8 +173,10 @@ absl::Status RocksDbStore::CheckFreeSpace(uint64_t incoming, bool use_reserve,
   const uint64_t needed =
       2 * incoming + owed + (use_reserve ? kDeleteHeadroom : options_.min_free_disk_bytes);
   if (free_bytes >= needed) return absl::OkStatus();
-  Log(LogLevel::kWarning, "disk_low",
-      {{"path", options_.path}, {"free", free_bytes}, {"needed", needed}});
+  if (!quiet) {
+    Log(LogLevel::kWarning, "disk_low",
+        {{"path", options_.path}, {"free", free_bytes}, {"needed", needed}});
+  }
   return absl::ResourceExhaustedError(absl::StrCat(
       "cannot ", Sv(context), ": the data disk is full (", free_bytes,
       " bytes free; this write needs ", needed, ": its bytes twice, unflushed memtables, and ",

@@ -29,10 +29,25 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "rocksdb/db.h"
+#include "rocksdb/listener.h"
 #include "rocksdb/write_batch.h"
 #include "store/store.h"
 
 namespace nexuskv::store::internal {
+
+// Remembers the background error that stopped RocksDB's writes (severity hard or worse) until
+// RocksDB reports a successful recovery. Thread-safe (RocksDB calls it from its own threads).
+class BackgroundErrorListener final : public rocksdb::EventListener {
+ public:
+  void OnBackgroundError(rocksdb::BackgroundErrorReason reason, rocksdb::Status* error) override;
+  void OnErrorRecoveryEnd(const rocksdb::BackgroundErrorRecoveryInfo& info) override;
+  // The stopping error, or empty when writes are not stopped.
+  std::string error() const;
+
+ private:
+  mutable absl::Mutex mu_;
+  std::string error_ ABSL_GUARDED_BY(mu_);
+};
 
 // OK when both parts of `key` are valid ids (ValidateId); InvalidArgument naming the bad part.
 absl::Status ValidateSessionKey(const SessionKey& key);
@@ -69,11 +84,15 @@ class RocksDbStore final : public Store {
                                                     uint32_t layer) override;
   absl::StatusOr<DeleteOutcome> DeleteSession(const SessionKey& key) override;
   absl::StatusOr<uint32_t> DeleteExpired(int64_t now_unix_ms) override;
+  StoreStats Stats() override;  // rocksdb_store_stats.cc
+  absl::Status CheckWritable() override;
 
  private:
   // Takes ownership of db and of the four handles (default, sessions, segments, nexus).
+  // `errors` is the listener registered with db.
   RocksDbStore(const Options& options, rocksdb::DB* db,
-               std::vector<rocksdb::ColumnFamilyHandle*> handles);
+               std::vector<rocksdb::ColumnFamilyHandle*> handles,
+               std::shared_ptr<BackgroundErrorListener> errors);
 
   absl::Mutex& SessionMutex(const SessionKey& key);
 
@@ -87,8 +106,9 @@ class RocksDbStore final : public Store {
                                                              std::string_view what);
   absl::Status Write(rocksdb::WriteBatch& batch, std::string_view context);
   // ResourceExhausted when writing `incoming` bytes would eat into Options::min_free_disk_bytes
-  // (or, with use_reserve, leave no headroom at all).
-  absl::Status CheckFreeSpace(uint64_t incoming, bool use_reserve, std::string_view context);
+  // (or, with use_reserve, leave no headroom at all). Logs a refusal unless `quiet`.
+  absl::Status CheckFreeSpace(uint64_t incoming, bool use_reserve, std::string_view context,
+                              bool quiet = false);
   uint64_t FreeDiskBytes() const;
 
   // The bodies of the mutating calls, run with the session's stripe mutex held.
@@ -126,6 +146,7 @@ class RocksDbStore final : public Store {
   rocksdb::ColumnFamilyHandle* const sessions_;
   rocksdb::ColumnFamilyHandle* const segments_;
   rocksdb::ColumnFamilyHandle* const nexus_;
+  const std::shared_ptr<BackgroundErrorListener> background_errors_;
   // Serialize the read-modify-write of one session's records (see the file comment). What they
   // guard lives in RocksDB, so it cannot carry ABSL_GUARDED_BY; the *Locked methods require them.
   std::array<absl::Mutex, kSessionStripes> session_mu_;
