@@ -149,6 +149,9 @@ TEST_F(StoreTest, TurnGapIsFailedPreconditionAndWritesNothing) {
   EXPECT_THAT(std::string(first.message()), HasSubstr("expects turn 0 next"));
   EXPECT_EQ(store_->GetSession(kKey).status().code(), absl::StatusCode::kNotFound);
 
+  AppendTurns(kKey, 1);
+  EXPECT_EQ(Append(kKey, MakeSegment(2, 4, 4, 0, 2)).status().message(),
+            "session \"s1\" expects turn 1 next (it has 1 turn); got turn 2");
   AppendTurns(kKey, 3);
   absl::Status gap = Append(kKey, MakeSegment(5, 12, 4, 0, 9)).status();
   EXPECT_EQ(gap.code(), absl::StatusCode::kFailedPrecondition);

@@ -21,6 +21,9 @@ int64_t NowUnixMillis() { return absl::ToUnixMillis(absl::Now()); }
 
 std::string Quoted(std::string_view id) { return absl::StrCat("\"", Sv(id), "\""); }
 
+// "1 turn", "3 turns".
+std::string Turns(uint64_t n) { return absl::StrCat(n, n == 1 ? " turn" : " turns"); }
+
 // Adds key -> payload || checksum trailer without concatenating the (possibly large) payload.
 absl::Status PutChecksummed(rocksdb::WriteBatch& batch, rocksdb::ColumnFamilyHandle* cf,
                             const std::string& key, std::string_view payload) {
@@ -79,8 +82,8 @@ absl::StatusOr<AppendOutcome> RocksDbStore::AppendLocked(absl::Mutex& mu, const 
       NEXUSKV_ASSIGN_OR_RETURN(std::optional<SegmentRecord> stored_turn,
                                ReadSegmentRecord(key, turn));
       if (!stored_turn) {
-        return absl::DataLossError(absl::StrCat("session ", session, " has ", stored->num_turns(),
-                                                " turns but no record of turn ", turn,
+        return absl::DataLossError(absl::StrCat("session ", session, " has ", Turns(stored->num_turns()),
+                                                " but no record of turn ", turn,
                                                 "; delete the session"));
       }
       const std::string diff = DescribeSegmentDifference(record, *stored_turn);
@@ -100,7 +103,7 @@ absl::StatusOr<AppendOutcome> RocksDbStore::AppendLocked(absl::Mutex& mu, const 
   if (turn != updated.num_turns()) {
     return absl::FailedPreconditionError(
         absl::StrCat("session ", session, " expects turn ", updated.num_turns(), " next (it has ",
-                     updated.num_turns(), " turns); got turn ", turn));
+                     Turns(updated.num_turns()), "); got turn ", turn));
   }
   if (turn > 0 && record.first_position() != updated.next_position()) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -118,7 +121,7 @@ absl::StatusOr<AppendOutcome> RocksDbStore::AppendLocked(absl::Mutex& mu, const 
   if (ttl > 0) updated.set_expire_time_unix_ms(updated.update_time_unix_ms() + int64_t{ttl} * 1000);
   if (options_.max_turns_per_session > 0 && updated.num_turns() > options_.max_turns_per_session) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        "session ", session, " has ", turn, " turns, its quota (--max_turns_per_session=",
+        "session ", session, " has ", Turns(turn), ", its quota (--max_turns_per_session=",
         options_.max_turns_per_session, "); start a new session or delete old ones"));
   }
   if (options_.max_bytes_per_session > 0 && updated.raw_bytes() > options_.max_bytes_per_session) {
@@ -179,7 +182,7 @@ absl::Status RocksDbStore::PutFitLocked(absl::Mutex& mu, const SessionKey& key, 
   }
   if (turn >= stored->num_turns()) {
     return absl::NotFoundError(absl::StrCat("session ", session, " has no turn ", turn, " (it has ",
-                                            stored->num_turns(), " turns)"));
+                                            Turns(stored->num_turns()), ")"));
   }
   if (per_layer.size() != stored->model().num_layers()) {
     return absl::InvalidArgumentError(
