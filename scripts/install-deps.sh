@@ -19,6 +19,12 @@ packages=(
   # scripts/fuzz.sh and scripts/sanitize.sh (run by scripts/test.sh): clang-14, its sanitizer and
   # libFuzzer runtimes (libclang_rt.{asan,ubsan_standalone,fuzzer}), llvm-symbolizer for reports
   clang clang-14 libclang-rt-14-dev llvm
+  # scripts/cluster-test.sh: the gateway in front of the local shards (docs/scaling.md)
+  nginx
+  # clients/go (scripts/go-test.sh): Go, its protoc plugins and the gRPC / protobuf Go sources it
+  # builds against offline (clients/go/vendor/ links /usr/share/gocode, docs/go.md)
+  golang-go protoc-gen-go protoc-gen-go-grpc golang-google-grpc-dev golang-google-protobuf-dev
+  golang-github-golang-protobuf-1-5-dev
 )
 
 missing=()

@@ -2,8 +2,10 @@
 # Installs, builds and runs every test: the C++ unit and integration tests (ctest: against the real
 # server binary and a real RocksDB, plus the crash tests: SIGKILL rounds, full disk, corruption),
 # the Python client, transformers integration and quick real-model evaluation (pytest, in .venv),
+# the deploy/ manifests and three shards behind nginx (scripts/cluster-test.sh),
 # then the short reliability mode (scripts/reliability-ci.sh, docs/reliability.md): each libFuzzer
-# target for NEXUSKV_FUZZ_SECONDS (default 60) in a clang tree build-fuzz/, the unit tests under
+# target for NEXUSKV_FUZZ_SECONDS (30 here; scripts/fuzz.sh alone defaults to 60, and longer runs
+# are for a person, docs/reliability.md) in a clang tree build-fuzz/, the unit tests under
 # ASan + UBSan reusing that tree, and a 10 s load run on build/ with 8 clients where any error
 # fails. This is what CI runs.
 set -euo pipefail
@@ -22,8 +24,13 @@ ctest --test-dir build --output-on-failure -j"$(nproc)" --timeout 600
 step_done ctest
 bash scripts/python-test.sh
 step_done python
+# deploy/ manifests checked offline, then three shards behind nginx on loopback (docs/scaling.md).
+bash scripts/cluster-test.sh
+step_done cluster
+bash scripts/go-test.sh
+step_done go
 # ctest above already ran the crash pieces (label crash); reliability-ci.sh times each piece.
-bash scripts/reliability-ci.sh fuzz sanitize load
+NEXUSKV_FUZZ_SECONDS=${NEXUSKV_FUZZ_SECONDS:-30} bash scripts/reliability-ci.sh fuzz sanitize load
 step_done reliability
 echo "test: all passed in $((SECONDS - start)) s ($(nproc) cpus)"
 printf '%s\n' "${timings[@]}"

@@ -64,6 +64,9 @@ type Cache struct {
 func (c *Client) GetCacheFunc(ctx context.Context, req *pb.GetCacheRequest,
 	fn func(header *pb.CacheHeader, layer *CacheLayer) error) (*pb.CacheHeader, error) {
 	const rpc = "GetCache"
+	if req == nil || fn == nil {
+		return nil, newError(rpc, "", codes.InvalidArgument, "GetCacheFunc needs a request and a callback")
+	}
 	id := req.GetSessionId()
 	ctx, cancel, err := c.begin(ctx, rpc, id)
 	if err != nil {
