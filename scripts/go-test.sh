@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Go side of the test suite: installs Debian's Go toolchain and gRPC sources (idempotent), generates
-# the client's stubs from proto/ (go generate), links its dependencies from /usr/share/gocode into
-# clients/go/vendor/ (offline: the Go module proxy is not reachable, docs/go.md), then runs go vet
-# and go test on clients/go against a real nexuskv-server process. Assumes build/bin/nexuskv-server
+# the client's stubs from proto/ (go generate) and links its dependencies from /usr/share/gocode
+# into clients/go/vendor/ (offline: the Go module proxy is not reachable, docs/go.md), then runs go
+# vet and go test on clients/go against a real nexuskv-server process. Assumes build/bin/nexuskv-server
 # exists (scripts/build.sh); NEXUSKV_SERVER overrides the path. Extra arguments go to go test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,7 +34,6 @@ export NEXUSKV_SERVER
 export GOPROXY=off GOFLAGS=-mod=vendor GOTOOLCHAIN=local GOCACHE=${GOCACHE:-$PWD/build/go-cache}
 
 cd clients/go
-go generate .
-bash scripts/debian-vendor.sh
+bash scripts/debian-offline.sh  # nexuskvpb/ (go generate) and vendor/
 go vet ./...
 go test -count=1 -v ./... "$@"

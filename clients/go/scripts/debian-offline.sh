@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Builds clients/go/vendor/ from Debian's packaged Go sources (/usr/share/gocode/src), so that the
-# module builds and tests offline, where the Go module proxy is not reachable. The vendor folder is
-# generated, never committed (.gitignore): it holds one symlink per dependency module, pointing
-# into /usr/share/gocode, and a vendor/modules.txt naming the packages the module uses. With it, go
-# (>= 1.14) builds in -mod=vendor mode by itself; without it, go uses the normal module path
-# (docs/go.md, "With internet"). Debian packages: golang-google-grpc-dev, golang-google-protobuf-dev
-# and what they pull in (scripts/go-test.sh installs them).
+# Makes clients/go build and test offline from Debian's packages, where the Go module proxy is not
+# reachable: generates the stubs (nexuskvpb/, go generate) and a vendor/ folder of Debian's packaged
+# Go sources (/usr/share/gocode/src). Both are generated, never committed (.gitignore). vendor/ holds
+# one symlink per dependency module, pointing into /usr/share/gocode, and a vendor/modules.txt
+# naming the packages the module and its tests use; with it, go (>= 1.14) builds in -mod=vendor
+# mode by itself. Without vendor/, go uses the normal module path (docs/go.md, "With internet").
+# Debian packages: golang-go, protobuf-compiler, protoc-gen-go, protoc-gen-go-grpc,
+# golang-google-grpc-dev, golang-google-protobuf-dev, golang-github-golang-protobuf-1-5-dev
+# (scripts/go-test.sh installs them).
 #
-# Usage: clients/go/scripts/debian-vendor.sh   (from anywhere; rebuilds vendor/ every run)
+# Usage: clients/go/scripts/debian-offline.sh   (from anywhere; rebuilds both every run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 gocode=${GOCODE:-/usr/share/gocode/src}
@@ -71,21 +73,24 @@ write_modules_txt() {  # $1: file of "import/path" lines (the packages used), or
 rm -rf vendor
 for module in "${modules[@]}"; do
   if [[ ! -d $gocode/$module ]]; then
-    echo "debian-vendor: $gocode/$module missing (apt-get install golang-google-grpc-dev golang-google-protobuf-dev)" >&2
+    echo "debian-offline: $gocode/$module missing (apt-get install golang-google-grpc-dev golang-google-protobuf-dev)" >&2
     exit 1
   fi
   mkdir -p "vendor/$(dirname "$module")"
   ln -s "$gocode/$module" "vendor/$module"
   have=${required[$module]:-}
   if [[ -n $have && $have != "$(debian_version "$module")" ]]; then
-    echo "debian-vendor: note: go.mod requires $module $have, Debian ships $(debian_version "$module")" >&2
+    echo "debian-offline: note: go.mod requires $module $have, Debian ships $(debian_version "$module")" >&2
   fi
 done
-# First pass: modules only, to let go list name the packages the module and its tests import.
+# First pass: modules only. That is enough for go to load the module (and run go generate), and
+# then for go list to name the packages the module and its tests import.
 write_modules_txt /dev/null > vendor/modules.txt
+rm -rf nexuskvpb
+GOFLAGS=-mod=vendor go generate .
 used=$(mktemp)
 trap 'rm -f "$used"' EXIT
-go list -mod=vendor -deps -test -f '{{if not .Standard}}{{.ImportPath}}{{end}}' ./... |
+GOFLAGS=-mod=vendor go list -deps -test -f '{{if not .Standard}}{{.ImportPath}}{{end}}' ./... |
   grep -v "^github.com/nexuskv/" | sed 's/ \[.*\]$//' | sort -u > "$used"
 write_modules_txt "$used" > vendor/modules.txt
-echo "debian-vendor: vendor/ links $(wc -l < "$used") packages of ${#modules[@]} modules from $gocode"
+echo "debian-offline: nexuskvpb/ generated; vendor/ links $(wc -l < "$used") packages of ${#modules[@]} modules from $gocode"
