@@ -183,6 +183,14 @@ absl::Status CheckBearerToken(std::string_view token) {
   return absl::OkStatus();
 }
 
+// gRPC refuses metadata values outside printable ASCII (space included).
+bool IsHeaderValue(std::string_view value) {
+  for (const char c : value) {
+    if (c < ' ' || c > '~') return false;
+  }
+  return true;
+}
+
 // The contents of a PEM file; `what` names it in errors.
 absl::StatusOr<std::string> ReadPemFile(const std::string& path, const char* what) {
   std::ifstream in(path, std::ios::binary);
@@ -235,6 +243,11 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
     return absl::InvalidArgumentError("ClientOptions.max_message_bytes must be positive");
   }
   NEXUSKV_RETURN_IF_ERROR(CheckBearerToken(options.bearer_token));
+  if (!IsHeaderValue(options.session_header_prefix)) {
+    return absl::InvalidArgumentError(
+        "ClientOptions.session_header_prefix must be printable ASCII (it goes into the "
+        "x-nexuskv-session metadata)");
+  }
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(options.max_message_bytes);
   args.SetMaxSendMessageSize(options.max_message_bytes);
@@ -247,11 +260,16 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
 Client::Client(std::shared_ptr<grpc::Channel> channel, const ClientOptions& options)
     : options_(options), channel_(std::move(channel)), stub_(v1::KvMemory::NewStub(channel_)) {}
 
-void Client::PrepareContext(grpc::ClientContext& context) const {
+void Client::PrepareContext(grpc::ClientContext& context, std::string_view session_id) const {
   context.set_deadline(absl::ToChronoTime(absl::Now() + options_.timeout));
   context.set_wait_for_ready(options_.wait_for_ready);
   if (!options_.bearer_token.empty()) {
     context.AddMetadata("authorization", absl::StrCat("Bearer ", options_.bearer_token));
+  }
+  // Without the header a gateway cannot route the call to the session's shard; an id it cannot
+  // carry is one the server refuses (INVALID_ARGUMENT) on whichever shard the call reaches.
+  if (!session_id.empty() && IsHeaderValue(session_id)) {
+    context.AddMetadata(kSessionHeader, options_.session_header_prefix + std::string(session_id));
   }
 }
 
@@ -305,7 +323,7 @@ absl::StatusOr<v1::AppendSegmentResponse> Client::AppendTurn(const FloatTurnTens
 absl::StatusOr<v1::AppendSegmentResponse> Client::Append(const v1::SegmentHeader& header,
                                                          const LayerSource& source) {
   grpc::ClientContext context;
-  PrepareContext(context);
+  PrepareContext(context, header.session_id());
   v1::AppendSegmentResponse response;
   std::unique_ptr<grpc::ClientWriter<v1::AppendSegmentRequest>> writer =
       stub_->AppendSegment(&context, &response);
@@ -342,7 +360,7 @@ absl::StatusOr<v1::AppendSegmentResponse> Client::Append(const v1::SegmentHeader
 
 absl::StatusOr<Cache> Client::GetCache(const v1::GetCacheRequest& request) {
   grpc::ClientContext context;
-  PrepareContext(context);
+  PrepareContext(context, request.session_id());
   std::unique_ptr<grpc::ClientReader<v1::GetCacheResponse>> reader =
       stub_->GetCache(&context, request);
   Cache cache;
@@ -394,7 +412,7 @@ absl::StatusOr<Cache> Client::GetCache(const v1::GetCacheRequest& request) {
 
 absl::StatusOr<v1::SessionInfo> Client::GetSession(std::string_view session_id) {
   grpc::ClientContext context;
-  PrepareContext(context);
+  PrepareContext(context, session_id);
   v1::GetSessionRequest request;
   request.set_session_id(std::string(session_id));
   v1::SessionInfo response;
@@ -432,7 +450,7 @@ absl::StatusOr<std::vector<v1::SessionInfo>> Client::ListAllSessions(std::string
 
 absl::StatusOr<v1::DeleteSessionResponse> Client::DeleteSession(std::string_view session_id) {
   grpc::ClientContext context;
-  PrepareContext(context);
+  PrepareContext(context, session_id);
   v1::DeleteSessionRequest request;
   request.set_session_id(std::string(session_id));
   v1::DeleteSessionResponse response;

@@ -81,7 +81,20 @@ struct ClientOptions {
   // the token crosses the network in the clear. Printable ASCII without spaces (Connect refuses
   // anything else with InvalidArgument).
   std::string bearer_token;
+  // Sharding (docs/scaling.md): every per-session call (AppendTurn, GetCache, GetSession,
+  // DeleteSession) carries the metadata "x-nexuskv-session: <prefix><session_id>", the key a
+  // gateway hashes to pick the session's shard (nginx `hash $http_x_nexuskv_session consistent`).
+  // The server ignores the header. Empty prefix (the default): the header is the session id
+  // alone. A platform whose tenants reuse session ids can set a per-tenant prefix such as
+  // "tenant-a/" so that their sessions spread over the shards independently; every client of a
+  // session must then use the same prefix, or its calls reach another shard (NOT_FOUND).
+  // Printable ASCII (Connect refuses anything else with InvalidArgument). A session id with
+  // characters a header cannot carry is sent without the header (the server refuses such ids).
+  std::string session_header_prefix;
 };
+
+// The metadata key of ClientOptions::session_header_prefix: lower case, as gRPC sends it.
+inline constexpr char kSessionHeader[] = "x-nexuskv-session";
 
 // PEM files for a TLS channel, for TlsCredentialsFromFiles.
 struct TlsFiles {
@@ -157,12 +170,12 @@ class Client {
   // Creates the channel. Channels connect lazily, so an unreachable server shows up as
   // UNAVAILABLE (or DEADLINE_EXCEEDED with wait_for_ready) on the first call, not here.
   // InvalidArgument for an empty target, a non-positive timeout or message size, or a bearer
-  // token with characters other than printable ASCII.
+  // token or session header prefix with characters other than printable ASCII.
   static absl::StatusOr<std::unique_ptr<Client>> Connect(const ClientOptions& options);
 
   // For tests and for callers that manage channels themselves. `channel` must not be null; of
-  // `options`, only timeout, wait_for_ready, max_message_bytes (checked before sending) and
-  // bearer_token apply, taken as given (Connect is what validates them).
+  // `options`, only timeout, wait_for_ready, max_message_bytes (checked before sending),
+  // bearer_token and session_header_prefix apply, taken as given (Connect is what validates them).
   Client(std::shared_ptr<grpc::Channel> channel, const ClientOptions& options);
 
   Client(const Client&) = delete;
@@ -199,7 +212,8 @@ class Client {
   using LayerSource = std::function<absl::StatusOr<v1::LayerChunk>(uint32_t layer)>;
   absl::StatusOr<v1::AppendSegmentResponse> Append(const v1::SegmentHeader& header,
                                                    const LayerSource& source);
-  void PrepareContext(grpc::ClientContext& context) const;
+  // Deadline, wait_for_ready, bearer token and, for a non-empty session_id, the session header.
+  void PrepareContext(grpc::ClientContext& context, std::string_view session_id = {}) const;
 
   const ClientOptions options_;
   const std::shared_ptr<grpc::Channel> channel_;

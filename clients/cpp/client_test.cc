@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -212,6 +213,45 @@ TEST_F(FaultyServerTest, EveryCallCarriesTheDeadline) {
   }
   EXPECT_THAT(methods, UnorderedElementsAre("AppendSegment", "GetCache", "GetSession",
                                             "ListSessions", "DeleteSession"));
+}
+
+// The gateway routes on this header (docs/scaling.md); tests/cluster checks the same through nginx
+// and the real server, for the CLI built on this client.
+TEST_F(FaultyServerTest, EveryPerSessionCallCarriesTheSessionHeader) {
+  server_.service().set_cache_answer(ValidFullAnswer());
+  std::vector<std::string> bytes = {std::string(16, 'k'), std::string(16, 'v')};
+  TurnTensors turn;
+  turn.session_id = "chat-7";
+  turn.model = Spec(1);
+  turn.layers = {{bytes[0], bytes[1], {}}};
+  client_->AppendTurn(turn).IgnoreError();
+  v1::GetCacheRequest request;
+  request.set_session_id("chat-8");
+  request.set_method(v1::FULL);
+  client_->GetCache(request).IgnoreError();
+  client_->GetSession("chat-9").IgnoreError();
+  ASSERT_TRUE(client_->ListAllSessions().ok());
+  client_->DeleteSession("chat-10").IgnoreError();
+  using Headers = std::vector<std::string>;
+  const std::map<std::string, Headers> headers = server_.service().session_headers();
+  ASSERT_EQ(headers.size(), 5u);
+  EXPECT_EQ(headers.at("AppendSegment"), Headers{"chat-7"});
+  EXPECT_EQ(headers.at("GetCache"), Headers{"chat-8"});
+  EXPECT_EQ(headers.at("GetSession"), Headers{"chat-9"});
+  EXPECT_EQ(headers.at("DeleteSession"), Headers{"chat-10"});
+  EXPECT_EQ(headers.at("ListSessions"), Headers{}) << "ListSessions belongs to no session";
+}
+
+TEST_F(FaultyServerTest, SessionHeaderPrefixIsPrepended) {
+  ClientOptions options = client_->options();
+  options.session_header_prefix = "tenant-a/";
+  absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(options);
+  ASSERT_TRUE(client.ok()) << client.status();
+  (*client)->GetSession("chat-1").IgnoreError();
+  EXPECT_EQ(server_.service().session_headers().at("GetSession"),
+            std::vector<std::string>{"tenant-a/chat-1"});
+  options.session_header_prefix = "tenant\nb/";  // a newline cannot go into a header
+  EXPECT_EQ(Client::Connect(options).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(FaultyServerTest, RepeatedPageTokenIsInternal) {

@@ -36,10 +36,21 @@ std::map<std::string, FaultyKvMemory::Deadline> FaultyKvMemory::deadlines() cons
   return deadlines_;
 }
 
+std::map<std::string, std::vector<std::string>> FaultyKvMemory::session_headers() const {
+  absl::MutexLock lock(&mu_);
+  return session_headers_;
+}
+
 void FaultyKvMemory::Record(const char* method, const grpc::ServerContext& context) {
+  std::vector<std::string> session_header;
+  const auto [begin, end] = context.client_metadata().equal_range("x-nexuskv-session");
+  for (auto it = begin; it != end; ++it) {
+    session_header.emplace_back(it->second.data(), it->second.size());
+  }
   absl::MutexLock lock(&mu_);
   ++calls_;
   deadlines_[method] = context.deadline();
+  session_headers_[method] = std::move(session_header);
 }
 
 grpc::Status FaultyKvMemory::AppendSegment(grpc::ServerContext* context,

@@ -11,7 +11,8 @@
 //   ListSessions   returns set_list_answer()'s page, for every call.
 //   AppendSegment, GetSession, DeleteSession   UNIMPLEMENTED (AppendSegment reads its stream
 //                  first).
-// Every call, whatever its method, is counted and its deadline recorded.
+// Every call, whatever its method, is counted and its deadline and x-nexuskv-session metadata
+// recorded.
 //
 //   FaultyKvMemoryServer server;  // listens on a free loopback port
 //   server.service().set_cache_answer({/* a header then layers, with one thing wrong */});
@@ -51,6 +52,10 @@ class FaultyKvMemory final : public nexuskv::v1::KvMemory::Service {
   // The deadline of the latest call of each method, keyed by method name ("GetCache"...). A call
   // without a deadline shows as Deadline::max().
   std::map<std::string, Deadline> deadlines() const ABSL_LOCKS_EXCLUDED(mu_);
+  // The values of the "x-nexuskv-session" metadata of the latest call of each method, keyed by
+  // method name (empty for a call without it).
+  std::map<std::string, std::vector<std::string>> session_headers() const
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   grpc::Status AppendSegment(grpc::ServerContext* context,
                              grpc::ServerReader<nexuskv::v1::AppendSegmentRequest>* reader,
@@ -75,6 +80,7 @@ class FaultyKvMemory final : public nexuskv::v1::KvMemory::Service {
   nexuskv::v1::ListSessionsResponse list_answer_ ABSL_GUARDED_BY(mu_);
   int calls_ ABSL_GUARDED_BY(mu_) = 0;
   std::map<std::string, Deadline> deadlines_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::vector<std::string>> session_headers_ ABSL_GUARDED_BY(mu_);
 };
 
 // Runs a FaultyKvMemory on 127.0.0.1 at a port chosen by the OS, plaintext, until destroyed.
