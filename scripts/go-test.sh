@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Go side of the test suite: installs Debian's Go toolchain and gRPC sources (idempotent), generates
 # the client's stubs from proto/ (go generate) and links its dependencies from /usr/share/gocode
-# into clients/go/vendor/ (offline: the Go module proxy is not reachable, docs/go.md), then runs go
-# vet and go test on clients/go against a real nexuskv-server process. Assumes build/bin/nexuskv-server
-# exists (scripts/build.sh); NEXUSKV_SERVER overrides the path. Extra arguments go to go test.
+# into clients/go/vendor/ (offline: the Go module proxy is not reachable, docs/go.md), then checks
+# gofmt and runs go vet and go test on clients/go against a real nexuskv-server process. Assumes
+# build/bin/nexuskv-server exists (scripts/build.sh); NEXUSKV_SERVER overrides the path. Extra
+# arguments go to go test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,5 +36,10 @@ export GOPROXY=off GOFLAGS=-mod=vendor GOTOOLCHAIN=local GOCACHE=${GOCACHE:-$PWD
 
 cd clients/go
 bash scripts/debian-offline.sh  # nexuskvpb/ (go generate) and vendor/
+unformatted=$(gofmt -l .)
+if [[ -n $unformatted ]]; then
+  echo "go-test: not gofmt-formatted (run gofmt -w): $unformatted" >&2
+  exit 1
+fi
 go vet ./...
 go test -count=1 -v ./... "$@"
