@@ -10,6 +10,9 @@
 
 A Client owns one channel, reused by every call, and is safe to share between threads (gRPC channels
 and stubs are). Every call has a deadline: the per-call `timeout` argument or the client's default.
+Every per-session call (append_turn, get_cache, session, delete) carries the metadata
+`x-nexuskv-session: <session_header_prefix><session_id>`, the key a gateway in front of several
+shards hashes to route the session (docs/scaling.md); a single server ignores it.
 Failures raise NexusKVError carrying the gRPC status code. UNAVAILABLE (server unreachable, connection
 reset) is retried with exponential backoff and jitter, `retries` times; every other code surfaces at
 once. Retrying an append is safe: the server treats an identical re-sent turn as a no-op.
@@ -43,6 +46,8 @@ from .types import (
 )
 
 T = TypeVar("T")
+
+SESSION_HEADER = "x-nexuskv-session"
 
 _DTYPE_TO_PB = {
     "float32": pb.DTYPE_FLOAT32,
@@ -89,6 +94,13 @@ def _spec_from_pb(m: pb.ModelSpec) -> ModelSpec:
     )
 
 
+_FIT_STATE = {pb.FIT_PENDING: "pending", pb.FIT_STORED: "stored", pb.FIT_FAILED: "failed"}
+
+
+def _method_name(method: int) -> str:
+    return pb.Method.Name(method).lower()
+
+
 def _session_from_pb(s: pb.SessionInfo) -> SessionInfo:
     return SessionInfo(
         session_id=s.session_id,
@@ -108,6 +120,8 @@ def _session_from_pb(s: pb.SessionInfo) -> SessionInfo:
                 first_position=t.first_position,
                 num_probe_queries=t.num_probe_queries,
                 raw_bytes=t.raw_bytes,
+                fits={_method_name(f.method): _FIT_STATE.get(f.state, "pending") for f in t.fits},
+                fit_errors={_method_name(f.method): f.error for f in t.fits if f.error},
             )
             for t in s.turns
         ],
@@ -128,6 +142,7 @@ class Client:
         max_message_bytes: int = 256 << 20,
         credentials: grpc.ChannelCredentials | None = None,
         metadata: Sequence[tuple[str, str]] = (),
+        session_header_prefix: str = "",
     ) -> None:
         """Opens a channel to `target` ("host:port"); no RPC is made until the first call.
 
@@ -139,11 +154,16 @@ class Client:
             max_message_bytes: largest message sent or received (one layer of a turn or answer).
             credentials: TLS credentials; None for a plaintext channel.
             metadata: sent with every call (for instance an auth token).
+            session_header_prefix: put before the session id in the x-nexuskv-session header
+                (for instance "tenant-a/" where tenants reuse session ids; docs/scaling.md). Every
+                client of a session must use the same prefix, or its calls reach another shard.
         """
         if timeout <= 0:
             raise ValueError("timeout must be positive")
         if retries < 0:
             raise ValueError("retries must be >= 0")
+        if not _is_header_value(session_header_prefix):
+            raise ValueError("session_header_prefix must be printable ASCII (it goes into a header)")
         options = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -164,6 +184,7 @@ class Client:
         self.backoff = backoff
         self.max_backoff = max_backoff
         self._metadata = tuple(metadata)
+        self.session_header_prefix = session_header_prefix
 
     def close(self) -> None:
         self._channel.close()
@@ -173,6 +194,13 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _session_metadata(self, session_id: str) -> tuple[tuple[str, str], ...]:
+        """The client's metadata plus the session header. An id a header cannot carry goes without
+        it: the server refuses such ids (INVALID_ARGUMENT) on whichever shard the call reaches."""
+        if not session_id or not _is_header_value(session_id):
+            return self._metadata
+        return (*self._metadata, (SESSION_HEADER, self.session_header_prefix + session_id))
 
     # -- retry machinery ------------------------------------------------------------------------
 
@@ -308,8 +336,10 @@ class Client:
             for chunk in chunks:
                 yield pb.AppendSegmentRequest(layer=chunk)
 
+        metadata = self._session_metadata(session_id)
+
         def run(deadline: float) -> pb.AppendSegmentResponse:
-            return self._stub.AppendSegment(requests(), timeout=deadline, metadata=self._metadata)
+            return self._stub.AppendSegment(requests(), timeout=deadline, metadata=metadata)
 
         r = self._call("AppendSegment", run, timeout)
         return AppendResult(
@@ -393,8 +423,10 @@ class Client:
         if last_turn is not None:
             request.last_turn = last_turn
 
+        metadata = self._session_metadata(session_id)
+
         def run(deadline: float) -> CacheAnswer:
-            stream = self._stub.GetCache(request, timeout=deadline, metadata=self._metadata)
+            stream = self._stub.GetCache(request, timeout=deadline, metadata=metadata)
             return _assemble_cache(stream)
 
         return self._call("GetCache", run, timeout)
@@ -404,9 +436,11 @@ class Client:
     def session(self, session_id: str, *, timeout: float | None = None) -> SessionInfo:
         """One session with its per-turn info. NOT_FOUND when there is no such session."""
 
+        metadata = self._session_metadata(session_id)
+
         def run(deadline: float) -> pb.SessionInfo:
             req = pb.GetSessionRequest(session_id=session_id)
-            return self._stub.GetSession(req, timeout=deadline, metadata=self._metadata)
+            return self._stub.GetSession(req, timeout=deadline, metadata=metadata)
 
         return _session_from_pb(self._call("GetSession", run, timeout))
 
@@ -432,12 +466,19 @@ class Client:
     def delete(self, session_id: str, *, timeout: float | None = None) -> DeleteResult:
         """Deletes a session and everything stored for it. NOT_FOUND when there is none."""
 
+        metadata = self._session_metadata(session_id)
+
         def run(deadline: float) -> pb.DeleteSessionResponse:
             req = pb.DeleteSessionRequest(session_id=session_id)
-            return self._stub.DeleteSession(req, timeout=deadline, metadata=self._metadata)
+            return self._stub.DeleteSession(req, timeout=deadline, metadata=metadata)
 
         r = self._call("DeleteSession", run, timeout)
         return DeleteResult(deleted_turns=r.deleted_turns, freed_bytes=r.freed_bytes)
+
+
+def _is_header_value(value: str) -> bool:
+    """gRPC metadata values: printable ASCII, space included."""
+    return all(" " <= c <= "~" for c in value)
 
 
 def _malformed(what: str) -> NexusKVError:
