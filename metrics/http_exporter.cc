@@ -27,6 +27,17 @@ bool IsIpv4(std::string_view host) {
   return dots == 3 && digits > 0 && digits <= 3;
 }
 
+// Writes a whole response and asks the client to close (civetweb's keep-alive is off).
+void Respond(mg_connection* connection, int status, std::string_view reason, std::string_view type,
+             std::string_view body, bool head) {
+  const std::string headers = absl::StrCat(
+      "HTTP/1.1 ", status, " ", std::string(reason), "\r\nContent-Type: ", std::string(type),
+      "\r\nContent-Length: ", body.size(), "\r\nCache-Control: no-store\r\nConnection: close\r\n",
+      status == 405 ? "Allow: GET, HEAD\r\n" : "", "\r\n");
+  mg_write(connection, headers.data(), headers.size());
+  if (!head) mg_write(connection, body.data(), body.size());
+}
+
 }  // namespace
 
 absl::StatusOr<std::string> CivetwebListeningPort(std::string_view listen) {
@@ -72,8 +83,8 @@ absl::StatusOr<std::unique_ptr<HttpExporter>> HttpExporter::Start(std::string_vi
                                                ": ", error_text[0] ? error_text : "civetweb failed",
                                                "; is the address local and the port free?"));
   }
-  mg_set_request_handler(exporter->context_, "/metrics$", &HttpExporter::HandleMetrics,
-                         exporter.get());
+  // Every path comes here: civetweb's own 404 page crashes (civetweb 1.15, no document root).
+  mg_set_request_handler(exporter->context_, "**", &HttpExporter::HandleRequest, exporter.get());
   mg_server_port bound[4];
   const int count = mg_get_server_ports(exporter->context_, 4, bound);
   if (count > 0) exporter->port_ = bound[0].port;
@@ -84,20 +95,20 @@ HttpExporter::~HttpExporter() {
   if (context_ != nullptr) mg_stop(context_);
 }
 
-int HttpExporter::HandleMetrics(::mg_connection* connection, void* self) {
+int HttpExporter::HandleRequest(::mg_connection* connection, void* self) {
   const mg_request_info* request = mg_get_request_info(connection);
   const bool head = std::strcmp(request->request_method, "HEAD") == 0;
-  if (!head && std::strcmp(request->request_method, "GET") != 0) {
-    mg_send_http_error(connection, 405, "%s", "only GET and HEAD are served\n");
-    return 405;
+  const bool get = std::strcmp(request->request_method, "GET") == 0;
+  const char* path = request->local_uri != nullptr ? request->local_uri : "";
+  if (std::strcmp(path, "/metrics") != 0) {
+    Respond(connection, 404, "Not Found", "text/plain", "only /metrics is served here\n", head);
+  } else if (!get && !head) {
+    Respond(connection, 405, "Method Not Allowed", "text/plain", "only GET and HEAD\n", false);
+  } else {
+    Respond(connection, 200, "OK", kExpositionContentType,
+            static_cast<HttpExporter*>(self)->registry_->Exposition(), head);
   }
-  const std::string body = static_cast<HttpExporter*>(self)->registry_->Exposition();
-  // mg_send_http_ok writes the status line, the type, the length and the Connection header
-  // that matches civetweb's keep-alive setting.
-  const std::string type(kExpositionContentType);
-  mg_send_http_ok(connection, type.c_str(), static_cast<long long>(body.size()));
-  if (!head) mg_write(connection, body.data(), body.size());
-  return 200;
+  return 1;  // Handled.
 }
 
 }  // namespace nexuskv::metrics

@@ -43,7 +43,7 @@ class HttpExporter {
 
  private:
   explicit HttpExporter(const Registry* registry) : registry_(registry) {}
-  static int HandleMetrics(::mg_connection* connection, void* self);
+  static int HandleRequest(::mg_connection* connection, void* self);
 
   const Registry* const registry_;
   mg_context* context_ = nullptr;

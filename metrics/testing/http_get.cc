@@ -15,8 +15,10 @@ absl::StatusOr<HttpResponse> HttpGet(const std::string& host, int port, const st
   if (connection == nullptr) {
     return absl::UnavailableError(absl::StrCat("connect to ", host, ":", port, ": ", error));
   }
-  mg_printf(connection, "%s %s HTTP/1.0\r\nHost: %s:%d\r\n\r\n", method.c_str(), path.c_str(),
-            host.c_str(), port);
+  // As Prometheus and curl ask: HTTP/1.1.
+  mg_printf(connection,
+            "%s %s HTTP/1.1\r\nHost: %s:%d\r\nAccept: */*\r\nConnection: close\r\n\r\n",
+            method.c_str(), path.c_str(), host.c_str(), port);
   if (mg_get_response(connection, error, sizeof(error), timeout_ms) < 0) {
     mg_close_connection(connection);
     return absl::UnavailableError(

@@ -1,4 +1,4 @@
-// HttpGet: a blocking HTTP/1.0 GET with civetweb's client, for tests that scrape /metrics.
+// HttpGet: a blocking HTTP/1.1 request (one per connection) with civetweb's client, for tests that scrape /metrics.
 //
 //   NEXUSKV_ASSIGN_OR_RETURN(HttpResponse page, HttpGet("127.0.0.1", port, "/metrics"));
 //
