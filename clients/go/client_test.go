@@ -470,3 +470,54 @@ func TestClientSideLimits(t *testing.T) {
 		t.Fatalf("the refused turn reached the server: %v", err)
 	}
 }
+
+// One client, many goroutines: each appends and reads back its own session.
+func TestConcurrentUse(t *testing.T) {
+	s := plainServer(t)
+	c := newClient(t, s, nexuskv.Options{})
+	prefix := sessionID(t)
+	errs := make(chan error, 8)
+	for g := 0; g < 8; g++ {
+		go func(g int) {
+			id := fmt.Sprintf("%s-%d", prefix, g)
+			m := spec(pb.DType_DTYPE_FLOAT16)
+			turn := makeTurn(id, 0, m, 5+g, int64(g))
+			if _, err := c.AppendTurn(context.Background(), turn); err != nil {
+				errs <- err
+				return
+			}
+			cache, err := c.GetCache(context.Background(), &pb.GetCacheRequest{SessionId: id, Method: pb.Method_FULL})
+			if err == nil && !bytes.Equal(cache.Layers[2].Keys, wantFull([]*nexuskv.Turn{turn}, 2, true)) {
+				err = fmt.Errorf("session %s: keys differ", id)
+			}
+			errs <- err
+		}(g)
+	}
+	for g := 0; g < 8; g++ {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+// A bias-free SONIC answer (for engines that cannot add a per-key bias) sends no bias.
+func TestBiasFreeAnswer(t *testing.T) {
+	s := plainServer(t)
+	c := newClient(t, s, nexuskv.Options{})
+	id := sessionID(t)
+	appendSession(t, c, id, spec(pb.DType_DTYPE_FLOAT32), []int{20, 12})
+	for _, mode := range []pb.BiasMode{pb.BiasMode_BIAS_MODE_UNSPECIFIED, pb.BiasMode_BIAS_MODE_NONE} {
+		cache, err := c.GetCache(context.Background(), &pb.GetCacheRequest{SessionId: id,
+			Method: pb.Method_SONIC, Budget: nexuskv.KeepRatio(0.25), BiasMode: mode})
+		if err != nil {
+			t.Fatal(err)
+		}
+		withBias := mode == pb.BiasMode_BIAS_MODE_UNSPECIFIED
+		if cache.Header.HasBias != withBias || (cache.Layers[0].Bias != nil) != withBias {
+			t.Fatalf("%v: has_bias %v, bias %v", mode, cache.Header.HasBias, cache.Layers[0].Bias)
+		}
+		if withBias && len(cache.Layers[0].Bias) != numKvHeads*cache.Layers[0].Entries {
+			t.Fatalf("%d bias values for %d entries", len(cache.Layers[0].Bias), cache.Layers[0].Entries)
+		}
+	}
+}
