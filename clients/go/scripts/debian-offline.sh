@@ -54,19 +54,19 @@ write_modules_txt() {  # $1: file of "import/path" lines (the packages used), or
     version=${required[$module]:-$(debian_version "$module")}
     echo "# $module $version"
     # "explicit" for go.mod's requirements; the module's go version sets its language version.
-    local annotations="" go_version
-    [[ -n ${required[$module]:-} ]] && annotations="explicit"
+    local annotations="" go_version pkg owner m
+    if [[ -n ${required[$module]:-} ]]; then annotations="explicit"; fi
     go_version=$(sed -n 's/^go //p' "$gocode/$module/go.mod" 2>/dev/null || true)
-    [[ -n $go_version ]] && annotations="${annotations:+$annotations; }go $go_version"
-    [[ -n $annotations ]] && echo "## $annotations"
-    { grep -E "^$module(/|\$)" "$1" || true; } | while read -r pkg; do
-      # A package of a nested module root listed above belongs to that one, not this one.
-      local owner="" m
+    if [[ -n $go_version ]]; then annotations="${annotations:+$annotations; }go $go_version"; fi
+    if [[ -n $annotations ]]; then echo "## $annotations"; fi
+    while read -r pkg; do
+      # A package belongs to the longest module root above that prefixes it.
+      owner=""
       for m in "${modules[@]}"; do
-        [[ $pkg == "$m" || $pkg == "$m/"* ]] && ((${#m} > ${#owner})) && owner=$m
+        if [[ ($pkg == "$m" || $pkg == "$m/"*) && ${#m} -gt ${#owner} ]]; then owner=$m; fi
       done
-      [[ $owner == "$module" ]] && echo "$pkg"
-    done
+      if [[ $owner == "$module" ]]; then echo "$pkg"; fi
+    done < "$1"
   done
 }
 
