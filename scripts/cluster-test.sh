@@ -6,7 +6,8 @@
 #   2. three nexuskv-server shards behind nginx, both configured from deploy/, with two client
 #      processes, a SIGKILLed shard and a fourth shard added (tests/cluster/test_cluster.py, < 90 s).
 # Installs nginx (Debian) when missing. Needs build/bin/nexuskv-server and build/bin/nexuskv
-# (scripts/build.sh) and .venv (scripts/python-env.sh, run here when it lacks a package).
+# (scripts/build.sh; $NEXUSKV_SERVER and $NEXUSKV_CLI override them) and .venv
+# (scripts/python-env.sh, run here when it lacks a package).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$SECONDS
@@ -27,9 +28,9 @@ fi
 if ! .venv/bin/python -c 'import nexuskv, kubernetes_validate' 2>/dev/null; then
   bash scripts/python-env.sh
 fi
-for bin in nexuskv-server nexuskv; do
-  if [[ ! -x build/bin/$bin ]]; then
-    echo "cluster-test: build/bin/$bin is missing: build it first (scripts/build.sh)" >&2
+for bin in "${NEXUSKV_SERVER:-build/bin/nexuskv-server}" "${NEXUSKV_CLI:-build/bin/nexuskv}"; do
+  if [[ ! -x $bin ]]; then
+    echo "cluster-test: $bin is missing: build it first (scripts/build.sh)" >&2
     exit 1
   fi
 done

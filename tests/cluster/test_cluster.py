@@ -1,7 +1,7 @@
 """Three shards behind nginx on loopback, configured from deploy/ (docs/scaling.md).
 
 The shards run build/bin/nexuskv-server (or $NEXUSKV_SERVER) with deploy/k8s/base/nexuskv.flags;
-nginx runs the deployed gateway template. In order:
+nginx runs the deployed gateway template; the CLI is build/bin/nexuskv (or $NEXUSKV_CLI). In order:
   1. two "pods" (two processes) append 30 sessions each through the gateway, then each resumes
      the other's 30 (FULL, bit for bit);
   2. every session is on exactly one shard (GetSession on each shard directly), the one nginx's
@@ -93,8 +93,11 @@ def _holders(shards: list[Shard], sid: str) -> list[int]:
     return found
 
 
+CLI = Path(os.environ.get("NEXUSKV_CLI") or REPO / "build" / "bin" / "nexuskv")
+
+
 def _cli(*args: str, server: str) -> str:
-    cli = REPO / "build" / "bin" / "nexuskv"
+    cli = CLI
     out = subprocess.run(
         [str(cli), "--server", server, *args], capture_output=True, text=True, timeout=30, check=False
     )
@@ -113,7 +116,7 @@ def test_three_shards_behind_nginx(workdir: Path) -> None:
     start = time.monotonic()
     binary = Path(os.environ.get("NEXUSKV_SERVER") or REPO / "build" / "bin" / "nexuskv-server")
     assert binary.is_file(), f"nexuskv-server not built at {binary}"
-    assert (REPO / "build" / "bin" / "nexuskv").is_file(), "the nexuskv CLI is not built"
+    assert CLI.is_file(), f"the nexuskv CLI is not built at {CLI}"
     shards = [Shard(binary, workdir, i) for i in range(3)]
     gateway = Gateway(workdir)
     report: dict[str, object] = {"nginx": nginx_version(), "sessions": len(SESSIONS)}
