@@ -31,8 +31,12 @@ if [[ ! -x $server ]]; then
 fi
 NEXUSKV_SERVER=$(realpath "$server")
 export NEXUSKV_SERVER
-# Offline and reproducible: no proxy, no toolchain downloads, the build cache under build/.
-export GOPROXY=off GOFLAGS=-mod=vendor GOTOOLCHAIN=local GOCACHE=${GOCACHE:-$PWD/build/go-cache}
+# Offline: no proxy, no toolchain downloads. Go's own build cache (~/.cache/go-build) spares a
+# later run, even from a fresh clone, most of the first one's compiling; without a home, build/.
+export GOPROXY=off GOFLAGS=-mod=vendor GOTOOLCHAIN=local
+if [[ -z ${GOCACHE:-} && -z ${HOME:-} && -z ${XDG_CACHE_HOME:-} ]]; then
+  export GOCACHE=$PWD/build/go-cache
+fi
 
 cd clients/go
 bash scripts/debian-offline.sh  # nexuskvpb/ (go generate) and vendor/
