@@ -74,10 +74,16 @@ def _run_pods(action: str, gateway: str, batches: list[list[str]]) -> list[dict]
         for batch in batches
     ]
     reports = []
-    for p in procs:
-        out, err = p.communicate(timeout=60)
-        assert p.returncode == 0, f"pod {action} exited {p.returncode}: {err[-2000:]}"
-        reports.append(json.loads(out.strip().splitlines()[-1]))
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=60)
+            assert p.returncode == 0, f"pod {action} exited {p.returncode}: {err[-2000:]}"
+            reports.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     return reports
 
 
