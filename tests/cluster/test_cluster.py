@@ -7,7 +7,7 @@ nginx runs the deployed gateway template; the CLI is build/bin/nexuskv (or $NEXU
   2. every session is on exactly one shard (GetSession on each shard directly), the one nginx's
      ketama ring predicts; every per-session call in the gateway's log carried its session header;
   3. the CLI (the C++ client) puts, shows, gets and removes a session through the gateway, and
-     its calls carry the header too;
+     its calls carry the header too; a 64 MiB turn of Llama-3-8B's shape passes both ways;
   4. SIGKILL one shard: its sessions answer UNAVAILABLE through the gateway; the others still
      append a turn and resume;
   5. restart it: its sessions come back bit for bit;
@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 from deploy_config import REPO, KetamaRing
 from harness import Gateway, Shard, env_with_pythonpath, nginx_version
@@ -187,6 +188,21 @@ def test_three_shards_behind_nginx(workdir: Path) -> None:
             if call["method"] in PER_SESSION_METHODS:
                 assert call["session"], f"a per-session call without the header: {call}"
         assert _holders(shards, cli_sid) == []
+
+        # 3b. A turn of Llama-3-8B's shape (32 layers, 8 kv heads, 512 tokens, D 128: 64 MiB in
+        # 2 MiB layer messages) passes the gateway both ways, bit for bit.
+        rng = np.random.default_rng(3)
+        big = rng.standard_normal((2, 32, 8, 512, 128)).astype(np.float16)
+        with Client(gateway.target, timeout=60.0, retries=0) as kv:
+            t = time.monotonic()
+            kv.append_turn("llama-turn", 0, list(big[0]), list(big[1]), model_id="llama-3-8b-shape")
+            answer = kv.get_cache("llama-turn", method="full")
+            report["llama_turn_64MiB_append_get_s"] = round(time.monotonic() - t, 2)
+            for layer in answer.layers:
+                assert layer.keys.tobytes() == big[0, layer.layer].tobytes(), layer.layer
+                assert layer.values.tobytes() == big[1, layer.layer].tobytes(), layer.layer
+            kv.delete("llama-turn")
+        del big, answer
 
         # 4. SIGKILL one shard: its sessions are UNAVAILABLE, the others keep working.
         victim = shards[max(range(3), key=lambda i: per_shard[i])]
