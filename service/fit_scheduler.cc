@@ -17,8 +17,11 @@ struct FitScheduler::InFlight {
 };
 
 FitScheduler::FitScheduler(store::Store* store, int num_threads, size_t max_queued,
-                           StoredCallback on_stored)
-    : store_(store), on_stored_(std::move(on_stored)), pool_("fit", num_threads, max_queued) {}
+                           StoredCallback on_stored, DoneCallback on_done)
+    : store_(store),
+      on_stored_(std::move(on_stored)),
+      on_done_(std::move(on_done)),
+      pool_("fit", num_threads, max_queued) {}
 
 FitScheduler::~FitScheduler() { Shutdown(); }
 
@@ -69,7 +72,9 @@ absl::Status FitScheduler::RunOnce(const FitJob& job) {
   if (!stored.ok()) {
     status = stored.status();
   } else if (!stored->has_value()) {
+    const absl::Time start = absl::Now();
     status = Compute(job);
+    if (on_done_) on_done_(job, absl::Now() - start, status);
   }
   mine->status = status;
   {

@@ -19,6 +19,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "compressor/compressor.h"
 #include "nexuskv/v1/kv_memory.pb.h"
 #include "service/internal/thread_pool.h"
@@ -37,10 +38,14 @@ class FitScheduler {
  public:
   // Called after a job's fit is stored (on the thread that stored it; not for fits found stored).
   using StoredCallback = std::function<void(const FitJob&)>;
+  // Called after each fit this scheduler computed (stored or failed; not for fits found stored),
+  // with the time it took, on the thread that computed it. For metrics.
+  using DoneCallback =
+      std::function<void(const FitJob&, absl::Duration elapsed, const absl::Status& status)>;
 
   // `store` must outlive the scheduler.
   FitScheduler(store::Store* store, int num_threads, size_t max_queued,
-               StoredCallback on_stored = nullptr);
+               StoredCallback on_stored = nullptr, DoneCallback on_done = nullptr);
   FitScheduler(const FitScheduler&) = delete;
   FitScheduler& operator=(const FitScheduler&) = delete;
   ~FitScheduler();
@@ -56,6 +61,9 @@ class FitScheduler {
   // Stops the workers after their current job. Idempotent.
   void Shutdown();
 
+  // Jobs queued for the workers and not yet started.
+  size_t queued() const { return pool_.queued(); }
+
  private:
   using JobId = std::tuple<std::string, std::string, uint32_t, std::string>;
   struct InFlight;
@@ -67,6 +75,7 @@ class FitScheduler {
 
   store::Store* const store_;
   const StoredCallback on_stored_;
+  const DoneCallback on_done_;
   absl::Mutex mu_;
   std::map<JobId, std::shared_ptr<InFlight>> in_flight_ ABSL_GUARDED_BY(mu_);
   ThreadPool pool_;

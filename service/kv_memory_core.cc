@@ -153,7 +153,7 @@ KvMemoryCore::KvMemoryCore(store::Store* store, const compressor::CompressorRegi
       options_(std::move(options)),
       fits_(store, options_.fit_threads, options_.fit_queue, [this](const FitJob& job) {
         if (job.method->name() == kRawRetentionFit) ApplyRetention(job.key);
-      }) {
+      }, options_.on_fit_done) {
   if (options_.raw_retention.mode == RawRetention::Mode::kAfter &&
       options_.raw_retention.sweep > absl::ZeroDuration()) {
     sweeper_ = std::thread([this] { SweepLoop(); });

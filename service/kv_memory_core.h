@@ -43,6 +43,8 @@ struct CoreOptions {
   // Share of a biased keep_ratio budget spent by token scores that goes to merged entries, each
   // standing for a run of evicted tokens (compressor/merge.h); 0 turns them off.
   double merge_share = 0.05;
+  // Told about each fit computed (FitScheduler::DoneCallback); for metrics. May be empty.
+  FitScheduler::DoneCallback on_fit_done;
 };
 
 class KvMemoryCore {
@@ -73,6 +75,9 @@ class KvMemoryCore {
       std::string_view tenant, const nexuskv::v1::ListSessionsRequest& request);
   absl::StatusOr<nexuskv::v1::DeleteSessionResponse> DeleteSession(std::string_view tenant,
                                                                    std::string_view session_id);
+
+  // Background fits queued and not yet started.
+  size_t queued_fits() const { return fits_.queued(); }
 
   // Stops background fits and the raw-retention sweeper (GetCache still computes what it needs).
   // Idempotent.

@@ -55,6 +55,12 @@ ABSL_FLAG(std::string, tls_client_ca_file, "", "PEM CA bundle; set for mutual TL
           "present a certificate it signed).");
 ABSL_FLAG(std::string, auth_tokens_file, "", "Bearer tokens -> tenants ('TENANT sha256:HEX' per "
           "line; SIGHUP reloads). Empty: no authentication, tenant 'default'.");
+ABSL_FLAG(std::string, metrics_listen, "",
+          "HOST:PORT serving Prometheus metrics at /metrics over plain HTTP (HOST an IP address "
+          "or localhost; port 0 picks one, logged). Empty: no metrics.");
+ABSL_FLAG(int, health_check_period_ms, 5000,
+          "Milliseconds between checks that the store can write; health is NOT_SERVING while it "
+          "cannot (disk reserve hit, read-only disk, RocksDB stopped by a background error).");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error.");
 
 int main(int argc, char** argv) {
@@ -108,6 +114,13 @@ int main(int argc, char** argv) {
   options.tls_key_file = absl::GetFlag(FLAGS_tls_key_file);
   options.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca_file);
   options.auth_tokens_file = absl::GetFlag(FLAGS_auth_tokens_file);
+  options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  options.health_check_period = absl::Milliseconds(absl::GetFlag(FLAGS_health_check_period_ms));
+  if (options.health_check_period <= absl::ZeroDuration()) {
+    nexuskv::Log(nexuskv::LogLevel::kError, "bad_flag",
+                 {{"status", "--health_check_period_ms must be positive"}});
+    return EXIT_FAILURE;
+  }
 
   const absl::Status status = nexuskv::service::RunServer(options);
   if (!status.ok()) {
