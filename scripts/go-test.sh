@@ -31,9 +31,10 @@ if [[ ! -x $server ]]; then
 fi
 NEXUSKV_SERVER=$(realpath "$server")
 export NEXUSKV_SERVER
-# Offline: no proxy, no toolchain downloads. Go's own build cache (~/.cache/go-build) spares a
-# later run, even from a fresh clone, most of the first one's compiling; without a home, build/.
-export GOPROXY=off GOFLAGS=-mod=vendor GOTOOLCHAIN=local
+# Offline: no proxy, no toolchain downloads. Go's own build cache (~/.cache/go-build; build/ when
+# there is no home), keyed without the checkout's path (-trimpath), spares a later run, even from
+# a fresh clone elsewhere, most of the first one's compiling.
+export GOPROXY=off GOFLAGS="-mod=vendor -trimpath" GOTOOLCHAIN=local
 if [[ -z ${GOCACHE:-} && -z ${HOME:-} && -z ${XDG_CACHE_HOME:-} ]]; then
   export GOCACHE=$PWD/build/go-cache
 fi
