@@ -128,9 +128,16 @@ def check_consistency(base: dict[tuple[str, str], dict[str, Any]], problems: Pro
     problems.check(
         headless.get("spec", {}).get("clusterIP") == "None", "the governing Service is not headless"
     )
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    for probe in ("startupProbe", "readinessProbe"):
         problems.check(container.get(probe, {}).get("grpc", {}).get("port") == port,
                        f"{probe} is not a gRPC probe on port {port}")
+    # Health is NOT_SERVING on a full disk (docs/metrics.md): liveness must not restart for that.
+    problems.check(container.get("livenessProbe", {}).get("tcpSocket", {}).get("port") == port,
+                   f"livenessProbe is not a TCP probe on port {port}")
+    metrics_port = next((p["containerPort"] for p in container["ports"] if p["name"] == "metrics"), None)
+    metrics = re.search(r"^--metrics_listen=\S*:(\d+)\s*$", FLAGS_FILE.read_text(), re.M)
+    problems.check(bool(metrics) and metrics_port is not None and int(metrics.group(1)) == metrics_port,
+                   f"{_rel(FLAGS_FILE)} --metrics_listen is not on the container port 'metrics'")
     problems.check(pod["securityContext"].get("runAsNonRoot") is True, "shards may run as root")
     problems.check(bool(sts["spec"].get("volumeClaimTemplates")), "no PersistentVolumeClaim per shard")
 
@@ -151,6 +158,8 @@ def check_consistency(base: dict[tuple[str, str], dict[str, Any]], problems: Pro
             problems.check(svc["spec"]["selector"] == {"statefulset.kubernetes.io/pod-name": f"nexuskv-{i}"},
                            f"Service nexuskv-{i} does not select pod nexuskv-{i}")
             problems.check(svc["spec"]["ports"][0]["port"] == port, f"Service nexuskv-{i} port != {port}")
+            problems.check(svc["spec"].get("publishNotReadyAddresses") is True,
+                           f"Service nexuskv-{i} hides its shard when not ready; it has no other")
     extra = [k for k in base if k[0] == "Service" and re.fullmatch(r"nexuskv-\d+", k[1])
              and int(k[1].split("-")[1]) >= replicas]
     problems.check(not extra, f"per-shard Services beyond the {replicas} replicas: {extra}")

@@ -50,7 +50,7 @@ class Shard:
 
     def start(self) -> Shard:
         # LocalServer puts its own --listen/--data_dir/--sync_writes first; the flagfile then sets
-        # the deployed flags, and the two after it put the shard on its loopback port and dir.
+        # the deployed flags, and the three after it put the shard on its loopback ports and dir.
         self.server = LocalServer(
             self.binary,
             data_dir=self.data_dir,
@@ -60,6 +60,7 @@ class Shard:
                 f"--flagfile={FLAGS_FILE}",
                 f"--listen={self.target}",
                 f"--data_dir={self.data_dir / 'db'}",
+                "--metrics_listen=127.0.0.1:0",  # a free port: three shards share one host
             ],
         )
         self.server.start()
