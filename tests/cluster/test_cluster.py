@@ -104,9 +104,8 @@ CLI = Path(os.environ.get("NEXUSKV_CLI") or REPO / "build" / "bin" / "nexuskv")
 
 
 def _cli(*args: str, server: str) -> str:
-    cli = CLI
     out = subprocess.run(
-        [str(cli), "--server", server, *args], capture_output=True, text=True, timeout=30, check=False
+        [str(CLI), "--server", server, *args], capture_output=True, text=True, timeout=30, check=False
     )
     assert out.returncode == 0, f"nexuskv {' '.join(args)} exited {out.returncode}: {out.stderr}"
     return out.stdout
