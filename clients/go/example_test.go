@@ -21,12 +21,16 @@ import (
 func TestResumeFromAnotherProcess(t *testing.T) {
 	s := plainServer(t)
 	example := filepath.Join(t.TempDir(), "nexuskv-go-example")
-	goTool := filepath.Join(runtime.GOROOT(), "bin", "go")
-	if out, err := exec.Command(goTool, "build", "-o", example, "./cmd/nexuskv-go-example").CombinedOutput(); err != nil {
+	goTool, err := exec.LookPath("go") // runtime.GOROOT() is empty under -trimpath.
+	if err != nil {
+		goTool = filepath.Join(runtime.GOROOT(), "bin", "go")
+	}
+	out, err := exec.Command(goTool, "build", "-o", example, "./cmd/nexuskv-go-example").CombinedOutput()
+	if err != nil {
 		t.Fatalf("go build the example: %v\n%s", err, out)
 	}
 	id := sessionID(t)
-	out, err := exec.Command(example, "-target", s.target, "-session", id, "-keep", "0.2", "-seed", "5").CombinedOutput()
+	out, err = exec.Command(example, "-target", s.target, "-session", id, "-keep", "0.2", "-seed", "5").CombinedOutput()
 	if err != nil {
 		t.Fatalf("example: %v\n%s", err, out)
 	}
