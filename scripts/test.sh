@@ -22,6 +22,9 @@ bash scripts/build.sh
 step_done build
 ctest --test-dir build --output-on-failure -j"$(nproc)" --timeout 600
 step_done ctest
+# /metrics checked by promtool and scraped by a real Prometheus server (docs/metrics.md)
+bash scripts/metrics-test.sh
+step_done metrics
 bash scripts/python-test.sh
 step_done python
 # deploy/ manifests checked offline, then three shards behind nginx on loopback (docs/scaling.md).
