@@ -35,19 +35,41 @@ void FitScheduler::Submit(FitJob job) {
   const bool queued = pool_.TrySchedule([this, job = std::move(job)] {
     const absl::Status status = RunOnce(job);
     // A session deleted while its fit was queued is not an error worth more than a debug line.
-    const LogLevel level = status.ok() || absl::IsNotFound(status) ? LogLevel::kDebug
-                                                                   : LogLevel::kWarning;
-    Log(level, "fit_done", {{"session", job.key.session_id}, {"turn", job.record.turn()},
-                            {"method", job.method->name()}, {"status", status.ToString()}});
+    const LogLevel level =
+        status.ok() || absl::IsNotFound(status) ? LogLevel::kDebug : LogLevel::kWarning;
+    Log(level, "fit_done",
+        {{"session", job.key.session_id},
+         {"turn", job.record.turn()},
+         {"method", job.method->name()},
+         {"status", status.ToString()}});
   });
   if (!queued) {
     Log(LogLevel::kWarning, "fit_queue_full",
-        {{"session", job.key.session_id}, {"turn", job.record.turn()},
-         {"method", job.method->name()}, {"action", "computed on the next GetCache"}});
+        {{"session", job.key.session_id},
+         {"turn", job.record.turn()},
+         {"method", job.method->name()},
+         {"action", "computed on the next GetCache"}});
   }
 }
 
 absl::Status FitScheduler::Ensure(const FitJob& job) { return RunOnce(job); }
+
+std::optional<absl::Status> FitScheduler::LastFailure(const store::SessionKey& key, uint32_t turn,
+                                                      std::string_view method) const {
+  absl::MutexLock lock(&mu_);
+  const auto it = failed_.find({key.tenant, key.session_id, turn, std::string(method)});
+  if (it == failed_.end()) return std::nullopt;
+  return it->second;
+}
+
+void FitScheduler::ForgetSession(const store::SessionKey& key) {
+  absl::MutexLock lock(&mu_);
+  auto it = failed_.lower_bound({key.tenant, key.session_id, 0, ""});
+  while (it != failed_.end() && std::get<0>(it->first) == key.tenant &&
+         std::get<1>(it->first) == key.session_id) {
+    it = failed_.erase(it);
+  }
+}
 
 absl::Status FitScheduler::RunOnce(const FitJob& job) {
   const JobId id = IdOf(job);
@@ -80,6 +102,11 @@ absl::Status FitScheduler::RunOnce(const FitJob& job) {
   {
     absl::MutexLock lock(&mu_);
     in_flight_.erase(id);
+    if (status.ok() || absl::IsNotFound(status)) {
+      failed_.erase(id);
+    } else {
+      failed_.insert_or_assign(id, status);
+    }
   }
   mine->done.Notify();
   return status;
@@ -100,7 +127,8 @@ absl::Status FitScheduler::Compute(const FitJob& job) {
   NEXUSKV_RETURN_IF_ERROR(
       store_->PutFit(job.key, job.record.turn(), job.method->name(), per_layer, summary));
   Log(LogLevel::kDebug, "fit_stored",
-      {{"session", job.key.session_id}, {"turn", job.record.turn()},
+      {{"session", job.key.session_id},
+       {"turn", job.record.turn()},
        {"method", job.method->name()},
        {"ms", absl::ToDoubleMilliseconds(absl::Now() - start)}});
   if (on_stored_) on_stored_(job);

@@ -2,8 +2,9 @@
 //
 // After a turn is acknowledged, AppendSegment submits one job per method that has a fit; a bounded
 // pool of workers runs them (each job: decode every layer, Compressor::Fit, Store::PutFit in one
-// batch, with the method's SummarizeFit as the fit's summary), then calls the on_stored callback. When the queue is full a job is dropped and logged, not lost: GetCache calls Ensure(),
-// which waits for a job already running for that (session, turn, method) or runs it inline.
+// batch, with the method's SummarizeFit as the fit's summary), then calls the on_stored callback.
+// When the queue is full a job is dropped and logged, not lost: GetCache calls Ensure(), which
+// waits for a job already running for that (session, turn, method) or runs it inline.
 //
 // Thread-safe. Shutdown() stops the workers; queued jobs are dropped (Ensure recomputes on demand).
 #ifndef NEXUSKV_SERVICE_FIT_SCHEDULER_H_
@@ -13,7 +14,9 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <tuple>
 
 #include "absl/base/thread_annotations.h"
@@ -58,6 +61,15 @@ class FitScheduler {
   // store pass through.
   absl::Status Ensure(const FitJob& job);
 
+  // The error of the job's last run on this process when it failed (neither a success nor a
+  // NotFound for a deleted session since); nullopt otherwise. Whether a fit is stored is the
+  // store's to say (Store::GetFit).
+  std::optional<absl::Status> LastFailure(const store::SessionKey& key, uint32_t turn,
+                                          std::string_view method) const;
+
+  // Forgets the failures of a deleted session.
+  void ForgetSession(const store::SessionKey& key);
+
   // Stops the workers after their current job. Idempotent.
   void Shutdown();
 
@@ -76,8 +88,9 @@ class FitScheduler {
   store::Store* const store_;
   const StoredCallback on_stored_;
   const DoneCallback on_done_;
-  absl::Mutex mu_;
+  mutable absl::Mutex mu_;
   std::map<JobId, std::shared_ptr<InFlight>> in_flight_ ABSL_GUARDED_BY(mu_);
+  std::map<JobId, absl::Status> failed_ ABSL_GUARDED_BY(mu_);
   ThreadPool pool_;
 };
 

@@ -46,26 +46,43 @@ absl::StatusOr<int64_t> CompressedBudget(const v1::GetCacheRequest& request,
   const v1::Budget& budget = request.budget();
   if (budget.has_keep_ratio()) {
     // The small epsilon keeps 0.2 * 10 at 2 despite binary rounding; the answer never exceeds it.
-    return static_cast<int64_t>(std::floor(budget.keep_ratio() * compressible_tokens + 1e-9));
+    const auto kept =
+        static_cast<int64_t>(std::floor(budget.keep_ratio() * compressible_tokens + 1e-9));
+    if (kept + raw_tokens < 1) {
+      // 1 / compressible_tokens keeps one token; rounded up so that the printed value does too.
+      return absl::InvalidArgumentError(absl::StrCat(
+          "budget.keep_ratio ", budget.keep_ratio(), " keeps no entry of the ", compressible_tokens,
+          " tokens to compress, in any layer; the smallest keep_ratio that keeps one is ",
+          std::ceil(1e6 / static_cast<double>(compressible_tokens)) / 1e6));
+    }
+    return kept;
   }
-  int64_t max_tokens = 0;
-  std::string what;
+  // Every answer holds at least one entry per layer and kv head, and the turns kept raw whole.
+  const int64_t least = std::max<int64_t>(raw_tokens, 1);
+  const std::string why = raw_tokens > 0
+                              ? absl::StrCat("the ", raw_tokens, " tokens of the turns kept raw")
+                              : std::string("one entry per layer");
   if (budget.has_max_tokens()) {
-    max_tokens = static_cast<int64_t>(std::min<uint64_t>(budget.max_tokens(), INT64_MAX));
-    what = absl::StrCat("budget.max_tokens ", budget.max_tokens());
-  } else {
-    const uint64_t per_entry =
-        uint64_t{model.num_layers()} * model.num_kv_heads() *
-        (2ull * model.head_dim() * DTypeSize(output_dtype) + (has_bias ? 4 : 0));
-    max_tokens = static_cast<int64_t>(budget.max_bytes() / per_entry);
-    what = absl::StrCat("budget.max_bytes ", budget.max_bytes(), " (", max_tokens, " entries of ",
-                        per_entry, " bytes)");
+    const auto max_tokens =
+        static_cast<int64_t>(std::min<uint64_t>(budget.max_tokens(), INT64_MAX));
+    if (max_tokens < least) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("budget.max_tokens ", budget.max_tokens(), " cannot hold ", why,
+                       "; the smallest max_tokens is ", least,
+                       raw_tokens > 0 ? ", or lower keep_recent_turns" : ""));
+    }
+    return max_tokens - raw_tokens;
   }
-  if (max_tokens < raw_tokens) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(what, " cannot hold the ", raw_tokens,
-                     " tokens of the turns kept raw; raise the budget "
-                     "or lower keep_recent_turns"));
+  const uint64_t per_entry =
+      uint64_t{model.num_layers()} * model.num_kv_heads() *
+      (2ull * model.head_dim() * DTypeSize(output_dtype) + (has_bias ? 4 : 0));
+  const auto max_tokens = static_cast<int64_t>(budget.max_bytes() / per_entry);
+  if (max_tokens < least) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "budget.max_bytes ", budget.max_bytes(), " cannot hold ", why, ": an entry in every layer ",
+        "and kv head takes ", per_entry, " bytes (", DTypeName(output_dtype),
+        has_bias ? ", with bias" : "", "); the smallest max_bytes is ", least * per_entry,
+        raw_tokens > 0 ? ", or lower keep_recent_turns" : ""));
   }
   return max_tokens - raw_tokens;
 }
@@ -151,9 +168,12 @@ KvMemoryCore::KvMemoryCore(store::Store* store, const compressor::CompressorRegi
     : store_(store),
       registry_(registry),
       options_(std::move(options)),
-      fits_(store, options_.fit_threads, options_.fit_queue, [this](const FitJob& job) {
-        if (job.method->name() == kRawRetentionFit) ApplyRetention(job.key);
-      }, options_.on_fit_done) {
+      fits_(
+          store, options_.fit_threads, options_.fit_queue,
+          [this](const FitJob& job) {
+            if (job.method->name() == kRawRetentionFit) ApplyRetention(job.key);
+          },
+          options_.on_fit_done) {
   if (options_.raw_retention.mode == RawRetention::Mode::kAfter &&
       options_.raw_retention.sweep > absl::ZeroDuration()) {
     sweeper_ = std::thread([this] { SweepLoop(); });
@@ -464,8 +484,31 @@ absl::StatusOr<v1::SessionInfo> KvMemoryCore::GetSession(std::string_view tenant
     t->set_num_probe_queries(s.num_probe_queries());
     t->set_raw_bytes(s.raw_bytes());
     t->set_raw_dropped(s.raw_dropped());
+    NEXUSKV_RETURN_IF_ERROR(DescribeFits(key, s.turn(), *t));
   }
   return info;
+}
+
+absl::Status KvMemoryCore::DescribeFits(const store::SessionKey& key, uint32_t turn,
+                                        v1::TurnInfo& info) const {
+  for (int id = v1::Method_MIN; id <= v1::Method_MAX; ++id) {  // in Method order
+    if (!v1::Method_IsValid(id)) continue;
+    const std::string name = v1::Method_Name(static_cast<v1::Method>(id));
+    const compressor::Compressor* method = registry_->Find(name);
+    if (method == nullptr || !method->has_fit()) continue;
+    v1::FitStatus* fit = info.add_fits();
+    fit->set_method(static_cast<v1::Method>(id));
+    NEXUSKV_ASSIGN_OR_RETURN(std::optional<std::string> stored, store_->GetFit(key, turn, name, 0));
+    if (stored) {
+      fit->set_state(v1::FIT_STORED);
+    } else if (std::optional<absl::Status> failure = fits_.LastFailure(key, turn, name)) {
+      fit->set_state(v1::FIT_FAILED);
+      fit->set_error(std::string(failure->message()));
+    } else {
+      fit->set_state(v1::FIT_PENDING);
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<v1::ListSessionsResponse> KvMemoryCore::ListSessions(
@@ -489,8 +532,9 @@ absl::StatusOr<v1::ListSessionsResponse> KvMemoryCore::ListSessions(
 absl::StatusOr<v1::DeleteSessionResponse> KvMemoryCore::DeleteSession(std::string_view tenant,
                                                                       std::string_view session_id) {
   NEXUSKV_RETURN_IF_ERROR(store::ValidateId("session_id", session_id));
-  NEXUSKV_ASSIGN_OR_RETURN(store::DeleteOutcome outcome,
-                           store_->DeleteSession({std::string(tenant), std::string(session_id)}));
+  const store::SessionKey key{std::string(tenant), std::string(session_id)};
+  NEXUSKV_ASSIGN_OR_RETURN(store::DeleteOutcome outcome, store_->DeleteSession(key));
+  fits_.ForgetSession(key);
   Log(LogLevel::kInfo, "session_deleted",
       {{"tenant", tenant},
        {"session", session_id},

@@ -85,6 +85,9 @@ class KvMemoryCore {
   ~KvMemoryCore();
 
  private:
+  // Adds to `info` the state of the turn's fit for each method that fits (TurnInfo.fits).
+  absl::Status DescribeFits(const store::SessionKey& key, uint32_t turn,
+                            nexuskv::v1::TurnInfo& info) const;
   // Applies the raw retention to one session; failures are logged, never returned.
   void ApplyRetention(const store::SessionKey& key);
   void SweepLoop();

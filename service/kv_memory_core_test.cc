@@ -23,8 +23,7 @@ class KvMemoryCoreTest : public ::testing::Test {
     auto store = store::Store::Open({.path = dir_.string(), .sync_writes = false});
     ASSERT_TRUE(store.ok()) << store.status();
     store_ = std::move(*store);
-    core_ = std::make_unique<KvMemoryCore>(store_.get(),
-                                           &compressor::CompressorRegistry::Default(),
+    core_ = std::make_unique<KvMemoryCore>(store_.get(), &compressor::CompressorRegistry::Default(),
                                            CoreOptions{});
   }
   void TearDown() override {
@@ -100,7 +99,8 @@ TEST_F(KvMemoryCoreTest, FullReturnsTheExactBytesPerHeadInTurnOrder) {
     keys.push_back(testing::SegmentMessages("s", t, tokens[t], 0)[2].layer().keys());
   }
   for (int h = 0; h < 2; ++h) {
-    for (uint32_t t = 0; t < 3; ++t) expected += keys[t].substr(h * tokens[t] * row, tokens[t] * row);
+    for (uint32_t t = 0; t < 3; ++t)
+      expected += keys[t].substr(h * tokens[t] * row, tokens[t] * row);
   }
   EXPECT_EQ(layer->keys(), expected);
   EXPECT_EQ(layer->positions().size(), 2u * 20 * sizeof(int64_t));
@@ -152,8 +152,7 @@ TEST_F(KvMemoryCoreTest, RefusesWhatCannotBeServed) {
   request.set_session_id("missing");
   request.set_method(v1::FULL);
   EXPECT_EQ(core_->PlanCache("default", request).status().code(), absl::StatusCode::kNotFound);
-  EXPECT_EQ(core_->PlanCache("other-tenant", request).status().code(),
-            absl::StatusCode::kNotFound);
+  EXPECT_EQ(core_->PlanCache("other-tenant", request).status().code(), absl::StatusCode::kNotFound);
 
   request.set_session_id("s");
   request.set_last_turn(3);
@@ -167,7 +166,9 @@ TEST_F(KvMemoryCoreTest, RefusesWhatCannotBeServed) {
   request.set_keep_recent_turns(1);
   auto small = core_->PlanCache("default", request).status();
   EXPECT_EQ(small.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(small.message(), HasSubstr("cannot hold the 4 tokens"));
+  EXPECT_THAT(small.message(),
+              HasSubstr("cannot hold the 4 tokens of the turns kept raw; the smallest max_tokens "
+                        "is 4, or lower keep_recent_turns"));
 
   compressor::CompressorRegistry full_only([] {
     std::vector<std::unique_ptr<compressor::Compressor>> v;
@@ -179,6 +180,47 @@ TEST_F(KvMemoryCoreTest, RefusesWhatCannotBeServed) {
   auto missing = bare.PlanCache("default", request).status();
   EXPECT_EQ(missing.code(), absl::StatusCode::kUnimplemented);
   EXPECT_THAT(missing.message(), HasSubstr("method SONIC is not available"));
+}
+
+// A budget that cannot hold one entry per layer is refused, naming the smallest that can; that
+// smallest budget is served. TinySpec: 2 layers, 2 kv heads, head_dim 8, float16, 20 tokens.
+TEST_F(KvMemoryCoreTest, BudgetsBelowOneEntryPerLayerAreRefusedWithTheSmallestThatWorks) {
+  AppendThreeTurns("s");
+  v1::GetCacheRequest request;
+  request.set_session_id("s");
+  const auto refused = [&](v1::Method method, const std::string& message) {
+    request.set_method(method);
+    const absl::Status status = core_->PlanCache("default", request).status();
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+    EXPECT_THAT(status.message(), HasSubstr(message));
+  };
+  const auto entries_per_layer = [&](v1::Method method) -> int64_t {
+    request.set_method(method);
+    auto plan = core_->PlanCache("default", request);
+    if (!plan.ok()) {
+      ADD_FAILURE() << plan.status();
+      return -1;
+    }
+    return (*plan)->header().entries_per_layer(0);
+  };
+  // 2 layers x 2 heads x (2 x 8 x 2 bytes), and 4 more bytes per head for SONIC's bias.
+  request.mutable_budget()->set_max_bytes(10);
+  refused(v1::H2O, "budget.max_bytes 10 cannot hold one entry per layer");
+  refused(v1::H2O, "the smallest max_bytes is 128");
+  refused(v1::SONIC, "the smallest max_bytes is 144");
+  request.mutable_budget()->set_max_bytes(128);
+  EXPECT_EQ(entries_per_layer(v1::H2O), 1);
+  request.mutable_budget()->set_max_bytes(143);
+  refused(v1::SONIC, "with bias");
+
+  request.mutable_budget()->set_keep_ratio(0.01);
+  refused(v1::STREAMING_LLM, "keeps no entry of the 20 tokens to compress");
+  refused(v1::SONIC, "the smallest keep_ratio that keeps one is 0.05");
+  request.mutable_budget()->set_keep_ratio(0.05);
+  EXPECT_EQ(entries_per_layer(v1::STREAMING_LLM), 1);
+  request.set_keep_recent_turns(1);  // The raw turn alone holds 4 entries.
+  request.mutable_budget()->set_keep_ratio(0.01);
+  EXPECT_EQ(entries_per_layer(v1::STREAMING_LLM), 4);
 }
 
 // Probes may come from anywhere in the turn when their offsets say where; offsets that do not
@@ -195,8 +237,7 @@ TEST_F(KvMemoryCoreTest, ProbeOffsetsAreCheckedAndServed) {
     if (!segment.ok()) return segment.status();
     return core_->Append("default", std::move(*segment)).status();
   };
-  for (const auto& [offsets, message] :
-       std::vector<std::pair<std::vector<uint32_t>, std::string>>{
+  for (const auto& [offsets, message] : std::vector<std::pair<std::vector<uint32_t>, std::string>>{
            {{0, 5}, "2 entries for num_probe_queries 3"},
            {{0, 5, 5}, "strictly ascending"},
            {{0, 5, 10}, "below num_tokens (10); entry 2 is 10"}}) {

@@ -311,9 +311,27 @@ TEST_F(SonicCoreTest, AFailedFitFallsBackToTheRawTurnAndSaysSo) {
   core_ = std::make_unique<KvMemoryCore>(store_.get(), &registry,
                                          CoreOptions{.precompute_fits = false});
   AppendThree();
+  const auto fit_states = [&]() {
+    std::vector<v1::FitState> states;
+    absl::StatusOr<v1::SessionInfo> info = core_->GetSession("default", "s");
+    EXPECT_TRUE(info.ok()) << info.status();
+    for (const v1::TurnInfo& t : info->turns()) {
+      EXPECT_EQ(t.fits_size(), 1);
+      EXPECT_EQ(t.fits(0).method(), v1::SONIC);
+      EXPECT_EQ(t.fits(0).error().empty(), t.fits(0).state() != v1::FIT_FAILED);
+      states.push_back(t.fits(0).state());
+    }
+    return states;
+  };
+  EXPECT_THAT(fit_states(), ::testing::Each(v1::FIT_PENDING));
   auto refused = core_->PlanCache("default", Request(v1::SONIC, 0.5, 1));
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kInternal);
   EXPECT_THAT(refused.status().message(), HasSubstr("injected fit failure"));
+  // Turn 0 fitted before turn 1 failed; turn 2 is kept raw and was not asked for.
+  EXPECT_THAT(fit_states(),
+              ::testing::ElementsAre(v1::FIT_STORED, v1::FIT_FAILED, v1::FIT_PENDING));
+  EXPECT_THAT(core_->GetSession("default", "s")->turns(1).fits(0).error(),
+              HasSubstr("injected fit failure"));
 
   std::vector<std::unique_ptr<compressor::Compressor>> with_fallback;
   with_fallback.push_back(std::make_unique<RefusingSonic>(24));

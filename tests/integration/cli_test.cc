@@ -28,6 +28,7 @@ namespace {
 
 using ::nlohmann::json;
 using ::testing::HasSubstr;
+using ::testing::Not;
 using ::testing::StartsWith;
 
 constexpr const char* kSession = "cli-e2e.session-1";
@@ -118,6 +119,7 @@ class CliTest : public ::testing::Test {
           Cli({"put", kSession, "--turn", absl::StrCat(t), "--file", TurnPath(t)});
       ASSERT_EQ(put.exit_code, 0) << put.err;
       EXPECT_THAT(put.out, HasSubstr(absl::StrCat("stored turn ", t, " of ", kSession)));
+      EXPECT_THAT(put.out, HasSubstr("compression runs in the background"));
       position += kTokens[t];
     }
   }
@@ -163,6 +165,18 @@ TEST_F(CliTest, PutListShowGetRemove) {
   }
   EXPECT_EQ(info["turns"][2]["role"], "ROLE_ASSISTANT");
   EXPECT_EQ(AsUint(info["next_position"]), kTotalTokens);
+  // Each turn's fit per method that fits; a SONIC answer stores what it reads.
+  ASSERT_EQ(Cli({"get", kSession, "--keep-ratio", "0.5"}).exit_code, 0);
+  const json fitted = CliJson({"show", kSession});
+  for (int t = 0; t < 3; ++t) {
+    const json& fits = fitted["turns"][t]["fits"];
+    ASSERT_EQ(fits.size(), 3u) << fits.dump();
+    EXPECT_EQ(fits[0]["method"], "SONIC");
+    EXPECT_EQ(fits[0]["state"], "FIT_STORED") << fits.dump();
+    EXPECT_EQ(fits[1]["method"], "H2O");
+    EXPECT_EQ(fits[2]["method"], "SNAPKV");
+  }
+  EXPECT_THAT(Cli({"show", kSession}).out, HasSubstr("sonic:stored"));
 
   // get --method full: every token comes back, and the file holds exactly the appended bytes.
   const std::string cache_path = files_dir_ + "/cache.safetensors";
@@ -233,6 +247,43 @@ TEST_F(CliTest, UsageAndFileErrorsHaveTheirExitCodes) {
   EXPECT_EQ(out_of_order.exit_code, 1);
   EXPECT_THAT(out_of_order.err, StartsWith("error: FAILED_PRECONDITION: "));
   EXPECT_EQ(CliJson({"ls"})["sessions"].size(), 0u);
+  EXPECT_THAT(out_of_order.err, HasSubstr("(it has 0 turns)"));
+}
+
+// A budget that cannot hold one entry per layer is the server's INVALID_ARGUMENT, naming the
+// smallest that can; that one is served.
+TEST_F(CliTest, BudgetsTooSmallForOneEntryPerLayerAreRefused) {
+  ASSERT_NO_FATAL_FAILURE(PutThreeTurns());
+  // 2 layers x 2 kv heads x (2 x 16 x 2 bytes + 4 bytes of bias).
+  const CommandResult tiny = Cli({"get", kSession, "--max-bytes", "10"});
+  EXPECT_EQ(tiny.exit_code, 1);
+  EXPECT_THAT(tiny.err, StartsWith("error: INVALID_ARGUMENT: budget.max_bytes 10 cannot hold one "
+                                   "entry per layer"));
+  EXPECT_THAT(tiny.err, HasSubstr("the smallest max_bytes is 272"));
+  const json smallest = CliJson({"get", kSession, "--max-bytes", "272"});
+  EXPECT_EQ(AsUint(smallest["entries_per_layer"][0]), 1u) << smallest.dump();
+  const CommandResult ratio = Cli({"get", kSession, "--keep-ratio", "0.0001", "--method", "h2o"});
+  EXPECT_EQ(ratio.exit_code, 1);
+  EXPECT_THAT(ratio.err, HasSubstr("the smallest keep_ratio that keeps one is"));
+}
+
+TEST_F(CliTest, EachCommandHasItsOwnHelp) {
+  const CommandResult overview = Cli({"--help"});
+  EXPECT_EQ(overview.exit_code, 0);
+  EXPECT_THAT(overview.out, HasSubstr("Commands:"));
+  for (const std::string command : {"ls", "show", "rm", "get", "put", "demo-turn"}) {
+    for (const std::vector<std::string>& args :
+         {std::vector<std::string>{command, "--help"}, std::vector<std::string>{"help", command}}) {
+      const CommandResult help = Cli(args);
+      EXPECT_EQ(help.exit_code, 0) << help.err;
+      EXPECT_THAT(help.out, StartsWith("Usage: nexuskv " + command)) << help.out;
+      EXPECT_THAT(help.out, Not(HasSubstr("Commands:")));
+      EXPECT_THAT(help.out, HasSubstr("--server HOST:PORT"));
+    }
+    EXPECT_THAT(overview.out, HasSubstr("  " + command));
+  }
+  EXPECT_THAT(Cli({"get", "--help"}).out, HasSubstr("--keep-recent-turns N"));
+  EXPECT_EQ(Cli({"help", "frobnicate"}).exit_code, 2);
 }
 
 // The security flags, each against a server configured for them (started by the test itself).

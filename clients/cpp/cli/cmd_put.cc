@@ -82,7 +82,9 @@ int RunPut(CommandLine& cl, const GlobalOptions& options) {
     std::cout << "stored turn " << ack->turn() << " of " << ack->session_id() << ": "
               << HumanBytes(ack->stored_bytes()) << "; the session has " << ack->num_turns()
               << (ack->num_turns() == 1 ? " turn" : " turns") << ", next position "
-              << ack->next_position() << "\n";
+              << ack->next_position() << "\n"
+              << "compression runs in the background: 'nexuskv show " << ack->session_id()
+              << "' shows each turn's fits (pending, stored, failed)\n";
   }
   return kExitOk;
 }

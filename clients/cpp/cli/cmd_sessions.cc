@@ -74,10 +74,19 @@ int RunShow(CommandLine& cl, const GlobalOptions& options) {
             : absl::StrCat(t.first_position(), "..", t.first_position() + t.num_tokens() - 1);
     rows.push_back({absl::StrCat(t.turn()), std::string(RoleName(t.role())),
                     absl::StrCat(t.num_tokens()), positions, absl::StrCat(t.num_probe_queries()),
-                    HumanBytes(t.raw_bytes())});
+                    t.raw_dropped() ? "dropped" : HumanBytes(t.raw_bytes()), DescribeFits(t)});
   }
-  PrintTable(std::cout, {"TURN", "ROLE", "TOKENS", "POSITIONS", "PROBES", "RAW"}, rows,
+  PrintTable(std::cout, {"TURN", "ROLE", "TOKENS", "POSITIONS", "PROBES", "RAW", "FITS"}, rows,
              {0, 2, 4, 5});
+  for (const v1::TurnInfo& t : info->turns()) {
+    for (const v1::FitStatus& fit : t.fits()) {
+      if (fit.state() != v1::FIT_FAILED) continue;
+      std::cout << "turn " << t.turn() << ": the " << v1::Method_Name(fit.method())
+                << " fit failed (" << fit.error() << "); answers serve the turn from its raw KV\n";
+    }
+  }
+  std::cout << "Fits are computed in the background after each put; 'compressed' grows as they "
+               "are stored.\n";
   return kExitOk;
 }
 

@@ -53,8 +53,11 @@ absl::Status CheckArguments(const CommandLine& cl, size_t count, std::string_vie
 // file) and client::Client::Connect (a token with spaces or non-ASCII characters).
 absl::StatusOr<std::unique_ptr<client::Client>> ConnectClient(const GlobalOptions& options);
 
-// The help text.
+// The overview help text (`nexuskv help`).
 std::string HelpText();
+// One command's help (`nexuskv get --help`, `nexuskv help get`); InvalidArgument for an unknown
+// command.
+absl::StatusOr<std::string> CommandHelpText(std::string_view command);
 
 int RunList(CommandLine& cl, const GlobalOptions& options);      // ls
 int RunShow(CommandLine& cl, const GlobalOptions& options);      // show

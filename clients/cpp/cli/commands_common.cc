@@ -81,45 +81,4 @@ absl::StatusOr<std::unique_ptr<client::Client>> ConnectClient(const GlobalOption
   return client::Client::Connect(client_options);
 }
 
-std::string HelpText() {
-  return R"(nexuskv: command-line client of the nexuskv KV-cache memory tier.
-
-Usage: nexuskv [--server HOST:PORT] [--json] [--timeout SECONDS] [--token TOKEN]
-               [--tls-ca CA.pem] [--tls-cert CERT.pem --tls-key KEY.pem] COMMAND [ARGS]
-
-Commands:
-  ls [--prefix P]              List sessions.
-  show SESSION                 Session info and its turns.
-  rm SESSION                   Delete a session.
-  get SESSION [--keep-ratio R | --max-tokens N | --max-bytes B]
-      [--method full|sonic|h2o|streaming_llm|snapkv] [--keep-recent-turns N]
-      [--first-turn N] [--last-turn N] [--dtype float16|bfloat16|float32] [--no-bias]
-      [--out FILE.safetensors]
-                               Fetch a cache fitted to a budget; print its header, and with
-                               --out write the tensors as safetensors.
-  put SESSION --turn N --file TURN.safetensors
-                               Append one turn from a safetensors file.
-  demo-turn --out FILE [--layers L] [--kv-heads H] [--query-heads Hq] [--head-dim D]
-      [--tokens T] [--probes P] [--dtype float16] [--seed S] [--first-position N]
-      [--role user] [--model-id ID]
-                               Write a random (seeded) turn file for put.
-  help                         This text.
-
-Global flags:
-  --server HOST:PORT   Server address (default $NEXUSKV_SERVER, else localhost:50051).
-  --json               Print results as JSON (protobuf JSON mapping, proto field names).
-  --timeout SECONDS    Deadline of each call (default 30).
-  --token TOKEN        Bearer token for a server with a tokens file (default $NEXUSKV_TOKEN;
-                       prefer the variable: other users can read command lines).
-  --tls-ca FILE        Use TLS, verifying the server against the CA certificates in this PEM
-                       file (without it, against gRPC's default roots).
-  --tls-cert FILE      Use TLS and present this client certificate (PEM), for servers that
-                       require mutual TLS. Needs --tls-key.
-  --tls-key FILE       The private key (PEM) of --tls-cert.
-
-Exit status: 0 success, 1 operation failed (printed as "error: CODE: message"), 2 usage error.
-File formats: docs/cli.md.
-)";
-}
-
 }  // namespace nexuskv::cli

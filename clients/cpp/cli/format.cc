@@ -4,8 +4,10 @@
 
 #include <algorithm>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/time/time.h"
 #include "clients/cpp/client.h"
 
@@ -33,6 +35,19 @@ std::string DescribeModel(const nexuskv::v1::ModelSpec& model) {
   return absl::StrCat(model.model_id(), " (L=", model.num_layers(), " H=", model.num_kv_heads(),
                       " Hq=", model.num_query_heads(), " D=", model.head_dim(), " ",
                       dtype.ok() ? std::string(DTypeName(*dtype)) : "unknown dtype", ")");
+}
+
+std::string DescribeFits(const nexuskv::v1::TurnInfo& turn) {
+  if (turn.fits().empty()) return "-";
+  std::vector<std::string> parts;
+  for (const nexuskv::v1::FitStatus& fit : turn.fits()) {
+    std::string state = fit.state() == nexuskv::v1::FIT_STORED   ? "stored"
+                        : fit.state() == nexuskv::v1::FIT_FAILED ? "failed"
+                                                                 : "pending";
+    parts.push_back(
+        absl::StrCat(absl::AsciiStrToLower(nexuskv::v1::Method_Name(fit.method())), ":", state));
+  }
+  return absl::StrJoin(parts, " ");
 }
 
 void PrintTable(std::ostream& out, const std::vector<std::string>& header,

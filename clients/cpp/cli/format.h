@@ -23,6 +23,9 @@ std::string FormatUnixMillis(int64_t unix_ms);
 // "demo-model (L=2 H=2 Hq=4 D=16 float16)".
 std::string DescribeModel(const nexuskv::v1::ModelSpec& model);
 
+// A turn's fits as "sonic:stored h2o:pending snapkv:failed"; "-" when the server fits none.
+std::string DescribeFits(const nexuskv::v1::TurnInfo& turn);
+
 // Columns separated by two spaces and padded to their widest cell; the last column is not padded.
 // Columns whose index is in `right_aligned` are right-aligned (numbers).
 void PrintTable(std::ostream& out, const std::vector<std::string>& header,

@@ -2,6 +2,7 @@
 #include <iostream>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "clients/cpp/cli/command_line.h"
 #include "clients/cpp/cli/commands.h"
@@ -12,8 +13,18 @@ int main(int argc, char** argv) {
   if (!cl.ok()) return UsageError(cl.status());
   absl::StatusOr<bool> help = cl->Bool("help");
   if (!help.ok()) return UsageError(help.status());
-  if (*help || (!cl->positionals().empty() && cl->positionals()[0] == "help")) {
-    std::cout << HelpText();
+  const std::vector<std::string>& args = cl->positionals();
+  const bool help_command = !args.empty() && args[0] == "help";
+  if (*help || help_command) {
+    // `nexuskv get --help` and `nexuskv help get`: the command's page; otherwise the overview.
+    const size_t command = help_command ? 1 : 0;
+    if (args.size() <= command) {
+      std::cout << HelpText();
+      return kExitOk;
+    }
+    absl::StatusOr<std::string> text = CommandHelpText(args[command]);
+    if (!text.ok()) return UsageError(text.status());
+    std::cout << *text;
     return kExitOk;
   }
   if (cl->positionals().empty()) {

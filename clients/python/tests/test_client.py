@@ -93,12 +93,31 @@ def test_max_tokens_budget(client, sid):
     assert max(answer.entries_per_layer) <= 25
 
 
+def test_budget_below_one_entry_per_layer_names_the_smallest(client, sid):
+    append_session(client, sid, [10, 10])
+    # L x H x 2 x D x 4 bytes = 384 bytes per entry in every layer and kv head.
+    with pytest.raises(NexusKVError) as e:
+        client.get_cache(sid, method="h2o", max_bytes=10)
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "the smallest max_bytes is 384" in e.value.details
+    assert client.get_cache(sid, method="h2o", max_bytes=384).entries_per_layer == [1, 1, 1]
+    with pytest.raises(NexusKVError) as e:
+        client.get_cache(sid, method="streaming_llm", keep_ratio=0.01)
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "the smallest keep_ratio that keeps one is 0.05" in e.value.details
+
+
 def test_sessions_session_delete(client, sid):
     append_session(client, sid, [4, 4])
     info = client.session(sid)
     assert info.num_turns == 2 and info.total_tokens == 8 and info.next_position == 8
     assert [t.first_position for t in info.turns] == [0, 4]
     assert info.model is not None and info.model.model_id == "test-model"
+    for t in info.turns:  # compression runs in the background: any state but failed
+        assert set(t.fits) == {"sonic", "h2o", "snapkv"}
+        assert set(t.fits.values()) <= {"pending", "stored"} and t.fit_errors == {}
+    client.get_cache(sid, method="sonic", keep_ratio=0.5)  # reads (so stores) both SONIC fits
+    assert [t.fits["sonic"] for t in client.session(sid).turns] == ["stored", "stored"]
     listed = [s.session_id for s in client.sessions(prefix=sid)]
     assert listed == [sid]
     result = client.delete(sid)

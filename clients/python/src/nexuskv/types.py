@@ -98,6 +98,10 @@ class TurnInfo:
     first_position: int
     num_probe_queries: int
     raw_bytes: int
+    # Background compression per method that fits: {"sonic": "stored", "h2o": "pending", ...}
+    # ("pending", "stored" or "failed"); the errors of failed fits in fit_errors.
+    fits: dict[str, str] = field(default_factory=dict)
+    fit_errors: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
