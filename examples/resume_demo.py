@@ -34,13 +34,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # for eval.model (the SmolLM2 GGUF loader)
 
 SESSION = "resume-demo"
+# A conversation SmolLM2-135M handles: each reply is on topic, and the resumed answer recalls the
+# first turn (checked by hand at the commit that chose it; a 135M model is easily derailed).
 USER_TURNS = [
-    "Hi! I'm Ada. I keep bees on a rooftop in Lisbon, and my queen bee is called Marisol.",
-    "What flowers should I plant nearby so the bees have food in summer?",
-    "How often should I check the hive?",
-    "Any tips to keep the neighbours happy?",
+    "I am planning a trip to Japan in April.",
+    "What should I pack for the weather there?",
+    "Which city should I visit first?",
+    "What is a traditional Japanese breakfast?",
 ]
-QUESTION = "Remind me: what is my queen bee called, and in which city is my rooftop?"
+QUESTION = "Which country am I travelling to, and in which month?"
 REPLY_TOKENS = 48
 
 
@@ -177,7 +179,7 @@ def resume(target: str, transcript: Path) -> None:
                 continue
             rows.append((f"tier {method}" + (f" keep_ratio {ratio}" if ratio else ""), *row))
 
-    print(f"pod B: question about turn 1: {QUESTION}\n")
+    print(f"pod B: question about the first turn: {QUESTION}\n")
     print(f"{'path':32} {'cache entries':>13} {'TTFT (s)':>9}  answer")
     for label, entries, ttft, text in rows:
         print(f"{label:32} {entries:>13} {ttft:>9.3f}  {text.strip()[:90]!r}")
