@@ -79,8 +79,12 @@ TEST(HealthWatcherTransitionsTest, PublishesEachChangeAndNothingAfterStop) {
 TEST(HealthWatcherTransitionsTest, StartChecksAtOnceAndStopJoins) {
   int checks = 0;
   std::vector<bool> published;
-  HealthWatcher watcher([&] { return ++checks == 1 ? absl::OkStatus() : absl::OkStatus(); },
-                        [&](bool serving) { published.push_back(serving); }, absl::Hours(1));
+  HealthWatcher watcher(
+      [&] {
+        ++checks;
+        return absl::OkStatus();
+      },
+      [&](bool serving) { published.push_back(serving); }, absl::Hours(1));
   watcher.Start();  // The first check runs before Start returns.
   EXPECT_THAT(published, ElementsAre(true));
   watcher.Stop();  // Returns although the next period is an hour away.
