@@ -17,11 +17,11 @@ struct FitScheduler::InFlight {
 };
 
 FitScheduler::FitScheduler(store::Store* store, int num_threads, size_t max_queued,
-                           StoredCallback on_stored, DoneCallback on_done)
+                           StoredCallback on_stored, DoneCallback on_done, int worker_nice)
     : store_(store),
       on_stored_(std::move(on_stored)),
       on_done_(std::move(on_done)),
-      pool_("fit", num_threads, max_queued) {}
+      pool_("fit", num_threads, max_queued, worker_nice) {}
 
 FitScheduler::~FitScheduler() { Shutdown(); }
 

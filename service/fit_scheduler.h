@@ -6,6 +6,12 @@
 // When the queue is full a job is dropped and logged, not lost: GetCache calls Ensure(), which
 // waits for a job already running for that (session, turn, method) or runs it inline.
 //
+// Priority: with worker_nice > 0 the workers run that many nice levels below the threads that
+// serve RPCs (per thread; see ThreadPool), so background fits take the CPU the RPCs leave idle
+// instead of starving them. A fit run inline by Ensure() runs on the caller's thread at its
+// priority. A GetCache that waits in Ensure() for a job a worker is running waits at the worker's
+// priority: under load that fit finishes later than it would at nice 0.
+//
 // Thread-safe. Shutdown() stops the workers; queued jobs are dropped (Ensure recomputes on demand).
 #ifndef NEXUSKV_SERVICE_FIT_SCHEDULER_H_
 #define NEXUSKV_SERVICE_FIT_SCHEDULER_H_
@@ -46,9 +52,11 @@ class FitScheduler {
   using DoneCallback =
       std::function<void(const FitJob&, absl::Duration elapsed, const absl::Status& status)>;
 
-  // `store` must outlive the scheduler.
+  // `store` must outlive the scheduler. worker_nice: 0 (workers at the process's priority) to 19;
+  // the caller validates it (main.cc refuses other values of --fit_nice).
   FitScheduler(store::Store* store, int num_threads, size_t max_queued,
-               StoredCallback on_stored = nullptr, DoneCallback on_done = nullptr);
+               StoredCallback on_stored = nullptr, DoneCallback on_done = nullptr,
+               int worker_nice = 0);
   FitScheduler(const FitScheduler&) = delete;
   FitScheduler& operator=(const FitScheduler&) = delete;
   ~FitScheduler();

@@ -173,7 +173,7 @@ KvMemoryCore::KvMemoryCore(store::Store* store, const compressor::CompressorRegi
           [this](const FitJob& job) {
             if (job.method->name() == kRawRetentionFit) ApplyRetention(job.key);
           },
-          options_.on_fit_done) {
+          options_.on_fit_done, options_.fit_nice) {
   if (options_.raw_retention.mode == RawRetention::Mode::kAfter &&
       options_.raw_retention.sweep > absl::ZeroDuration()) {
     sweeper_ = std::thread([this] { SweepLoop(); });

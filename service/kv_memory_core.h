@@ -36,6 +36,8 @@ struct CoreOptions {
   // Background fit workers and their queue (see FitScheduler).
   int fit_threads = 1;
   size_t fit_queue = 1024;
+  // Nice levels the fit workers run below the RPC threads (0: same priority; at most 19).
+  int fit_nice = 0;
   // Compute fits right after each append (true) or only when a GetCache needs them (false).
   bool precompute_fits = true;
   // When a turn's raw KV is dropped once its SONIC ladder is stored (see raw_retention.h).

@@ -35,6 +35,10 @@ ABSL_FLAG(bool, purge_on_delete, true,
 ABSL_FLAG(int, fit_threads, 1, "Background compression workers.");
 ABSL_FLAG(uint64_t, fit_queue, 1024, "Queued background fits beyond which new ones wait for "
                                      "the next GetCache.");
+ABSL_FLAG(int, fit_nice, 0,
+          "Nice levels the background fit workers run below the RPC threads, so fits use the CPU "
+          "requests leave idle (0: same priority; at most 19). Fits a GetCache runs inline keep "
+          "the RPC thread's priority.");
 ABSL_FLAG(bool, precompute_fits, true, "Compress each turn right after it is appended.");
 ABSL_FLAG(std::string, raw_retention, "keep",
           "What happens to a turn's raw KV once its SONIC ladder is stored: keep, drop, or a "
@@ -92,6 +96,13 @@ int main(int argc, char** argv) {
   options.core.fit_threads = absl::GetFlag(FLAGS_fit_threads);
   options.core.fit_queue = absl::GetFlag(FLAGS_fit_queue);
   options.core.precompute_fits = absl::GetFlag(FLAGS_precompute_fits);
+  options.core.fit_nice = absl::GetFlag(FLAGS_fit_nice);
+  if (options.core.fit_nice < 0 || options.core.fit_nice > 19) {
+    nexuskv::Log(nexuskv::LogLevel::kError, "bad_flag",
+                 {{"status", absl::StrCat("--fit_nice must be in [0, 19], got ",
+                                          options.core.fit_nice)}});
+    return EXIT_FAILURE;
+  }
   absl::StatusOr<nexuskv::service::RawRetention> retention =
       nexuskv::service::ParseRawRetention(absl::GetFlag(FLAGS_raw_retention));
   if (!retention.ok()) {

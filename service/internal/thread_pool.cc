@@ -1,11 +1,18 @@
 #include "service/internal/thread_pool.h"
 
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 #include <utility>
+
+#include "common/log.h"
 
 namespace nexuskv::service {
 
-ThreadPool::ThreadPool(std::string name, int num_threads, size_t max_queued)
-    : name_(std::move(name)), max_queued_(max_queued) {
+ThreadPool::ThreadPool(std::string name, int num_threads, size_t max_queued, int worker_nice)
+    : name_(std::move(name)), max_queued_(max_queued), worker_nice_(worker_nice) {
   workers_.reserve(num_threads);
   for (int i = 0; i < num_threads; ++i) workers_.emplace_back([this] { WorkerLoop(); });
 }
@@ -57,6 +64,16 @@ size_t ThreadPool::queued() const {
 }
 
 void ThreadPool::WorkerLoop() {
+  if (worker_nice_ != 0) {
+    // Relative to the nice value this thread inherited, so a niced process stays ordered.
+    errno = 0;
+    const int inherited = getpriority(PRIO_PROCESS, static_cast<id_t>(gettid()));
+    const int target = (errno == 0 ? inherited : 0) + worker_nice_;
+    if (setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), target) != 0) {
+      Log(LogLevel::kWarning, "thread_nice_failed",
+          {{"pool", name_}, {"nice", target}, {"error", std::strerror(errno)}});
+    }
+  }
   while (true) {
     std::function<void()> task;
     {

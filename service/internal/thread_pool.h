@@ -3,9 +3,14 @@
 // The gRPC callback API runs reactions on gRPC's own threads, which must not block; nexuskv moves
 // blocking work (RocksDB writes with fsync, cache assembly, compression fits) onto pools like this.
 //
-//   ThreadPool pool("fit", /*num_threads=*/2, /*max_queued=*/256);
+//   ThreadPool pool("fit", /*num_threads=*/2, /*max_queued=*/256, /*worker_nice=*/10);
 //   if (!pool.TrySchedule([] { ... })) { /* queue full: do it later */ }
 //   pool.Shutdown();  // runs what is queued, then joins
+//
+// worker_nice > 0 lowers the workers' CPU priority below the rest of the process (background work
+// that must not starve the RPC threads). On Linux the nice value is a per-thread attribute
+// (setpriority(2), BUGS), so each worker sets its own with setpriority(PRIO_PROCESS, gettid(), n)
+// when it starts and other threads keep theirs. Threads a worker creates inherit its value.
 //
 // Thread-safe. The destructor calls Shutdown().
 #ifndef NEXUSKV_SERVICE_INTERNAL_THREAD_POOL_H_
@@ -25,7 +30,10 @@ namespace nexuskv::service {
 
 class ThreadPool {
  public:
-  ThreadPool(std::string name, int num_threads, size_t max_queued);
+  // worker_nice: 0 leaves the workers at the process's priority; 1..19 raises their nice value
+  // by that much (lower priority). Out of range values are the caller's bug; a worker that cannot
+  // set its priority logs a warning and runs at the process's priority.
+  ThreadPool(std::string name, int num_threads, size_t max_queued, int worker_nice = 0);
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;
   ~ThreadPool();
@@ -52,6 +60,7 @@ class ThreadPool {
 
   const std::string name_;
   const size_t max_queued_;
+  const int worker_nice_;
   mutable absl::Mutex mu_;
   std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(mu_);
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
