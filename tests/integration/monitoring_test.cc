@@ -11,6 +11,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "absl/strings/numbers.h"
@@ -206,6 +207,17 @@ TEST(MetricsTest, RpcsBytesFitsAndStoreGaugesAfterRealCalls) {
         "nexuskv_rocksdb_live_blob_bytes", "nexuskv_rocksdb_pending_compaction_bytes"}) {
     EXPECT_EQ(m.count(gauge), 1u) << gauge;
   }
+
+  // Other paths and methods are refused, and the server lives on (civetweb 1.15's own error page
+  // once crashed it).
+  for (const auto& [path, method, code] :
+       {std::tuple("/", "GET", 404), {"/metricsx", "GET", 404}, {"/metrics", "POST", 405}}) {
+    absl::StatusOr<metrics::testing::HttpResponse> other =
+        metrics::testing::HttpGet("127.0.0.1", metrics_port, path, method);
+    ASSERT_TRUE(other.ok()) << method << " " << path << ": " << other.status();
+    EXPECT_EQ(other->status, code) << method << " " << path;
+  }
+  EXPECT_TRUE((*server)->running());
 
   // The append queued one background fit per method; SONIC's shows up once it has run.
   const std::string sonic_fits =
