@@ -13,6 +13,8 @@ packages=(
   # metrics/ (--metrics_listen) serves /metrics with civetweb; scripts/metrics-test.sh scrapes it
   # with a real Prometheus server and checks it with promtool
   libcivetweb-dev prometheus
+  # service/config_file.cc: the server's --config YAML file
+  libyaml-cpp-dev
   # scripts/python-env.sh: Debian's python3.11 and its venv module (ensurepip), which a bare
   # bookworm lacks; PyPI gives everything else
   python3.11 python3.11-venv

@@ -1,12 +1,16 @@
 // nexuskv-server: the nexuskv KV-cache memory tier. Flags, logging, RunServer; nothing else.
 #include <cstdlib>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
+#include "service/config_file.h"
 #include "service/raw_retention.h"
 #include "service/server.h"
 
@@ -33,8 +37,9 @@ ABSL_FLAG(int, retention_sweep_s, 60, "Seconds between sweeps deleting expired s
 ABSL_FLAG(bool, purge_on_delete, true,
           "Compact a deleted session's key range so its bytes leave the data files.");
 ABSL_FLAG(int, fit_threads, 1, "Background compression workers.");
-ABSL_FLAG(uint64_t, fit_queue, 1024, "Queued background fits beyond which new ones wait for "
-                                     "the next GetCache.");
+ABSL_FLAG(uint64_t, fit_queue, 1024,
+          "Queued background fits beyond which new ones wait for "
+          "the next GetCache.");
 ABSL_FLAG(int, fit_nice, 0,
           "Nice levels the background fit workers run below the RPC threads, so fits use the CPU "
           "requests leave idle (0: same priority; at most 19). Fits a GetCache runs inline keep "
@@ -52,12 +57,15 @@ ABSL_FLAG(double, merge_share, 0.05,
           "each standing for a run of evicted tokens (0: none; at most 0.5).");
 ABSL_FLAG(int, rpc_threads, 8, "Threads for blocking RPC work (RocksDB, cache assembly).");
 ABSL_FLAG(int, shutdown_grace_s, 20, "Seconds in-flight RPCs get to finish on SIGTERM/SIGINT.");
-ABSL_FLAG(std::string, tls_cert_file, "", "PEM server certificate chain; with --tls_key_file "
+ABSL_FLAG(std::string, tls_cert_file, "",
+          "PEM server certificate chain; with --tls_key_file "
           "the server speaks TLS only.");
 ABSL_FLAG(std::string, tls_key_file, "", "PEM private key of --tls_cert_file.");
-ABSL_FLAG(std::string, tls_client_ca_file, "", "PEM CA bundle; set for mutual TLS (clients must "
+ABSL_FLAG(std::string, tls_client_ca_file, "",
+          "PEM CA bundle; set for mutual TLS (clients must "
           "present a certificate it signed).");
-ABSL_FLAG(std::string, auth_tokens_file, "", "Bearer tokens -> tenants ('TENANT sha256:HEX' per "
+ABSL_FLAG(std::string, auth_tokens_file, "",
+          "Bearer tokens -> tenants ('TENANT sha256:HEX' per "
           "line; SIGHUP reloads). Empty: no authentication, tenant 'default'.");
 ABSL_FLAG(std::string, metrics_listen, "",
           "HOST:PORT serving Prometheus metrics at /metrics over plain HTTP (HOST an IP address "
@@ -67,9 +75,24 @@ ABSL_FLAG(int, health_check_period_ms, 5000,
           "cannot (disk reserve hit, read-only disk, RocksDB stopped by a background error).");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error.");
 
+ABSL_FLAG(std::string, config, "",
+          "YAML file of flag values (name: value per line, docs/api.md); flags on the command "
+          "line win over it.");
+
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("nexuskv-server --listen=HOST:PORT --data_dir=DIR");
-  absl::ParseCommandLine(argc, argv);
+  absl::SetProgramUsageMessage(
+      "nexuskv-server --listen=HOST:PORT --data_dir=DIR [--config=FILE.yaml]");
+  absl::StatusOr<std::vector<std::string>> args =
+      nexuskv::service::ArgumentsWithConfigFile(argc, argv, [](std::string_view name) {
+        return absl::FindCommandLineFlag(std::string(name)) != nullptr;
+      });
+  if (!args.ok()) {
+    nexuskv::Log(nexuskv::LogLevel::kError, "bad_config", {{"status", args.status().ToString()}});
+    return EXIT_FAILURE;
+  }
+  std::vector<char*> parsed_argv;
+  for (std::string& arg : *args) parsed_argv.push_back(arg.data());
+  absl::ParseCommandLine(static_cast<int>(parsed_argv.size()), parsed_argv.data());
 
   const std::string level = absl::GetFlag(FLAGS_log_level);
   nexuskv::SetMinLogLevel(level == "debug"     ? nexuskv::LogLevel::kDebug
@@ -98,15 +121,16 @@ int main(int argc, char** argv) {
   options.core.precompute_fits = absl::GetFlag(FLAGS_precompute_fits);
   options.core.fit_nice = absl::GetFlag(FLAGS_fit_nice);
   if (options.core.fit_nice < 0 || options.core.fit_nice > 19) {
-    nexuskv::Log(nexuskv::LogLevel::kError, "bad_flag",
-                 {{"status", absl::StrCat("--fit_nice must be in [0, 19], got ",
-                                          options.core.fit_nice)}});
+    nexuskv::Log(
+        nexuskv::LogLevel::kError, "bad_flag",
+        {{"status", absl::StrCat("--fit_nice must be in [0, 19], got ", options.core.fit_nice)}});
     return EXIT_FAILURE;
   }
   absl::StatusOr<nexuskv::service::RawRetention> retention =
       nexuskv::service::ParseRawRetention(absl::GetFlag(FLAGS_raw_retention));
   if (!retention.ok()) {
-    nexuskv::Log(nexuskv::LogLevel::kError, "bad_flag", {{"status", retention.status().ToString()}});
+    nexuskv::Log(nexuskv::LogLevel::kError, "bad_flag",
+                 {{"status", retention.status().ToString()}});
     return EXIT_FAILURE;
   }
   options.core.raw_retention = *retention;

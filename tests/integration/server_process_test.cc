@@ -4,8 +4,10 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 
 namespace nexuskv::testing {
@@ -97,6 +99,44 @@ TEST_F(ServerProcessTest, BadFlagsFailStartWithTheLog) {
   ASSERT_FALSE(status.ok());
   EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
   EXPECT_THAT(status.message(), HasSubstr("--- server log"));
+}
+
+// --config=FILE.yaml sets flags as the command line does; the command line wins over it; a file
+// naming an unknown flag stops the server with the file, the line and the name in its log.
+TEST_F(ServerProcessTest, ConfigFileSetsFlagsAndTheCommandLineWins) {
+  const std::string config =
+      ::testing::TempDir() + "/nexuskv-config-" + std::to_string(::getpid()) + ".yaml";
+  std::ofstream(config) << "# 4-token turns are over this limit\nmax_tokens_per_turn: 2\n";
+  ServerProcessOptions options;
+  options.extra_flags = {"--config=" + config};
+  absl::StatusOr<std::unique_ptr<ServerProcess>> server = ServerProcess::Start(options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  server_ = *std::move(server);
+  absl::StatusOr<std::unique_ptr<client::Client>> client = server_->Connect(absl::Seconds(20));
+  ASSERT_TRUE(client.ok()) << client.status();
+  const absl::Status refused = AppendTurn(**client, 0).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted) << refused;
+  EXPECT_THAT(refused.message(), HasSubstr("--max_tokens_per_turn"));
+  ASSERT_TRUE(server_->Stop().ok());
+
+  options.extra_flags = {"--config=" + config, "--max_tokens_per_turn=8"};
+  server = ServerProcess::Start(options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  server_ = *std::move(server);
+  client = server_->Connect(absl::Seconds(20));
+  ASSERT_TRUE(client.ok()) << client.status();
+  EXPECT_TRUE(AppendTurn(**client, 0).ok());
+  ASSERT_TRUE(server_->Stop().ok());
+  server_.reset();
+
+  std::ofstream(config) << "sync_writes: true\nmax_tokns_per_turn: 2\n";
+  options.extra_flags = {"--config=" + config};
+  options.startup_timeout = absl::Seconds(10);
+  const absl::Status bad = ServerProcess::Start(options).status();
+  EXPECT_EQ(bad.code(), absl::StatusCode::kFailedPrecondition) << bad;
+  EXPECT_THAT(bad.message(), HasSubstr(".yaml, line 2: unknown flag"));
+  EXPECT_THAT(bad.message(), HasSubstr("max_tokns_per_turn"));
+  std::filesystem::remove(config);
 }
 
 TEST_F(ServerProcessTest, MissingBinaryIsNotFound) {
