@@ -13,17 +13,8 @@ cd "$(dirname "$0")/.."
 start=$SECONDS
 
 packages=(nginx)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  sudo=""
-  if [[ $(id -u) -ne 0 ]]; then sudo="sudo"; fi
-  echo "cluster-test: installing ${missing[*]}"
-  $sudo apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
-fi
+source scripts/lib/packages.sh
+ensure_packages cluster-test "${packages[@]}"
 
 if ! .venv/bin/python -c 'import nexuskv, kubernetes_validate' 2>/dev/null; then
   bash scripts/python-env.sh

@@ -12,17 +12,8 @@ cd "$(dirname "$0")/.."
 
 # prometheus ships both prometheus and promtool; curl talks to both HTTP endpoints.
 packages=(prometheus curl)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]} > 0)); then
-  sudo=""
-  if [[ $(id -u) -ne 0 ]]; then sudo="sudo"; fi
-  echo "metrics-test: installing ${missing[*]}"
-  $sudo apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
-fi
+source scripts/lib/packages.sh
+ensure_packages metrics-test "${packages[@]}"
 
 server_bin=${NEXUSKV_SERVER_BIN:-build/bin/nexuskv-server}
 cli_bin=${NEXUSKV_CLI_BIN:-build/bin/nexuskv}

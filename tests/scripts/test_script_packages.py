@@ -14,7 +14,12 @@ import shlex
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPTS = [*sorted((REPO / "scripts").glob("*.sh")), REPO / ".ci" / "run"]
+SCRIPTS = [
+    *sorted((REPO / "scripts").glob("*.sh")),
+    *sorted((REPO / "scripts" / "lib").glob("*.sh")),
+    REPO / ".ci" / "run",
+]
+FUNCTION = re.compile(r"^\s*([A-Za-z_][\w-]*)\s*\(\)\s*\{", re.M)
 
 
 def _words(text: str) -> set[str]:
@@ -112,7 +117,10 @@ def _separates(tok: str) -> bool:
 def commands_of(script: Path) -> set[str]:
     """The bare command names a script runs (not paths, variables or its own functions)."""
     text = script.read_text()
-    functions = set(re.findall(r"^\s*([A-Za-z_][\w-]*)\s*\(\)\s*\{", text, re.M))
+    # Its own functions, and those of the files scripts source (scripts/lib).
+    functions = set(FUNCTION.findall(text))
+    for lib in (REPO / "scripts" / "lib").glob("*.sh"):
+        functions |= set(FUNCTION.findall(lib.read_text()))
     found: set[str] = set()
     at_start = True
     arithmetic = False  # inside (( ... )) or $(( ... ))
