@@ -8,6 +8,8 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
 #include "service/config_file.h"
@@ -82,6 +84,14 @@ ABSL_FLAG(std::string, config, "",
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "nexuskv-server --listen=HOST:PORT --data_dir=DIR [--config=FILE.yaml]");
+  // --help lists the flags of this file (absl looks for a file named after the binary by default,
+  // and so listed none); --helpfull adds absl's own.
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) {
+    return absl::EndsWith(file, "service/main.cc");
+  };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage);
   absl::StatusOr<std::vector<std::string>> args =
       nexuskv::service::ArgumentsWithConfigFile(argc, argv, [](std::string_view name) {
         return absl::FindCommandLineFlag(std::string(name)) != nullptr;
