@@ -138,12 +138,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     items = _interleave(plain, needles)
     select_s = time.perf_counter() - t0
 
-    server = None
-    if args.server:
-        target = args.server
-    else:
-        server = LocalServer(args.server_binary, log_path=out_dir / "server.log").start()
-        target = server.target
     records: list[dict[str, Any]] = []
     keys = config_keys(cfg)
     ev: Evaluator | None = None
