@@ -7,14 +7,14 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "clients/cpp/cli/safetensors.h"
 #include "common/status_macros.h"
 #include "tensor/dtype.h"
+#include "tensor/safetensors.h"
 
 namespace nexuskv::compressor::testing {
 namespace {
 
-absl::StatusOr<int> MetaInt(const cli::SafetensorsFile& file, const std::string& key) {
+absl::StatusOr<int> MetaInt(const SafetensorsFile& file, const std::string& key) {
   auto it = file.metadata().find(key);
   int value = 0;
   if (it == file.metadata().end() || !absl::SimpleAtoi(it->second, &value)) {
@@ -25,7 +25,7 @@ absl::StatusOr<int> MetaInt(const cli::SafetensorsFile& file, const std::string&
 }
 
 // Parses a JSON list of integers such as "[0, 21, 28]".
-std::vector<int64_t> MetaList(const cli::SafetensorsFile& file, const std::string& key) {
+std::vector<int64_t> MetaList(const SafetensorsFile& file, const std::string& key) {
   std::vector<int64_t> out;
   auto it = file.metadata().find(key);
   if (it == file.metadata().end()) return out;
@@ -41,9 +41,9 @@ std::vector<int64_t> MetaList(const cli::SafetensorsFile& file, const std::strin
   return out;
 }
 
-absl::StatusOr<std::vector<float>> Tensor(const cli::SafetensorsFile& file, const std::string& name,
+absl::StatusOr<std::vector<float>> Tensor(const SafetensorsFile& file, const std::string& name,
                                           std::vector<uint64_t>* shape) {
-  const cli::SafetensorsTensor* t = file.Find(name);
+  const SafetensorsTensor* t = file.Find(name);
   if (t == nullptr) return absl::InvalidArgumentError(absl::StrCat("tensor ", name, " is missing"));
   DType dtype = DType::kFloat32;
   if (t->dtype == "F16") {
@@ -69,7 +69,7 @@ absl::StatusOr<RealDialogue> LoadRealDialogue(const std::string& path) {
   if (!std::filesystem::exists(path)) {
     return absl::NotFoundError(absl::StrCat(path, " does not exist"));
   }
-  NEXUSKV_ASSIGN_OR_RETURN(cli::SafetensorsFile file, cli::ReadSafetensorsFile(path));
+  NEXUSKV_ASSIGN_OR_RETURN(SafetensorsFile file, ReadSafetensorsFile(path));
   RealDialogue d;
   d.path = path;
   NEXUSKV_ASSIGN_OR_RETURN(int turns, MetaInt(file, "num_turns"));

@@ -17,8 +17,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
-#include "clients/cpp/cli/safetensors.h"
 #include "service/auth.h"
+#include "tensor/safetensors.h"
 #include "tests/integration/pki.h"
 #include "tests/integration/server_process.h"
 #include "tests/integration/subprocess.h"
@@ -188,12 +188,12 @@ TEST_F(CliTest, PutListShowGetRemove) {
   EXPECT_EQ(header["method"], "FULL");
   EXPECT_FALSE(header.contains("layers")) << "JSON output must not carry tensors";
 
-  absl::StatusOr<cli::SafetensorsFile> cache = cli::ReadSafetensorsFile(cache_path);
+  absl::StatusOr<SafetensorsFile> cache = ReadSafetensorsFile(cache_path);
   ASSERT_TRUE(cache.ok()) << cache.status();
   EXPECT_EQ(cache->metadata().at("next_position"), absl::StrCat(kTotalTokens));
   EXPECT_EQ(cache->metadata().at("method"), "FULL");
-  const cli::SafetensorsTensor* keys = cache->Find("layers.1.keys");
-  const cli::SafetensorsTensor* positions = cache->Find("layers.1.positions");
+  const SafetensorsTensor* keys = cache->Find("layers.1.keys");
+  const SafetensorsTensor* positions = cache->Find("layers.1.positions");
   ASSERT_NE(keys, nullptr);
   ASSERT_NE(positions, nullptr);
   EXPECT_EQ(keys->dtype, "F16");
@@ -201,7 +201,7 @@ TEST_F(CliTest, PutListShowGetRemove) {
   EXPECT_EQ(positions->dtype, "I64");
   std::string expected_head0;
   for (int t = 0; t < 3; ++t) {
-    absl::StatusOr<cli::SafetensorsFile> turn = cli::ReadSafetensorsFile(TurnPath(t));
+    absl::StatusOr<SafetensorsFile> turn = ReadSafetensorsFile(TurnPath(t));
     ASSERT_TRUE(turn.ok()) << turn.status();
     expected_head0 += turn->Find("layers.1.keys")->data.substr(0, kTokens[t] * 16 * 2);
   }

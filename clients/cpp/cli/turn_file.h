@@ -22,9 +22,9 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "clients/cpp/cli/safetensors.h"
 #include "clients/cpp/client.h"
 #include "tensor/dtype.h"
+#include "tensor/safetensors.h"
 
 namespace nexuskv::cli {
 

@@ -1,4 +1,4 @@
-#include "clients/cpp/cli/safetensors.h"
+#include "tensor/safetensors.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-namespace nexuskv::cli {
+namespace nexuskv {
 namespace {
 
 using ::testing::HasSubstr;
@@ -159,4 +159,4 @@ TEST_F(SafetensorsTest, BadNamesAndHeadersAreInvalid) {
 }
 
 }  // namespace
-}  // namespace nexuskv::cli
+}  // namespace nexuskv

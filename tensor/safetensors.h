@@ -1,5 +1,6 @@
 // Reading and writing safetensors files (https://huggingface.co/docs/safetensors), the tensor
-// container the `nexuskv` CLI uses for turns (put) and caches (get --out).
+// container the `nexuskv` CLI uses for turns (put) and caches (get --out), and the compressor tests
+// read real KV from (tests/data).
 //
 // Layout: an 8-byte little-endian header length N, N bytes of JSON, then the data buffer. The JSON
 // maps each tensor name to {"dtype", "shape", "data_offsets": [begin, end]} (offsets relative to
@@ -20,8 +21,8 @@
 //
 // Thread safety: a SafetensorsFile is immutable after parsing; a SafetensorsWriter is not
 // thread-safe.
-#ifndef NEXUSKV_CLIENTS_CPP_CLI_SAFETENSORS_H_
-#define NEXUSKV_CLIENTS_CPP_CLI_SAFETENSORS_H_
+#ifndef NEXUSKV_TENSOR_SAFETENSORS_H_
+#define NEXUSKV_TENSOR_SAFETENSORS_H_
 
 #include <cstdint>
 #include <map>
@@ -34,7 +35,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 
-namespace nexuskv::cli {
+namespace nexuskv {
 
 // Bytes per element of a safetensors dtype name ("F32", "F16", "BF16", "I64", ...); nullopt for a
 // name the format does not define.
@@ -107,6 +108,6 @@ class SafetensorsWriter {
   std::map<std::string, std::string> metadata_;
 };
 
-}  // namespace nexuskv::cli
+}  // namespace nexuskv
 
-#endif  // NEXUSKV_CLIENTS_CPP_CLI_SAFETENSORS_H_
+#endif  // NEXUSKV_TENSOR_SAFETENSORS_H_

@@ -1,4 +1,4 @@
-#include "clients/cpp/cli/safetensors.h"
+#include "tensor/safetensors.h"
 
 #include <algorithm>
 #include <cerrno>
@@ -12,7 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 
-namespace nexuskv::cli {
+namespace nexuskv {
 namespace {
 
 using nlohmann::json;
@@ -314,4 +314,4 @@ absl::Status SafetensorsWriter::WriteFile(const std::string& path) const {
   return absl::OkStatus();
 }
 
-}  // namespace nexuskv::cli
+}  // namespace nexuskv
