@@ -1,5 +1,6 @@
 #include "service/internal/thread_pool.h"
 
+#include <pthread.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -74,6 +75,8 @@ void ThreadPool::WorkerLoop() {
           {{"pool", name_}, {"nice", target}, {"error", std::strerror(errno)}});
     }
   }
+  // Named after the priority is set: a thread called name_ already runs at it (top -H, /proc).
+  pthread_setname_np(pthread_self(), name_.substr(0, 15).c_str());
   while (true) {
     std::function<void()> task;
     {

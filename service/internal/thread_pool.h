@@ -10,7 +10,8 @@
 // worker_nice > 0 lowers the workers' CPU priority below the rest of the process (background work
 // that must not starve the RPC threads). On Linux the nice value is a per-thread attribute
 // (setpriority(2), BUGS), so each worker sets its own with setpriority(PRIO_PROCESS, gettid(), n)
-// when it starts and other threads keep theirs. Threads a worker creates inherit its value.
+// when it starts and other threads keep theirs. Threads a worker creates inherit its value. Each
+// worker then names itself after the pool (its first 15 characters), as top -H and /proc show.
 //
 // Thread-safe. The destructor calls Shutdown().
 #ifndef NEXUSKV_SERVICE_INTERNAL_THREAD_POOL_H_

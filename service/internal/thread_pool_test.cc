@@ -1,11 +1,13 @@
 // ThreadPool: tasks run on the workers, and worker_nice lowers the workers' priority only.
 #include "service/internal/thread_pool.h"
 
+#include <pthread.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <string>
 
 #include "absl/synchronization/notification.h"
 #include "gtest/gtest.h"
@@ -25,13 +27,16 @@ int ThreadNice() {
 struct Seen {
   int nice = 0;
   pid_t tid = 0;
+  std::string thread_name;
 };
 Seen RunOnPool(int worker_nice) {
-  ThreadPool pool("test", /*num_threads=*/2, /*max_queued=*/4, worker_nice);
+  ThreadPool pool("test-pool-named-long", /*num_threads=*/2, /*max_queued=*/4, worker_nice);
   Seen seen;
   absl::Notification done;
   EXPECT_TRUE(pool.Schedule([&] {
-    seen = {ThreadNice(), gettid()};
+    char name[16] = {};
+    pthread_getname_np(pthread_self(), name, sizeof(name));
+    seen = {ThreadNice(), gettid(), name};
     done.Notify();
   }));
   done.WaitForNotification();
@@ -44,6 +49,7 @@ TEST(ThreadPoolTest, WorkersRunNiceLevelsBelowTheCallerAndTheCallerKeepsItsPrior
   ASSERT_LE(before, 9) << "the test process itself runs at nice " << before;
   const Seen seen = RunOnPool(/*worker_nice=*/10);
   EXPECT_NE(seen.tid, gettid());
+  EXPECT_EQ(seen.thread_name, "test-pool-named");  // The pool's name, cut to 15 characters.
   EXPECT_EQ(seen.nice, before + 10);
   // Per thread, not per process: the creating thread and a new thread of the process keep theirs.
   EXPECT_EQ(ThreadNice(), before);
