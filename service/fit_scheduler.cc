@@ -21,11 +21,16 @@ FitScheduler::FitScheduler(store::Store* store, int num_threads, size_t max_queu
     : store_(store),
       on_stored_(std::move(on_stored)),
       on_done_(std::move(on_done)),
+      worker_nice_(worker_nice),
+      writer_("fit-write", worker_nice > 0 ? 1 : 0, max_queued),
       pool_("fit", num_threads, max_queued, worker_nice) {}
 
 FitScheduler::~FitScheduler() { Shutdown(); }
 
-void FitScheduler::Shutdown() { pool_.ShutdownNow(); }  // Dropped jobs run again on demand.
+void FitScheduler::Shutdown() {
+  pool_.ShutdownNow();  // Dropped jobs run again on demand.
+  writer_.Shutdown();   // After the workers: a worker's current job may wait on it.
+}
 
 FitScheduler::JobId FitScheduler::IdOf(const FitJob& job) {
   return {job.key.tenant, job.key.session_id, job.record.turn(), std::string(job.method->name())};
@@ -33,7 +38,7 @@ FitScheduler::JobId FitScheduler::IdOf(const FitJob& job) {
 
 void FitScheduler::Submit(FitJob job) {
   const bool queued = pool_.TrySchedule([this, job = std::move(job)] {
-    const absl::Status status = RunOnce(job);
+    const absl::Status status = RunOnce(job, /*on_worker=*/true);
     // A session deleted while its fit was queued is not an error worth more than a debug line.
     const LogLevel level =
         status.ok() || absl::IsNotFound(status) ? LogLevel::kDebug : LogLevel::kWarning;
@@ -52,7 +57,7 @@ void FitScheduler::Submit(FitJob job) {
   }
 }
 
-absl::Status FitScheduler::Ensure(const FitJob& job) { return RunOnce(job); }
+absl::Status FitScheduler::Ensure(const FitJob& job) { return RunOnce(job, /*on_worker=*/false); }
 
 std::optional<absl::Status> FitScheduler::LastFailure(const store::SessionKey& key, uint32_t turn,
                                                       std::string_view method) const {
@@ -71,7 +76,7 @@ void FitScheduler::ForgetSession(const store::SessionKey& key) {
   }
 }
 
-absl::Status FitScheduler::RunOnce(const FitJob& job) {
+absl::Status FitScheduler::RunOnce(const FitJob& job, bool on_worker) {
   const JobId id = IdOf(job);
   std::shared_ptr<InFlight> mine;
   std::shared_ptr<InFlight> theirs;
@@ -95,7 +100,7 @@ absl::Status FitScheduler::RunOnce(const FitJob& job) {
     status = stored.status();
   } else if (!stored->has_value()) {
     const absl::Time start = absl::Now();
-    status = Compute(job);
+    status = Compute(job, on_worker);
     if (on_done_) on_done_(job, absl::Now() - start, status);
   }
   mine->status = status;
@@ -112,7 +117,7 @@ absl::Status FitScheduler::RunOnce(const FitJob& job) {
   return status;
 }
 
-absl::Status FitScheduler::Compute(const FitJob& job) {
+absl::Status FitScheduler::Compute(const FitJob& job, bool on_worker) {
   const absl::Time start = absl::Now();
   std::vector<std::string> per_layer;
   per_layer.reserve(job.model.num_layers());
@@ -124,13 +129,32 @@ absl::Status FitScheduler::Compute(const FitJob& job) {
     per_layer.push_back(std::move(fit));
   }
   const std::string summary = job.method->SummarizeFit(per_layer);
-  NEXUSKV_RETURN_IF_ERROR(
-      store_->PutFit(job.key, job.record.turn(), job.method->name(), per_layer, summary));
+  absl::Status stored;
+  if (on_worker && worker_nice_ > 0) {
+    absl::Notification done;
+    if (!writer_.Schedule([&] {
+          stored = Store(job, per_layer, summary);
+          done.Notify();
+        })) {
+      return absl::UnavailableError("the fit scheduler is shutting down");
+    }
+    done.WaitForNotification();
+  } else {
+    stored = Store(job, per_layer, summary);
+  }
+  NEXUSKV_RETURN_IF_ERROR(stored);
   Log(LogLevel::kDebug, "fit_stored",
       {{"session", job.key.session_id},
        {"turn", job.record.turn()},
        {"method", job.method->name()},
        {"ms", absl::ToDoubleMilliseconds(absl::Now() - start)}});
+  return absl::OkStatus();
+}
+
+absl::Status FitScheduler::Store(const FitJob& job, const std::vector<std::string>& per_layer,
+                                 const std::string& summary) {
+  NEXUSKV_RETURN_IF_ERROR(
+      store_->PutFit(job.key, job.record.turn(), job.method->name(), per_layer, summary));
   if (on_stored_) on_stored_(job);
   return absl::OkStatus();
 }

@@ -10,7 +10,10 @@
 // serve RPCs (per thread; see ThreadPool), so background fits take the CPU the RPCs leave idle
 // instead of starving them. A fit run inline by Ensure() runs on the caller's thread at its
 // priority. A GetCache that waits in Ensure() for a job a worker is running waits at the worker's
-// priority: under load that fit finishes later than it would at nice 0.
+// priority: under load that fit finishes later than it would at nice 0. A niced worker only
+// computes: Store::PutFit (which holds the session's lock through a synced write) and on_stored
+// run on one writer thread at normal priority, so that appends never wait on a lock held by a
+// thread the scheduler keeps off the CPU (priority inversion).
 //
 // Thread-safe. Shutdown() stops the workers; queued jobs are dropped (Ensure recomputes on demand).
 #ifndef NEXUSKV_SERVICE_FIT_SCHEDULER_H_
@@ -24,6 +27,7 @@
 #include <string>
 #include <string_view>
 #include <tuple>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
@@ -45,7 +49,8 @@ struct FitJob {
 
 class FitScheduler {
  public:
-  // Called after a job's fit is stored (on the thread that stored it; not for fits found stored).
+  // Called after a job's fit is stored (on the thread that stored it: the writer thread for
+  // background fits when worker_nice > 0; not for fits found stored).
   using StoredCallback = std::function<void(const FitJob&)>;
   // Called after each fit this scheduler computed (stored or failed; not for fits found stored),
   // with the time it took, on the thread that computed it. For metrics.
@@ -90,8 +95,10 @@ class FitScheduler {
 
   static JobId IdOf(const FitJob& job);
   // Runs the job unless it is stored already or in flight (then waits for that run).
-  absl::Status RunOnce(const FitJob& job);
-  absl::Status Compute(const FitJob& job);
+  absl::Status RunOnce(const FitJob& job, bool on_worker);
+  absl::Status Compute(const FitJob& job, bool on_worker);
+  absl::Status Store(const FitJob& job, const std::vector<std::string>& per_layer,
+                     const std::string& summary);
 
   store::Store* const store_;
   const StoredCallback on_stored_;
@@ -99,7 +106,9 @@ class FitScheduler {
   mutable absl::Mutex mu_;
   std::map<JobId, std::shared_ptr<InFlight>> in_flight_ ABSL_GUARDED_BY(mu_);
   std::map<JobId, absl::Status> failed_ ABSL_GUARDED_BY(mu_);
-  ThreadPool pool_;
+  const int worker_nice_;
+  ThreadPool writer_;  // Normal priority; one thread when worker_nice_ > 0, none otherwise.
+  ThreadPool pool_;    // The workers; shut down before writer_, which they may wait on.
 };
 
 }  // namespace nexuskv::service

@@ -138,5 +138,43 @@ TEST_F(FitSchedulerTest, AFitGetCacheNeedsRunsInlineAtTheCallersPriority) {
   }
 }
 
+TEST_F(FitSchedulerTest, NicedWorkersComputeAndANormalPriorityThreadStores) {
+  const int caller = ThreadNice();
+  ASSERT_LE(caller, 9);
+  Start(/*fit_nice=*/0, /*precompute=*/false);  // The core only appends here.
+  Append(0, 16, 0);
+  const store::SessionKey key{"default", "s"};
+  auto records = store_->ListSegments(key);
+  ASSERT_TRUE(records.ok()) << records.status();
+  ASSERT_EQ(records->size(), 1u);
+  const compressor::Compressor* sonic = compressor::CompressorRegistry::Default().Find("SONIC");
+  ASSERT_NE(sonic, nullptr);
+
+  FitRun computed, stored;
+  absl::Notification done;
+  FitScheduler scheduler(
+      store_.get(), /*num_threads=*/1, /*max_queued=*/4,
+      [&](const FitJob& job) {
+        stored = {std::string(job.method->name()), ThreadNice(), gettid()};
+      },
+      [&](const FitJob& job, absl::Duration, const absl::Status& status) {
+        EXPECT_TRUE(status.ok()) << status;
+        computed = {std::string(job.method->name()), ThreadNice(), gettid()};
+        done.Notify();
+      },
+      /*worker_nice=*/10);
+  scheduler.Submit(FitJob{key, testing::TinySpec(), (*records)[0], sonic});
+  done.WaitForNotification();  // on_done runs after on_stored, on the worker.
+  scheduler.Shutdown();
+  EXPECT_EQ(computed.nice, caller + 10);
+  EXPECT_EQ(stored.method, "SONIC");
+  EXPECT_EQ(stored.nice, caller);
+  EXPECT_NE(stored.tid, computed.tid);
+  EXPECT_NE(stored.tid, gettid());
+  auto fit = store_->GetFit(key, 0, "SONIC", 0);
+  ASSERT_TRUE(fit.ok()) << fit.status();
+  EXPECT_TRUE(fit->has_value());
+}
+
 }  // namespace
 }  // namespace nexuskv::service
