@@ -12,8 +12,9 @@
 // priority. A GetCache that waits in Ensure() for a job a worker is running waits at the worker's
 // priority: under load that fit finishes later than it would at nice 0. A niced worker only
 // computes: Store::PutFit (which holds the session's lock through a synced write) and on_stored
-// run on one writer thread at normal priority, so that appends never wait on a lock held by a
-// thread the scheduler keeps off the CPU (priority inversion).
+// run on one writer thread at normal priority, so that appends do not wait on a session lock held
+// by a thread the scheduler keeps off the CPU (priority inversion). The worker's reads take only
+// RocksDB's short internal locks.
 //
 // Thread-safe. Shutdown() stops the workers; queued jobs are dropped (Ensure recomputes on demand).
 #ifndef NEXUSKV_SERVICE_FIT_SCHEDULER_H_
