@@ -95,10 +95,11 @@ absl::Status FitScheduler::RunOnce(const FitJob& job, bool on_worker) {
     return theirs->status;
   }
   absl::Status status;
-  auto stored = store_->GetFit(job.key, job.record.turn(), job.method->name(), 0);
+  const absl::StatusOr<bool> stored =
+      store_->HasFit(job.key, job.record.turn(), job.method->name());
   if (!stored.ok()) {
     status = stored.status();
-  } else if (!stored->has_value()) {
+  } else if (!*stored) {
     const absl::Time start = absl::Now();
     status = Compute(job, on_worker);
     if (on_done_) on_done_(job, absl::Now() - start, status);

@@ -498,7 +498,7 @@ absl::Status KvMemoryCore::DescribeFits(const store::SessionKey& key, uint32_t t
     if (method == nullptr || !method->has_fit()) continue;
     v1::FitStatus* fit = info.add_fits();
     fit->set_method(static_cast<v1::Method>(id));
-    NEXUSKV_ASSIGN_OR_RETURN(std::optional<std::string> stored, store_->GetFit(key, turn, name, 0));
+    NEXUSKV_ASSIGN_OR_RETURN(const bool stored, store_->HasFit(key, turn, name));
     if (stored) {
       fit->set_state(v1::FIT_STORED);
     } else if (std::optional<absl::Status> failure = fits_.LastFailure(key, turn, name)) {

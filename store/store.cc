@@ -8,4 +8,13 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const Options& options) {
   return internal::RocksDbStore::Open(options);
 }
 
+absl::StatusOr<bool> Store::HasFit(const SessionKey& key, uint32_t turn, std::string_view method) {
+  for (const uint32_t layer : {kFitSummaryLayer, uint32_t{0}}) {
+    absl::StatusOr<std::optional<std::string>> stored = GetFit(key, turn, method, layer);
+    if (!stored.ok()) return stored.status();
+    if (stored->has_value()) return true;
+  }
+  return false;
+}
+
 }  // namespace nexuskv::store

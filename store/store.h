@@ -177,6 +177,11 @@ class Store {
   // The layer index of a fit's per-turn summary (see PutFit).
   static constexpr uint32_t kFitSummaryLayer = 0xFFFFFFFF;
 
+  // Whether the method's fit of the turn is stored. A fit with a summary is answered from the
+  // summary (small, written in the fit's batch), so checking a SONIC ladder does not read a
+  // layer of it; a fit without one reads layer 0.
+  absl::StatusOr<bool> HasFit(const SessionKey& key, uint32_t turn, std::string_view method);
+
   // The stored fit of one layer, checksum verified; nullopt when it was never stored. DataLoss on
   // a checksum mismatch.
   virtual absl::StatusOr<std::optional<std::string>> GetFit(const SessionKey& key, uint32_t turn,

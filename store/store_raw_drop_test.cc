@@ -103,6 +103,21 @@ TEST_F(StoreRawDropTest, ReplacingAFitReplacesItsSummary) {
   EXPECT_EQ(store_->GetSession(key)->compressed_bytes(), kLayers * 1);
 }
 
+// HasFit answers from the summary when there is one, and from layer 0 otherwise.
+TEST_F(StoreRawDropTest, HasFitSeesFitsWithAndWithoutASummary) {
+  const SessionKey key{"t", "s"};
+  AppendTurns(key, 2);
+  EXPECT_FALSE(*store_->HasFit(key, 0, "SONIC"));
+  ASSERT_TRUE(store_->PutFit(key, 0, "SONIC", Fit("ladder"), "summary").ok());
+  ASSERT_TRUE(store_->PutFit(key, 1, "H2O", Fit("rank")).ok());
+  EXPECT_TRUE(*store_->HasFit(key, 0, "SONIC"));
+  EXPECT_TRUE(*store_->HasFit(key, 1, "H2O"));
+  EXPECT_FALSE(*store_->HasFit(key, 1, "SONIC"));
+  EXPECT_FALSE(*store_->HasFit(key, 0, "H2O"));
+  EXPECT_EQ(store_->HasFit({"t", "bad id!"}, 0, "SONIC").status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(StoreRawDropTest, AnIdenticalResendOfADroppedTurnIsStillANoOp) {
   const SessionKey key{"t", "s"};
   TestSegment s = MakeSegment(0, 0, 6, 2, 1);

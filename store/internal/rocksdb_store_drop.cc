@@ -43,9 +43,8 @@ absl::StatusOr<bool> RocksDbStore::DropRawLocked(absl::Mutex& mu, const SessionK
     return absl::NotFoundError(absl::StrCat("session ", session, " has no turn ", turn));
   }
   if (record->raw_dropped()) return false;
-  NEXUSKV_ASSIGN_OR_RETURN(std::optional<std::string> fit,
-                           GetFit(key, turn, required_fit, /*layer=*/0));
-  if (!fit) {
+  NEXUSKV_ASSIGN_OR_RETURN(const bool fitted, HasFit(key, turn, required_fit));
+  if (!fitted) {
     return absl::FailedPreconditionError(absl::StrCat("turn ", turn, " of session ", session,
                                                       " has no stored ", Sv(required_fit),
                                                       " fit; its raw KV is kept until one is"));
