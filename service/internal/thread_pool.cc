@@ -27,6 +27,13 @@ bool ThreadPool::TrySchedule(std::function<void()> task) {
   return true;
 }
 
+bool ThreadPool::TryScheduleFirst(std::function<void()> task) {
+  absl::MutexLock lock(&mu_);
+  if (shutting_down_ || urgent_.size() >= max_queued_) return false;
+  urgent_.push_back(std::move(task));
+  return true;
+}
+
 bool ThreadPool::Schedule(std::function<void()> task) {
   absl::MutexLock lock(&mu_);
   mu_.Await(absl::Condition(
@@ -52,16 +59,28 @@ void ThreadPool::Shutdown() {
 }
 
 void ThreadPool::ShutdownNow() {
+  std::deque<std::function<void()>> dropped_urgent, dropped;
   {
+    // One critical section: no task can be queued between the drop and the refusal.
     absl::MutexLock lock(&mu_);
-    queue_.clear();
+    shutting_down_ = true;
+    dropped_urgent.swap(urgent_);
+    dropped.swap(queue_);
   }
+  // Destroyed outside mu_: a task's captures may run code that takes other locks.
+  dropped_urgent.clear();
+  dropped.clear();
   Shutdown();
 }
 
 size_t ThreadPool::queued() const {
   absl::MutexLock lock(&mu_);
-  return queue_.size();
+  return urgent_.size() + queue_.size();
+}
+
+size_t ThreadPool::queued_first() const {
+  absl::MutexLock lock(&mu_);
+  return urgent_.size();
 }
 
 void ThreadPool::WorkerLoop() {
@@ -83,12 +102,13 @@ void ThreadPool::WorkerLoop() {
       absl::MutexLock lock(&mu_);
       mu_.Await(absl::Condition(
           +[](ThreadPool* p) ABSL_EXCLUSIVE_LOCKS_REQUIRED(p->mu_) {
-            return p->shutting_down_ || !p->queue_.empty();
+            return p->shutting_down_ || !p->urgent_.empty() || !p->queue_.empty();
           },
           this));
-      if (queue_.empty()) return;  // Shutting down and drained.
-      task = std::move(queue_.front());
-      queue_.pop_front();
+      std::deque<std::function<void()>>& lane = urgent_.empty() ? queue_ : urgent_;
+      if (lane.empty()) return;  // Shutting down and drained.
+      task = std::move(lane.front());
+      lane.pop_front();
     }
     task();
   }
