@@ -30,14 +30,18 @@ TEST(RegistryTest, DefaultHoldsTheBaselinesThenSonic) {
     ASSERT_THAT(method, NotNull());
     EXPECT_EQ(method->name(), name);
   }
-  EXPECT_FALSE(registry.Find("FULL")->has_fit());
-  EXPECT_FALSE(registry.Find("STREAMING_LLM")->has_fit());
-  EXPECT_TRUE(registry.Find("H2O")->has_fit());
-  EXPECT_TRUE(registry.Find("SNAPKV")->has_fit());
+  EXPECT_FALSE(registry.Find("FULL")->capabilities().fits);
+  EXPECT_FALSE(registry.Find("STREAMING_LLM")->capabilities().fits);
+  EXPECT_TRUE(registry.Find("H2O")->capabilities().fits);
+  EXPECT_TRUE(registry.Find("SNAPKV")->capabilities().fits);
   EXPECT_THAT(registry.Find("h2o"), IsNull());
-  EXPECT_TRUE(registry.Find("SONIC")->has_fit());
-  EXPECT_FALSE(registry.Find("SONIC")->materialize_reads_layer());
-  EXPECT_TRUE(registry.Find("H2O")->materialize_reads_layer());
+  const Capabilities sonic = registry.Find("SONIC")->capabilities();
+  EXPECT_TRUE(sonic.fits && sonic.serves_without_raw && sonic.bias && sonic.lookahead &&
+              sonic.prefers_token_scores);
+  EXPECT_FALSE(registry.Find("H2O")->capabilities().serves_without_raw);
+  // The service names no method: it asks the registry.
+  EXPECT_EQ(registry.Fallback(), registry.Find("STREAMING_LLM"));
+  EXPECT_EQ(registry.ServesWithoutRaw(), registry.Find("SONIC"));
   EXPECT_EQ(&registry, &CompressorRegistry::Default());
 }
 

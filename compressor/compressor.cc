@@ -61,6 +61,20 @@ const Compressor* CompressorRegistry::Find(std::string_view name) const {
   return nullptr;
 }
 
+const Compressor* CompressorRegistry::Fallback() const {
+  for (const auto& compressor : compressors_) {
+    if (compressor->capabilities().fallback) return compressor.get();
+  }
+  return nullptr;
+}
+
+const Compressor* CompressorRegistry::ServesWithoutRaw() const {
+  for (const auto& compressor : compressors_) {
+    if (compressor->capabilities().serves_without_raw) return compressor.get();
+  }
+  return nullptr;
+}
+
 std::vector<std::string_view> CompressorRegistry::names() const {
   std::vector<std::string_view> out;
   out.reserve(compressors_.size());

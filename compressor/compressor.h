@@ -85,15 +85,10 @@ struct LayerView {
   DType dtype = DType::kFloat32;
   // Serving only (Materialize): queries of a later turn, [Hq, L, D] unscaled, standing in for the
   // queries that will read the answer (the service passes the newest probes of the GetCache
-  // range). Methods that say wants_lookahead() rank the tokens they keep raw by them; empty: none.
+  // range). Methods whose Capabilities::lookahead is set rank the tokens they keep raw by them;
+  // empty: none.
   std::span<const float> lookahead;
   int num_lookahead = 0;  // L
-  // [H, T] scores the worker sent with the turn (SegmentHeader.has_token_scores): how much later
-  // text reads each token. With them (and the raw KV), SONIC serves the highest scored tokens.
-  std::span<const float> token_scores;
-  // [H] with token_scores and a bias: how many of a head's n entries are real; the rest are
-  // padding (key and value 0, bias -inf, position -1, first in the head). Empty: n in every head.
-  std::span<const int64_t> head_entries;
 };
 
 // The entries a method keeps for one layer of one segment: n per kv head.
@@ -118,6 +113,25 @@ struct TurnShape {
   std::string_view fit_summary;
 };
 
+// What a method does and needs, for the planner that serves it.
+struct Capabilities {
+  // Fit does work worth storing (and Materialize reads it). FULL and STREAMING_LLM need none.
+  bool fits = false;
+  // Materialize can serve from the fit alone, given a view with the shape fields and empty spans
+  // (a turn whose raw KV was dropped); it never keeps all T tokens itself (Allocate giving a turn
+  // T means "serve it raw"). Such a method's stored fit makes a turn's raw KV expendable.
+  bool serves_without_raw = false;
+  // Materialize sets LayerEntries::bias; the answer then carries a bias.
+  bool bias = false;
+  // Materialize ranks the tokens it keeps raw by LayerView::lookahead.
+  bool lookahead = false;
+  // Answers by scored selection (compressor/scored/selection.h) when every compressed turn has
+  // the worker's token scores and its raw KV; its fit is then not read.
+  bool prefers_token_scores = false;
+  // Serves a turn whose own method's fit failed: needs no fit, only the raw KV.
+  bool fallback = false;
+};
+
 class Compressor {
  public:
   virtual ~Compressor() = default;
@@ -125,8 +139,8 @@ class Compressor {
   // The method's name as in the contract's Method enum, e.g. "H2O".
   virtual std::string_view name() const = 0;
 
-  // Whether Fit does work worth storing. FULL and STREAMING_LLM need none: Fit returns "".
-  virtual bool has_fit() const = 0;
+  // What the method does and needs: the one place callers ask (see Capabilities).
+  virtual Capabilities capabilities() const = 0;
 
   // Per-layer fit, computed once per turn. InvalidArgument when the view's shape is inconsistent.
   virtual absl::StatusOr<std::string> Fit(const LayerView& layer) const = 0;
@@ -142,23 +156,6 @@ class Compressor {
                                                            std::string_view fit, int n) const {
     return Materialize(layer, fit, n);
   }
-
-  // Whether the service should spend a budget by the worker's token scores when every compressed
-  // turn has them: per (layer, turn) counts from one ranking of all their scores, each served by
-  // Materialize with LayerView::token_scores set and the raw KV (SONIC). Such a Materialize does
-  // not read its fit, which may be empty: the service does not wait for it.
-  virtual bool spends_token_scores() const { return false; }
-
-  // Whether Materialize sets LayerEntries::bias (SONIC); the answer then carries a bias.
-  virtual bool adds_bias() const { return false; }
-
-  // Whether Materialize uses LayerView::lookahead (SONIC ranks its raw top-ups by it).
-  virtual bool wants_lookahead() const { return false; }
-
-  // Whether Materialize reads the layer's tensors (true: the default). When false the caller may
-  // pass a view with the shape fields set and empty spans, as for a turn whose raw KV was dropped;
-  // such a method never keeps all T tokens itself (Allocate giving a turn T means "serve it raw").
-  virtual bool materialize_reads_layer() const { return true; }
 
   // A small per-turn summary of a stored fit (one string per layer, as Fit returned them) that
   // Allocate reads from TurnShape::fit_summary. Empty (the default) when the method writes none.
@@ -185,6 +182,10 @@ class CompressorRegistry {
 
   // nullptr when no method has that name.
   const Compressor* Find(std::string_view name) const;
+
+  // The first method with Capabilities::fallback / serves_without_raw; nullptr when none has it.
+  const Compressor* Fallback() const;
+  const Compressor* ServesWithoutRaw() const;
 
   // Registered names, in registration order.
   std::vector<std::string_view> names() const;

@@ -17,12 +17,15 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
 #include "compressor/compressor.h"
 #include "nexuskv/v1/kv_memory.pb.h"
 #include "service/cache_assembly.h"
+#include "service/cache_planner.h"
 #include "service/fit_scheduler.h"
 #include "service/limits.h"
 #include "service/raw_retention.h"
@@ -40,10 +43,14 @@ struct CoreOptions {
   int fit_nice = 0;
   // Compute fits right after each append (true) or only when a GetCache needs them (false).
   bool precompute_fits = true;
+  // How long a GetCache waits for a fit it needs (queued ahead of the background ones, computed on
+  // a fit worker, never on the RPC thread); after that the turn is served by the registry's
+  // fallback (STREAMING_LLM) from its raw KV and the answer's notes say so.
+  absl::Duration fit_wait = absl::Seconds(30);
   // When a turn's raw KV is dropped once its SONIC ladder is stored (see raw_retention.h).
   RawRetention raw_retention;
   // Share of a biased keep_ratio budget spent by token scores that goes to merged entries, each
-  // standing for a run of evicted tokens (compressor/merge.h); 0 turns them off.
+  // standing for a run of evicted tokens (compressor/scored/selection.h); 0 turns them off.
   double merge_share = 0.05;
   // Told about each fit computed (FitScheduler::DoneCallback); for metrics. May be empty.
   FitScheduler::DoneCallback on_fit_done;
@@ -63,8 +70,9 @@ class KvMemoryCore {
   absl::StatusOr<nexuskv::v1::AppendSegmentResponse> Append(std::string_view tenant,
                                                             AssembledSegment segment);
 
-  // Validates the request against the session, allocates the budget across turns, makes sure the
-  // fits it needs are stored, and returns the plan that builds each layer. NOT_FOUND for a missing
+  // Validates the request against the session, plans the answer (service/cache_planner.h): loads
+  // the token scores a scored answer spends, or waits for the fits it reads (never computing one
+  // on the calling thread), and returns the assembly that builds each layer. NOT_FOUND for a missing
   // session, INVALID_ARGUMENT for a bad request or a turn range outside the session,
   // UNIMPLEMENTED for a method this server does not have, FAILED_PRECONDITION when a turn whose raw
   // KV was dropped (raw_retention) would have to be served raw or by a method that needs it.
@@ -88,8 +96,21 @@ class KvMemoryCore {
 
  private:
   // Adds to `info` the state of the turn's fit for each method that fits (TurnInfo.fits).
-  absl::Status DescribeFits(const store::SessionKey& key, uint32_t turn,
+  absl::Status DescribeFits(const store::SessionKey& key, const store::SegmentRecord& record,
                             nexuskv::v1::TurnInfo& info) const;
+  // Whether an answer reads the method's fit of this turn, so that Append computes it in the
+  // background: not for a method that prefers token scores on a turn that has them, while raw KV
+  // is kept (every keep_ratio / max_bytes answer is then a scored selection; a max_tokens one
+  // queues the fit through AwaitFits).
+  bool FitIsRead(const compressor::Compressor& method, const store::SegmentRecord& record) const;
+  // The token scores of the scope's compressed turns, every layer.
+  absl::StatusOr<std::vector<compressor::scored::ScoredTurn>> LoadScoredTurns(
+      const store::SessionKey& key, const CacheScope& scope) const;
+  // Waits (CoreOptions::fit_wait) for the method's fit of each of the scope's fit_turns and loads
+  // their summaries; a fit that fails or is late goes to `loaded.missing_fits` (the fallback
+  // serves the turn) when the fallback can, else its error is returned.
+  absl::Status AwaitFits(const store::SessionKey& key, const CacheScope& scope,
+                         LoadedInputs& loaded);
   // Applies the raw retention to one session; failures are logged, never returned.
   void ApplyRetention(const store::SessionKey& key);
   void SweepLoop();

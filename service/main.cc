@@ -1,4 +1,5 @@
 // nexuskv-server: the nexuskv KV-cache memory tier. Flags, logging, RunServer; nothing else.
+#include <algorithm>
 #include <cstdlib>
 #include <string>
 #include <string_view>
@@ -40,12 +41,15 @@ ABSL_FLAG(bool, purge_on_delete, true,
           "Compact a deleted session's key range so its bytes leave the data files.");
 ABSL_FLAG(int, fit_threads, 1, "Background compression workers.");
 ABSL_FLAG(uint64_t, fit_queue, 1024,
-          "Queued background fits beyond which new ones wait for "
-          "the next GetCache.");
+          "Queued background fits beyond which new ones are dropped until a GetCache needs them.");
 ABSL_FLAG(int, fit_nice, 0,
-          "Nice levels the background fit workers run below the RPC threads, so fits use the CPU "
-          "requests leave idle (0: same priority; at most 19). Fits a GetCache runs inline keep "
-          "the RPC thread's priority.");
+          "Nice levels the fit workers run below the RPC threads, so fits use the CPU requests "
+          "leave idle (0: same priority; at most 19). Every fit runs on these workers, also one "
+          "a GetCache waits for.");
+ABSL_FLAG(int64_t, fit_wait_ms, 30000,
+          "How long a GetCache waits for a fit it needs (queued ahead of the background ones); "
+          "then that turn is served by STREAMING_LLM from its raw KV and the answer's notes say "
+          "so. Fits never run on the RPC threads.");
 ABSL_FLAG(bool, precompute_fits, true, "Compress each turn right after it is appended.");
 ABSL_FLAG(std::string, raw_retention, "keep",
           "What happens to a turn's raw KV once its SONIC ladder is stored: keep, drop, or a "
@@ -130,6 +134,7 @@ int main(int argc, char** argv) {
   options.core.fit_queue = absl::GetFlag(FLAGS_fit_queue);
   options.core.precompute_fits = absl::GetFlag(FLAGS_precompute_fits);
   options.core.fit_nice = absl::GetFlag(FLAGS_fit_nice);
+  options.core.fit_wait = absl::Milliseconds(std::max<int64_t>(absl::GetFlag(FLAGS_fit_wait_ms), 0));
   if (options.core.fit_nice < 0 || options.core.fit_nice > 19) {
     nexuskv::Log(
         nexuskv::LogLevel::kError, "bad_flag",

@@ -40,7 +40,8 @@ absl::StatusOr<RawRetention> ParseRawRetention(std::string_view text) {
 }
 
 absl::StatusOr<uint32_t> ApplyRawRetention(store::Store& store, const store::SessionKey& key,
-                                           const RawRetention& policy, absl::Time now) {
+                                           const RawRetention& policy, absl::Time now,
+                                           std::string_view fit_method) {
   if (policy.mode == RawRetention::Mode::kKeep) return 0u;
   NEXUSKV_ASSIGN_OR_RETURN(std::vector<store::SegmentRecord> segments, store.ListSegments(key));
   const size_t keep = std::min<size_t>(policy.keep_recent_turns, segments.size());
@@ -52,7 +53,7 @@ absl::StatusOr<uint32_t> ApplyRawRetention(store::Store& store, const store::Ses
         absl::FromUnixMillis(s.append_time_unix_ms()) + policy.after > now) {
       continue;
     }
-    absl::StatusOr<bool> done = store.DropRawTensors(key, s.turn(), kRawRetentionFit);
+    absl::StatusOr<bool> done = store.DropRawTensors(key, s.turn(), fit_method);
     if (absl::IsFailedPrecondition(done.status())) continue;  // no ladder yet
     if (!done.ok()) return done.status();
     dropped += *done ? 1 : 0;

@@ -9,7 +9,7 @@
 // conversation can still ask for its latest turn raw (GetCacheRequest.keep_recent_turns).
 //
 //   NEXUSKV_ASSIGN_OR_RETURN(RawRetention r, ParseRawRetention("6h"));
-//   NEXUSKV_ASSIGN_OR_RETURN(uint32_t dropped, ApplyRawRetention(*store, key, r, absl::Now()));
+//   NEXUSKV_ASSIGN_OR_RETURN(uint32_t dropped, ApplyRawRetention(*store, key, r, absl::Now(), "SONIC"));
 //
 // Enforcement: the core applies it to a session after each append and after each stored SONIC
 // fit; for DURATION a core thread also sweeps every session each `sweep`.
@@ -26,9 +26,6 @@
 #include "store/store.h"
 
 namespace nexuskv::service {
-
-// The method whose stored fit makes a turn's raw KV expendable.
-inline constexpr std::string_view kRawRetentionFit = "SONIC";
 
 struct RawRetention {
   enum class Mode { kKeep, kDrop, kAfter };
@@ -47,8 +44,11 @@ absl::StatusOr<RawRetention> ParseRawRetention(std::string_view text);
 // Drops the raw KV of every turn of the session that the policy lets go and whose SONIC ladder is
 // stored; returns how many turns it dropped. A turn without a ladder yet is skipped (its fit's
 // completion applies the policy again). NotFound when the session is gone.
+// `fit_method` names the method whose stored fit serves a turn without its raw KV
+// (CompressorRegistry::ServesWithoutRaw).
 absl::StatusOr<uint32_t> ApplyRawRetention(store::Store& store, const store::SessionKey& key,
-                                           const RawRetention& policy, absl::Time now);
+                                           const RawRetention& policy, absl::Time now,
+                                           std::string_view fit_method);
 
 }  // namespace nexuskv::service
 

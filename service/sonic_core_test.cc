@@ -257,9 +257,9 @@ class RefusingSonic final : public compressor::Compressor {
   explicit RefusingSonic(int bad_tokens)
       : sonic_(compressor::NewSonicCompressor()), bad_tokens_(bad_tokens) {}
   std::string_view name() const override { return "SONIC"; }
-  bool has_fit() const override { return true; }
-  bool materialize_reads_layer() const override { return false; }
-  bool adds_bias() const override { return true; }
+  compressor::Capabilities capabilities() const override {
+    return {.fits = true, .serves_without_raw = true, .bias = true};
+  }
   absl::StatusOr<std::string> Fit(const compressor::LayerView& layer) const override {
     if (layer.num_tokens == bad_tokens_) return absl::InternalError("injected fit failure");
     return sonic_->Fit(layer);
@@ -286,7 +286,7 @@ class Borrowed final : public compressor::Compressor {
  public:
   explicit Borrowed(const compressor::Compressor& method) : method_(method) {}
   std::string_view name() const override { return method_.name(); }
-  bool has_fit() const override { return method_.has_fit(); }
+  compressor::Capabilities capabilities() const override { return method_.capabilities(); }
   absl::StatusOr<std::string> Fit(const compressor::LayerView& layer) const override {
     return method_.Fit(layer);
   }

@@ -13,7 +13,7 @@ namespace {
 class FullCompressor final : public Compressor {
  public:
   std::string_view name() const override { return "FULL"; }
-  bool has_fit() const override { return false; }
+  Capabilities capabilities() const override { return {}; }
 
   absl::StatusOr<std::string> Fit(const LayerView& layer) const override {
     NEXUSKV_RETURN_IF_ERROR(CheckLayer(layer));

@@ -20,7 +20,7 @@ namespace {
 class SnapKvCompressor final : public Compressor {
  public:
   std::string_view name() const override { return "SNAPKV"; }
-  bool has_fit() const override { return true; }
+  Capabilities capabilities() const override { return {.fits = true}; }
 
   absl::StatusOr<std::string> Fit(const LayerView& layer) const override {
     NEXUSKV_RETURN_IF_ERROR(CheckLayer(layer));

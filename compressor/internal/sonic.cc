@@ -19,7 +19,6 @@
 #include "compressor/internal/sonic_fit.h"
 #include "compressor/internal/sonic_ladder.h"
 #include "compressor/internal/sonic_math.h"
-#include "compressor/merge.h"
 
 namespace nexuskv::compressor::internal {
 namespace {
@@ -127,11 +126,13 @@ class SonicCompressor final : public Compressor {
   explicit SonicCompressor(const SonicParams& params) : params_(params) {}
 
   std::string_view name() const override { return "SONIC"; }
-  bool has_fit() const override { return true; }
-  bool materialize_reads_layer() const override { return false; }
-  bool adds_bias() const override { return true; }
-  bool wants_lookahead() const override { return true; }
-  bool spends_token_scores() const override { return true; }
+  Capabilities capabilities() const override {
+    return {.fits = true,
+            .serves_without_raw = true,
+            .bias = true,
+            .lookahead = true,
+            .prefers_token_scores = true};
+  }
 
   absl::StatusOr<std::string> Fit(const LayerView& layer) const override {
     NEXUSKV_RETURN_IF_ERROR(CheckLayer(layer));
@@ -236,10 +237,7 @@ class SonicCompressor final : public Compressor {
     out.num_kv_heads = layer.num_kv_heads;
     out.head_dim = layer.head_dim;
     if (n == 0) return out;
-    // With the worker's token scores, the highest scored raw tokens; the fit is not read (the
-    // service does not wait for it). docs/sonic.md measures Nexus tokens for the rest as worse.
     const bool has_raw = !layer.keys.empty();
-    if (has_raw && !layer.token_scores.empty()) return ServeScored(layer, n, bias_free);
     NEXUSKV_ASSIGN_OR_RETURN(SonicLadderIndex index, IndexSonicLadder(fit));
     if (index.num_kv_heads != layer.num_kv_heads || index.num_tokens != layer.num_tokens ||
         index.head_dim != layer.head_dim) {
@@ -318,50 +316,6 @@ class SonicCompressor final : public Compressor {
   // the cluster's mass, hence its bias, and its weighted mean value lose the token's share. The
   // rung's mass over the rows is unchanged. `mass` is the head's token mass (all 1 when the fit
   // had no rows). Caller guarantees extra <= T - m.
-  // The highest scored raw tokens of each head (the session's sinks first): n of them, or with
-  // LayerView::head_entries (biased answers only) each head its own count, padded up to n with
-  // entries no query attends to.
-  static absl::StatusOr<LayerEntries> ServeScored(const LayerView& layer, int n, bool bias_free) {
-    const size_t h_count = static_cast<size_t>(layer.num_kv_heads);
-    const size_t t = static_cast<size_t>(layer.num_tokens);
-    const size_t d = static_cast<size_t>(layer.head_dim);
-    const bool padded = !layer.head_entries.empty();
-    if (layer.token_scores.size() != h_count * t ||
-        (padded && (bias_free || layer.head_entries.size() != h_count))) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("LayerView: token_scores has ", layer.token_scores.size(),
-                       " values and head_entries ", layer.head_entries.size(), " for H=", h_count,
-                       " T=", t, bias_free ? " (an answer without bias cannot pad)" : ""));
-    }
-    LayerEntries out;
-    out.num_kv_heads = layer.num_kv_heads;
-    out.head_dim = layer.head_dim;
-    out.num_entries = n;
-    out.keys.assign(h_count * n * d, 0.0f);
-    out.values.assign(h_count * n * d, 0.0f);
-    out.bias.assign(h_count * n, -std::numeric_limits<float>::infinity());
-    out.positions.assign(h_count * n, -1);
-    for (size_t h = 0; h < h_count; ++h) {
-      const int64_t real = padded ? layer.head_entries[h] : n;
-      if (real < 0 || real > n || real > static_cast<int64_t>(t)) {
-        return absl::InvalidArgumentError(absl::StrCat("LayerView: head ", h, " keeps ", real,
-                                                       " of ", t, " tokens in ", n, " entries"));
-      }
-      std::vector<uint32_t> order =
-          RankByTokenScores(layer.token_scores.subspan(h * t, t), layer.session_start);
-      std::sort(order.begin(), order.begin() + real);
-      const size_t first = h * n + (n - real);  // padding first: positions stay ascending
-      for (int64_t j = 0; j < real; ++j) {
-        const uint32_t i = order[j];
-        std::copy_n(layer.keys.data() + (h * t + i) * d, d, out.keys.data() + (first + j) * d);
-        std::copy_n(layer.values.data() + (h * t + i) * d, d, out.values.data() + (first + j) * d);
-        out.bias[first + j] = 0.0f;
-        out.positions[first + j] = layer.first_position + i;
-      }
-    }
-    if (bias_free) out.bias.clear();
-    return out;
-  }
   static NexusSet TopUp(const NexusSet& rung, const float* keys, const float* values,
                         std::span<const float> mass, std::span<const float> priority, bool rowless,
                         int extra, int head_dim) {

@@ -14,7 +14,7 @@ namespace {
 class StreamingLlmCompressor final : public Compressor {
  public:
   std::string_view name() const override { return "STREAMING_LLM"; }
-  bool has_fit() const override { return false; }
+  Capabilities capabilities() const override { return {.fallback = true}; }
 
   absl::StatusOr<std::string> Fit(const LayerView& layer) const override {
     NEXUSKV_RETURN_IF_ERROR(CheckLayer(layer));

@@ -205,7 +205,7 @@ absl::StatusOr<HistoryError> EvaluateHistory(const RealDialogue& d, const Compre
         const size_t span = static_cast<size_t>(turn.num_tokens) * dim;
         LayerEntries e;
         const bool raw =
-            u >= compressed || (alloc[u] == turn.num_tokens && !method.materialize_reads_layer());
+            u >= compressed || (alloc[u] == turn.num_tokens && method.capabilities().serves_without_raw);
         for (int h = 0; h < d.num_kv_heads; ++h) {
           const float* k = turn.keys[l].data() + h * span;
           const float* v = turn.values[l].data() + h * span;
@@ -222,7 +222,7 @@ absl::StatusOr<HistoryError> EvaluateHistory(const RealDialogue& d, const Compre
         // As the service serves it: the newest probes of the prefix (turn t's, unless they are
         // dropped) as lookahead queries.
         LayerView served = view(u, l);
-        if (method.wants_lookahead() && !options.drop_probes && d.turns[t].num_probes > 0) {
+        if (method.capabilities().lookahead && !options.drop_probes && d.turns[t].num_probes > 0) {
           served.lookahead = d.turns[t].probes[l];
           served.num_lookahead = d.turns[t].num_probes;
         }

@@ -32,9 +32,6 @@ absl::StatusOr<DecodedLayer> LoadDecodedLayer(store::Store& store, const store::
                                                                  store::TensorKind::kProbeQueries));
     NEXUSKV_RETURN_IF_ERROR(DecodeToFloat(bytes, dtype, out.probes));
   }
-  if (record.has_token_scores()) {
-    NEXUSKV_ASSIGN_OR_RETURN(out.token_scores, LoadTokenScores(store, key, record, layer));
-  }
   out.nexus_offsets.assign(record.nexus_offsets().begin(), record.nexus_offsets().end());
   if (!out.probes.empty()) {
     out.probe_offsets.assign(record.probe_offsets().begin(), record.probe_offsets().end());
@@ -53,7 +50,6 @@ absl::StatusOr<DecodedLayer> LoadDecodedLayer(store::Store& store, const store::
   v.keys = out.keys;
   v.values = out.values;
   v.probes = out.probes;
-  v.token_scores = out.token_scores;
   return out;
 }
 

@@ -17,7 +17,6 @@ struct DecodedLayer {
   std::vector<float> keys;              // [H, T, D]
   std::vector<float> values;            // [H, T, D]
   std::vector<float> probes;            // [Hq, P, D]; empty unless asked for.
-  std::vector<float> token_scores;      // [H, T]; empty unless the segment has token scores
   std::vector<uint32_t> nexus_offsets;  // the segment's pass-through Nexus tokens
   std::vector<uint32_t> probe_offsets;  // the tokens of its probes; empty: the last P
   // Borrows the vectors above; moving a DecodedLayer keeps their heap buffers, so it stays valid.
@@ -35,7 +34,7 @@ absl::StatusOr<std::vector<float>> LoadTokenScores(store::Store& store,
                                                    const store::SegmentRecord& record,
                                                    uint32_t layer);
 
-// Reads keys and values (and probe queries when with_probes, token scores when it has them) of
+// Reads keys and values (and probe queries when with_probes) of
 // `layer` of the segment `record`, checksums verified by the store, and decodes them. DataLoss /
 // NotFound from the store pass through.
 absl::StatusOr<DecodedLayer> LoadDecodedLayer(store::Store& store, const store::SessionKey& key,

@@ -41,9 +41,10 @@ std::string DescribeFits(const nexuskv::v1::TurnInfo& turn) {
   if (turn.fits().empty()) return "-";
   std::vector<std::string> parts;
   for (const nexuskv::v1::FitStatus& fit : turn.fits()) {
-    std::string state = fit.state() == nexuskv::v1::FIT_STORED   ? "stored"
-                        : fit.state() == nexuskv::v1::FIT_FAILED ? "failed"
-                                                                 : "pending";
+    std::string state = fit.state() == nexuskv::v1::FIT_STORED      ? "stored"
+                        : fit.state() == nexuskv::v1::FIT_FAILED    ? "failed"
+                        : fit.state() == nexuskv::v1::FIT_ON_DEMAND ? "on-demand"
+                                                                    : "pending";
     parts.push_back(
         absl::StrCat(absl::AsciiStrToLower(nexuskv::v1::Method_Name(fit.method())), ":", state));
   }

@@ -94,7 +94,12 @@ def _spec_from_pb(m: pb.ModelSpec) -> ModelSpec:
     )
 
 
-_FIT_STATE = {pb.FIT_PENDING: "pending", pb.FIT_STORED: "stored", pb.FIT_FAILED: "failed"}
+_FIT_STATE = {
+    pb.FIT_PENDING: "pending",
+    pb.FIT_STORED: "stored",
+    pb.FIT_FAILED: "failed",
+    pb.FIT_ON_DEMAND: "on-demand",
+}
 
 
 def _method_name(method: int) -> str:

@@ -1,0 +1,297 @@
+#include "compressor/scored/selection.h"
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <numeric>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "compressor/scored/merged_run.h"
+
+namespace nexuskv::compressor::scored {
+namespace {
+
+// The `take` entries of `priority` that rank first (highest first, ties to the lower index), as
+// a mask. O(n).
+std::vector<bool> TopMask(const std::vector<float>& priority, int64_t take) {
+  const size_t n = priority.size();
+  std::vector<bool> mask(n, take >= static_cast<int64_t>(n));
+  if (take <= 0 || take >= static_cast<int64_t>(n)) return mask;
+  std::vector<uint32_t> order(n);
+  std::iota(order.begin(), order.end(), 0u);
+  std::nth_element(order.begin(), order.begin() + (take - 1), order.end(),
+                   [&](uint32_t a, uint32_t b) {
+                     return priority[a] != priority[b] ? priority[a] > priority[b] : a < b;
+                   });
+  for (int64_t j = 0; j < take; ++j) mask[order[j]] = true;
+  return mask;
+}
+
+}  // namespace
+
+float SelectionPriority(std::span<const float> head_scores, bool session_start, int64_t i) {
+  return session_start && i < kSinkTokens ? FLT_MAX : head_scores[i];
+}
+
+absl::StatusOr<Selection> Selection::Make(std::vector<ScoredTurn> turns, int num_layers,
+                                          int num_kv_heads, const SelectionOptions& options) {
+  if (num_layers < 1 || num_kv_heads < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("scored selection over ", num_layers,
+                                                   " layers and ", num_kv_heads, " kv heads"));
+  }
+  if (options.pad_heads && !options.bias) {
+    return absl::InvalidArgumentError("scored selection: padding needs a bias (-inf entries)");
+  }
+  for (size_t u = 0; u < turns.size(); ++u) {
+    const ScoredTurn& t = turns[u];
+    bool ok = t.num_tokens >= 1 && t.scores.size() == static_cast<size_t>(num_layers);
+    for (size_t l = 0; ok && l < t.scores.size(); ++l) {
+      ok = t.scores[l].size() == static_cast<size_t>(num_kv_heads * t.num_tokens);
+    }
+    if (!ok) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "scored selection: turn ", u, " of ", t.num_tokens, " tokens has ", t.scores.size(),
+          " layers of scores; want ", num_layers, " layers of ", num_kv_heads, " x ",
+          t.num_tokens));
+    }
+  }
+  Selection s;
+  s.turns_ = std::move(turns);
+  s.layers_ = num_layers;
+  s.heads_ = num_kv_heads;
+  s.options_ = options;
+  s.runs_.assign(static_cast<size_t>(num_layers) * num_kv_heads, {});
+  int64_t tokens_per_head = 0;
+  for (const ScoredTurn& t : s.turns_) tokens_per_head += t.num_tokens;
+  // Merged entries only replace tokens the budget cannot hold.
+  const int64_t merge_entries =
+      options.pad_heads
+          ? std::clamp<int64_t>(std::llround(options.merge_share * options.budget), 0,
+                                std::max<int64_t>(tokens_per_head - options.budget, 0))
+          : 0;
+  s.SelectGlobal(options.budget - merge_entries);
+  if (options.pad_heads) {
+    if (options.run_length > 0) s.PlanRuns(merge_entries);
+  } else {
+    s.SelectEvenly();
+  }
+  s.Count();
+  for (ScoredTurn& t : s.turns_) t.scores = {};
+  return s;
+}
+
+void Selection::SelectGlobal(int64_t budget) {
+  kept_.clear();
+  int64_t tokens_per_head = 0;
+  for (const ScoredTurn& t : turns_) {
+    tokens_per_head += t.num_tokens;
+    kept_.emplace_back(layers_, std::vector<bool>(heads_ * t.num_tokens, false));
+  }
+  if (budget <= 0) return;
+  if (budget >= tokens_per_head) {
+    for (auto& turn : kept_) {
+      for (auto& layer : turn) layer.assign(layer.size(), true);
+    }
+    return;
+  }
+  // The want-th highest priority; everything above it is kept, ties at it in scan order.
+  auto for_each = [&](auto&& visit) {
+    for (size_t u = 0; u < turns_.size(); ++u) {
+      const int64_t t = turns_[u].num_tokens;
+      for (int l = 0; l < layers_; ++l) {
+        const std::vector<float>& scores = turns_[u].scores[l];
+        for (int64_t h = 0; h < heads_; ++h) {
+          const std::span<const float> head = std::span<const float>(scores).subspan(h * t, t);
+          for (int64_t i = 0; i < t; ++i) {
+            visit(u, l, h * t + i, SelectionPriority(head, turns_[u].session_start, i));
+          }
+        }
+      }
+    }
+  };
+  std::vector<float> all;
+  all.reserve(static_cast<size_t>(tokens_per_head) * heads_ * layers_);
+  for_each([&](size_t, int, int64_t, float p) { all.push_back(p); });
+  const int64_t want = budget * heads_ * layers_;
+  std::nth_element(all.begin(), all.begin() + (want - 1), all.end(), std::greater<float>());
+  const float threshold = all[want - 1];
+  int64_t ties = want;
+  for (float p : all) ties -= p > threshold;
+  for_each([&](size_t u, int l, int64_t j, float p) {
+    if (p > threshold || (p == threshold && ties-- > 0)) kept_[u][l][j] = true;
+  });
+}
+
+void Selection::SelectEvenly() {
+  for (size_t u = 0; u < turns_.size(); ++u) {
+    const int64_t t = turns_[u].num_tokens;
+    for (int l = 0; l < layers_; ++l) {
+      std::vector<bool>& kept = kept_[u][l];
+      const int64_t n = std::count(kept.begin(), kept.end(), true) / heads_;
+      std::vector<float> priority(static_cast<size_t>(t));
+      for (int64_t h = 0; h < heads_; ++h) {
+        const std::span<const float> head =
+            std::span<const float>(turns_[u].scores[l]).subspan(h * t, t);
+        for (int64_t i = 0; i < t; ++i) {
+          priority[i] = SelectionPriority(head, turns_[u].session_start, i);
+        }
+        const std::vector<bool> top = TopMask(priority, n);
+        std::copy(top.begin(), top.end(), kept.begin() + h * t);
+      }
+    }
+  }
+}
+
+void Selection::PlanRuns(int64_t entries) {
+  if (entries <= 0) return;
+  struct Evicted {
+    float score;
+    RunToken token;
+  };
+  const int run_length = options_.run_length;
+  for (int l = 0; l < layers_; ++l) {
+    for (int h = 0; h < heads_; ++h) {
+      std::vector<Evicted> evicted;  // in history order
+      for (size_t u = 0; u < turns_.size(); ++u) {
+        const int64_t t = turns_[u].num_tokens;
+        for (int64_t i = 0; i < t; ++i) {
+          if (kept_[u][l][h * t + i]) continue;
+          const float score = turns_[u].scores[l][h * t + i];
+          evicted.push_back({score, {static_cast<uint32_t>(u), static_cast<uint32_t>(i), 0.0f}});
+        }
+      }
+      // The `take` best (ties to the earlier token), then back in history order.
+      std::vector<float> score(evicted.size());
+      for (size_t j = 0; j < evicted.size(); ++j) score[j] = evicted[j].score;
+      const int64_t take = std::min<int64_t>(evicted.size(), entries * run_length);
+      const std::vector<bool> best = TopMask(score, take);
+      std::vector<Run>& runs = runs_[At(l, h)];
+      std::vector<float> run_scores;
+      for (size_t j = 0; j < evicted.size(); ++j) {
+        if (!best[j]) continue;
+        if (runs.empty() || runs.back().tokens.size() == static_cast<size_t>(run_length)) {
+          runs.emplace_back();
+        }
+        runs.back().tokens.push_back(evicted[j].token);
+        runs.back().tokens.back().weight = evicted[j].score;
+      }
+      for (Run& run : runs) {
+        run.owner = run.tokens.back().u;
+        run_scores.clear();
+        for (const RunToken& token : run.tokens) run_scores.push_back(token.weight);
+        const std::vector<double> weights = MergeWeights(run_scores);
+        for (size_t k = 0; k < weights.size(); ++k) {
+          run.tokens[k].weight = static_cast<float>(weights[k]);
+        }
+      }
+    }
+  }
+}
+
+void Selection::Count() {
+  layer_entries_.assign(turns_.size(), std::vector<int64_t>(layers_, 0));
+  mean_entries_.assign(turns_.size(), 0);
+  for (size_t u = 0; u < turns_.size(); ++u) {
+    const int64_t t = turns_[u].num_tokens;
+    int64_t real = 0;  // per kv head (mean over heads, rounded down), summed over layers
+    for (int l = 0; l < layers_; ++l) {
+      int64_t most = 0;
+      int64_t sum = 0;
+      for (int h = 0; h < heads_; ++h) {
+        const auto first = kept_[u][l].begin() + h * t;
+        int64_t served = std::count(first, first + t, true);
+        for (const Run& run : runs_[At(l, h)]) served += run.owner == u;
+        most = std::max(most, served);
+        sum += served;
+      }
+      layer_entries_[u][l] = most;
+      real += sum / heads_;
+    }
+    mean_entries_[u] = (real + layers_ / 2) / layers_;
+  }
+}
+
+bool Selection::ReadsLayer(size_t u, int layer) const {
+  if (entries(u, layer) > 0) return true;
+  for (int h = 0; h < heads_; ++h) {
+    for (const Run& run : runs_[At(layer, h)]) {
+      for (const RunToken& token : run.tokens) {
+        if (token.u == u) return true;
+      }
+    }
+  }
+  return false;
+}
+
+absl::StatusOr<std::vector<LayerEntries>> Selection::BuildLayer(int layer,
+                                                                std::span<const TurnKv> kv,
+                                                                int head_dim) const {
+  const size_t d = static_cast<size_t>(head_dim);
+  if (layer < 0 || layer >= layers_ || kv.size() != turns_.size() || head_dim < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("scored selection: layer ", layer, " of ",
+                                                   layers_, " with ", kv.size(), " turns of ",
+                                                   turns_.size(), ", head_dim ", head_dim));
+  }
+  for (size_t u = 0; u < turns_.size(); ++u) {
+    const size_t want = heads_ * static_cast<size_t>(turns_[u].num_tokens) * d;
+    if (ReadsLayer(u, layer) && (kv[u].keys.size() != want || kv[u].values.size() != want)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("scored selection: turn ", u, " layer ", layer, " has ", kv[u].keys.size(),
+                       " key and ", kv[u].values.size(), " value floats; want ", want));
+    }
+  }
+  std::vector<LayerEntries> out(turns_.size());
+  for (size_t u = 0; u < turns_.size(); ++u) {
+    const size_t t = static_cast<size_t>(turns_[u].num_tokens);
+    const size_t n = static_cast<size_t>(entries(u, layer));
+    LayerEntries& e = out[u];
+    e.num_kv_heads = heads_;
+    e.head_dim = head_dim;
+    e.num_entries = static_cast<int>(n);
+    e.keys.assign(heads_ * n * d, 0.0f);
+    e.values.assign(heads_ * n * d, 0.0f);
+    e.positions.assign(heads_ * n, -1);
+    std::vector<float> bias(heads_ * n, -std::numeric_limits<float>::infinity());
+    for (size_t h = 0; h < static_cast<size_t>(heads_); ++h) {
+      // Each head's slots: its padding first, then kept tokens and merged entries by position.
+      std::vector<std::pair<int64_t, int64_t>> slots;  // (position, token i or ~run index)
+      for (size_t i = 0; i < t; ++i) {
+        if (kept_[u][layer][h * t + i]) slots.push_back({turns_[u].first_position + i, i});
+      }
+      const std::vector<Run>& runs = runs_[At(layer, static_cast<int>(h))];
+      for (size_t r = 0; r < runs.size(); ++r) {
+        if (runs[r].owner != u) continue;
+        slots.push_back({turns_[u].first_position + runs[r].tokens.back().i,
+                         ~static_cast<int64_t>(r)});
+      }
+      std::sort(slots.begin(), slots.end());
+      size_t slot = h * n + (n - slots.size());
+      for (const auto& [position, what] : slots) {
+        float* key = e.keys.data() + slot * d;
+        float* value = e.values.data() + slot * d;
+        e.positions[slot] = position;
+        if (what >= 0) {
+          std::copy_n(kv[u].keys.data() + (h * t + what) * d, d, key);
+          std::copy_n(kv[u].values.data() + (h * t + what) * d, d, value);
+          bias[slot] = 0.0f;
+        } else {
+          MergedRun sum(head_dim);
+          for (const RunToken& token : runs[~what].tokens) {
+            const size_t row = (h * turns_[token.u].num_tokens + token.i) * d;
+            sum.Add(kv[token.u].keys.subspan(row, d), kv[token.u].values.subspan(row, d),
+                    token.weight);
+          }
+          sum.Finish({key, d}, {value, d}, &bias[slot]);
+        }
+        ++slot;
+      }
+    }
+    if (options_.bias) e.bias = std::move(bias);
+  }
+  return out;
+}
+
+}  // namespace nexuskv::compressor::scored

@@ -1,0 +1,133 @@
+// Scored selection: a GetCache budget spent by the worker's token scores, and the entries it keeps.
+//
+// A worker that sends token scores with its turns (SegmentHeader.has_token_scores) says how much
+// later text reads each (layer, kv head, token). When every compressed turn of an answer has them
+// and its raw KV, SONIC answers by selection instead of from its fitted ladder (compressor/sonic.h):
+//   1. One ranking of every (layer, kv head, token) score of those turns (O(n) selection) spends
+//      the budget; the session's first kSinkTokens tokens (its attention sinks) outrank every
+//      score. Ties at the threshold go to the earlier (turn, layer, head, token).
+//   2. A biased answer (`pad_heads`) gives each kv head its own count and pads every head of a
+//      layer up to the fullest one with entries no query attends to (key and value 0, bias -inf,
+//      position -1, first in the turn). A share of its budget (`merge_share`) goes to merged
+//      entries: each stands for a run of up to `run_length` of the best evicted tokens of one head
+//      (over all the turns, history order) with their score-weighted mean key and value and bias
+//      log(run length), and is held by the turn of the run's last token, at that token's position.
+//   3. Otherwise every kv head of a layer keeps the layer's mean count, each its own best tokens.
+// Selection is planned once (Make) from the scores; building a layer reads only the raw KV.
+//
+//   NEXUSKV_ASSIGN_OR_RETURN(Selection selection,
+//                            Selection::Make(std::move(turns), layers, heads, options));
+//   for (int l = 0; l < layers; ++l) {
+//     // kv[u]: turn u's raw keys and values of layer l (empty where !selection.ReadsLayer(u, l)).
+//     NEXUSKV_ASSIGN_OR_RETURN(std::vector<LayerEntries> entries, selection.BuildLayer(l, kv));
+//   }
+//
+// Immutable after Make; thread-safe.
+#ifndef NEXUSKV_COMPRESSOR_SCORED_SELECTION_H_
+#define NEXUSKV_COMPRESSOR_SCORED_SELECTION_H_
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "compressor/compressor.h"
+
+namespace nexuskv::compressor::scored {
+
+// Most tokens one merged entry stands for. Longer runs of the best evicted tokens mix in ones
+// that score low, which measured worse at keep 0.2 (docs/experiments/).
+inline constexpr int kMergeRunLength = 16;
+
+// One compressed turn as selection sees it.
+struct ScoredTurn {
+  int64_t num_tokens = 0;      // T >= 1
+  int64_t first_position = 0;  // Absolute position of token 0.
+  bool session_start = false;  // Turn 0: its first kSinkTokens tokens are the session's sinks.
+  // [layers][H * T] the worker's scores, finite (the service validates them on append).
+  std::vector<std::vector<float>> scores;
+};
+
+struct SelectionOptions {
+  // Entries per kv head and layer to spend over all the turns together (the sum over turns, as
+  // Compressor::Allocate gets it). At least the total: every token is kept.
+  int64_t budget = 0;
+  // Per-head counts padded to the layer's fullest head, and merged entries (a biased answer with a
+  // keep_ratio budget). False: the same count in every head of a layer.
+  bool pad_heads = false;
+  // Whether LayerEntries::bias is set (0 for kept tokens); required by pad_heads.
+  bool bias = false;
+  // Share of a padded budget that goes to merged entries; 0 turns them off.
+  double merge_share = 0.0;
+  int run_length = kMergeRunLength;
+};
+
+// One turn's raw KV of one layer, float32, [H, T, D] each. Borrowed.
+struct TurnKv {
+  std::span<const float> keys;
+  std::span<const float> values;
+};
+
+class Selection {
+ public:
+  // Ranks the turns' scores and decides every count, mask and merged run. InvalidArgument when a
+  // turn's scores do not have `num_layers` layers of H * T values, or options are inconsistent.
+  static absl::StatusOr<Selection> Make(std::vector<ScoredTurn> turns, int num_layers,
+                                        int num_kv_heads, const SelectionOptions& options);
+
+  size_t num_turns() const { return turns_.size(); }
+
+  // Entries per kv head that turn u holds in layer l, padding included.
+  int64_t entries(size_t u, int layer) const { return layer_entries_[u][layer]; }
+
+  // Real entries (kept tokens and merged entries) per kv head of turn u, averaged over heads
+  // (rounded down) and layers (rounded to nearest): TurnAllocation.kept_entries.
+  int64_t mean_entries(size_t u) const { return mean_entries_[u]; }
+
+  // Whether BuildLayer(layer) reads turn u's raw KV: it holds entries there, or tokens of a merged
+  // entry another turn holds.
+  bool ReadsLayer(size_t u, int layer) const;
+
+  // The entries of every turn in `layer`: out[u] has entries(u, layer) per kv head, positions
+  // ascending within a head after the padding. kv[u] is turn u's raw KV of this layer (it may be
+  // empty where !ReadsLayer(u, layer)). InvalidArgument when a span has the wrong size.
+  absl::StatusOr<std::vector<LayerEntries>> BuildLayer(int layer, std::span<const TurnKv> kv,
+                                                       int head_dim) const;
+
+ private:
+  // A token of a merged run, with its weight (its score, 0 when below 0).
+  struct RunToken {
+    uint32_t u;
+    uint32_t i;
+    float weight;
+  };
+  struct Run {
+    uint32_t owner;  // The turn holding the entry: that of the run's last token.
+    std::vector<RunToken> tokens;
+  };
+
+  Selection() = default;
+  void SelectGlobal(int64_t budget);
+  void SelectEvenly();
+  void PlanRuns(int64_t entries);
+  void Count();
+  size_t At(int layer, int head) const { return static_cast<size_t>(layer) * heads_ + head; }
+
+  std::vector<ScoredTurn> turns_;  // Scores released once planned.
+  int layers_ = 0;
+  int heads_ = 0;
+  SelectionOptions options_;
+  // kept_[u][l]: [H * T] whether head h keeps token i raw.
+  std::vector<std::vector<std::vector<bool>>> kept_;
+  std::vector<std::vector<Run>> runs_;  // [L * H], each head's runs in history order.
+  std::vector<std::vector<int64_t>> layer_entries_;  // [U][L]
+  std::vector<int64_t> mean_entries_;                // [U]
+};
+
+// The priority of token i of a head in selection: FLT_MAX for the session's sinks, else its score.
+// The one place the sink-first rule is written.
+float SelectionPriority(std::span<const float> head_scores, bool session_start, int64_t i);
+
+}  // namespace nexuskv::compressor::scored
+
+#endif  // NEXUSKV_COMPRESSOR_SCORED_SELECTION_H_
