@@ -48,7 +48,7 @@ int main(int argc, char** argv) {
     dialogues.push_back(*std::move(d));
   }
   const CompressorRegistry& registry = CompressorRegistry::Default();
-  // Variants for the ablations in docs/sonic.md.
+  // Variants for the ablations in docs/experiments/sonic-ladder.md.
   const std::unique_ptr<nexuskv::compressor::Compressor> uniform_proxy =
       nexuskv::compressor::NewSonicCompressor({.proxy_rows = 0});
   struct Row {

@@ -27,7 +27,7 @@ ranking but the same count in each of its heads (what an answer of [H, N] per la
 without padding). "+merged" rows spend 5% of the budget (--merge-share) on entries that stand
 for each head's evicted tokens (merged_rest) and the rest as "global"; "+merged16" rows merge only
 the best scored of them, in runs of at most 16 (--merge-run; merged_rest with run=16), and drop
-the rest, as the server does. docs/sonic.md discusses the results.
+the rest, as the server does. docs/experiments/sonic-signal-study.md discusses the results.
 
   .venv/bin/python -m eval.signals --skip 25 --dialogues 16 --out eval-out/signals
 """

@@ -113,10 +113,6 @@ absl::Status FitScheduler::Await(const FitJob& job, absl::Duration wait) {
   return flight->status;
 }
 
-absl::Status FitScheduler::Ensure(const FitJob& job) {
-  return Await(job, absl::InfiniteDuration());
-}
-
 std::optional<absl::Status> FitScheduler::LastFailure(const store::SessionKey& key, uint32_t turn,
                                                       std::string_view method) const {
   absl::MutexLock lock(&mu_);

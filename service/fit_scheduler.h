@@ -97,10 +97,6 @@ class FitScheduler {
   // (shared by every awaiter of that run). A zero wait starts the fit without waiting for it.
   absl::Status Await(const FitJob& job, absl::Duration wait);
 
-  // Await with no deadline: the infinite-wait form, kept while callers move to Await. It holds the
-  // calling thread until a worker has run the job (or Shutdown drops it), however long that takes.
-  absl::Status Ensure(const FitJob& job);
-
   // The error of the job's last run on this process when it failed (neither a success nor a
   // NotFound for a deleted session since); nullopt otherwise. Whether a fit is stored is the
   // store's to say (Store::GetFit).

@@ -42,32 +42,11 @@ struct FitRun {
   pid_t tid = 0;
 };
 
-// Base with "has a fit" declared in the form Base asks for: Compressor is moving from has_fit() to
-// one capabilities() value (issue 13, under way in compressor/); this compiles against either.
-template <typename Base>
-concept DeclaresCapabilities = requires(const Base& base) {
-  base.capabilities();
-};
-template <typename Base>
-class WithFit : public Base {
- public:
-  bool has_fit() const override { return true; }
-};
-template <DeclaresCapabilities Base>
-class WithFit<Base> : public Base {
- public:
-  using Capabilities = decltype(std::declval<const Base&>().capabilities());
-  Capabilities capabilities() const override {
-    Capabilities capabilities;
-    capabilities.fits = true;
-    return capabilities;
-  }
-};
-
 // A method whose Fit notes the thread it ran on and, while its gate is closed, blocks until the
 // test opens it: a test double of the fit's work, not of the store it is read from and written to.
-class GatedFit final : public WithFit<compressor::Compressor> {
+class GatedFit final : public compressor::Compressor {
  public:
+  compressor::Capabilities capabilities() const override { return {.fits = true}; }
   std::string_view name() const override { return "GATED"; }
   absl::StatusOr<std::string> Fit(const compressor::LayerView& layer) const override {
     {
@@ -298,10 +277,10 @@ TEST_F(FitSchedulerTest, AwaitOnAStoredFitReturnsAtOnce) {
   EXPECT_EQ(Computed(), std::vector<uint32_t>{0});
 }
 
-TEST_F(FitSchedulerTest, AwaitAndEnsureComputeOnAWorkerNeverOnTheCaller) {
+TEST_F(FitSchedulerTest, AwaitComputesOnAWorkerNeverOnTheCaller) {
   StartGated(/*turns=*/2, /*num_threads=*/1, /*max_queued=*/4);
   EXPECT_TRUE(scheduler_->Await(Job(0), absl::InfiniteDuration()).ok());
-  EXPECT_TRUE(scheduler_->Ensure(Job(1)).ok());
+  EXPECT_TRUE(scheduler_->Await(Job(1), absl::Seconds(600)).ok());
   EXPECT_TRUE(Stored(0));
   EXPECT_TRUE(Stored(1));
   const std::vector<std::thread::id> threads = gated_.threads();
@@ -372,7 +351,6 @@ TEST_F(FitSchedulerTest, AwaitAfterShutdownIsUnavailableAtOnce) {
   scheduler_->Shutdown();
   // An infinite wait that returns is a prompt answer.
   EXPECT_TRUE(absl::IsUnavailable(scheduler_->Await(Job(0), absl::InfiniteDuration())));
-  EXPECT_TRUE(absl::IsUnavailable(scheduler_->Ensure(Job(0))));
   EXPECT_TRUE(Computed().empty());
   EXPECT_FALSE(Stored(0));
 }

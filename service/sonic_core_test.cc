@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/synchronization/notification.h"
 #include "compressor/sonic.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -46,7 +47,7 @@ class SonicCoreTest : public ::testing::Test {
     CoreOptions options;
     options.raw_retention = retention;
     options.merge_share = merge_share;
-    options.precompute_fits = false;  // fits run inline (GetCache or an explicit plan): determinism
+    options.precompute_fits = false;  // fits run when a GetCache awaits them: determinism
     core_ = std::make_unique<KvMemoryCore>(store_.get(), &compressor::CompressorRegistry::Default(),
                                            options);
   }
@@ -514,6 +515,72 @@ TEST_F(SonicCoreTest, ScoredAnswersDoNotWaitForFits) {
   EXPECT_TRUE(fitted(0) && fitted(1));
   EXPECT_FALSE(fitted(2)) << "the turn kept raw needs no fit";
 }
+
+TEST_F(SonicCoreTest, ALadderNoAnswerReadsIsNotComputedInTheBackground) {
+  core_ = std::make_unique<KvMemoryCore>(store_.get(), &compressor::CompressorRegistry::Default(),
+                                         CoreOptions{});  // precompute_fits, raw KV kept
+  ASSERT_TRUE(AppendScored(0, 16, 0, {}).ok());
+  ASSERT_TRUE(Append(1, 24, 16).ok());  // no token scores
+  core_->Shutdown();  // runs what it started; the queue is what Append submitted
+  const store::SessionKey key{"default", "s"};
+  absl::StatusOr<v1::SessionInfo> info = core_->GetSession("default", "s");
+  ASSERT_TRUE(info.ok()) << info.status();
+  auto state = [&](int turn, v1::Method method) {
+    for (const v1::FitStatus& f : info->turns(turn).fits()) {
+      if (f.method() == method) return f.state();
+    }
+    return v1::FIT_STATE_UNSPECIFIED;
+  };
+  EXPECT_EQ(state(0, v1::SONIC), v1::FIT_ON_DEMAND) << "its token scores serve SONIC";
+  EXPECT_NE(state(0, v1::H2O), v1::FIT_ON_DEMAND) << "H2O does not spend token scores";
+  EXPECT_NE(state(1, v1::SONIC), v1::FIT_ON_DEMAND) << "no scores: the ladder serves it";
+  EXPECT_FALSE(*store_->HasFit(key, 0, "SONIC"));
+}
+
+// SONIC whose fit waits until the test opens its gate: a fit that takes longer than GetCache waits.
+class GatedSonic final : public compressor::Compressor {
+ public:
+  GatedSonic() : sonic_(compressor::NewSonicCompressor()) {}
+  std::string_view name() const override { return "SONIC"; }
+  compressor::Capabilities capabilities() const override { return sonic_->capabilities(); }
+  absl::StatusOr<std::string> Fit(const compressor::LayerView& layer) const override {
+    gate_.WaitForNotification();
+    return sonic_->Fit(layer);
+  }
+  absl::StatusOr<compressor::LayerEntries> Materialize(const compressor::LayerView& layer,
+                                                       std::string_view fit, int n) const override {
+    return sonic_->Materialize(layer, fit, n);
+  }
+  void Open() { gate_.Notify(); }
+
+ private:
+  std::unique_ptr<compressor::Compressor> sonic_;
+  mutable absl::Notification gate_;
+};
+
+TEST_F(SonicCoreTest, AFitNotReadyInTimeIsServedByTheFallbackAndSaysSo) {
+  std::vector<std::unique_ptr<compressor::Compressor>> methods;
+  auto gated = std::make_unique<GatedSonic>();
+  GatedSonic* gate = gated.get();
+  methods.push_back(std::move(gated));
+  methods.push_back(
+      std::make_unique<Borrowed>(*compressor::CompressorRegistry::Default().Find("STREAMING_LLM")));
+  compressor::CompressorRegistry registry(std::move(methods));
+  core_ = std::make_unique<KvMemoryCore>(
+      store_.get(), &registry,
+      CoreOptions{.precompute_fits = false, .fit_wait = absl::Milliseconds(50)});
+  AppendThree();
+  auto plan = core_->PlanCache("default", Request(v1::SONIC, 0.5, 1));
+  gate->Open();
+  core_.reset();  // before the registry it points into
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  const v1::CacheHeader& h = (*plan)->header();
+  EXPECT_THAT(h.notes(), HasSubstr("turn 0: the SONIC fit is not ready ("));
+  EXPECT_THAT(h.notes(), HasSubstr("served by STREAMING_LLM from its raw KV"));
+  EXPECT_TRUE(h.turns(0).method() == v1::STREAMING_LLM || h.turns(0).raw());
+  EXPECT_TRUE(Layers(**plan).ok());
+}
+
 
 TEST_F(SonicCoreTest, ScoredTurnsWhoseRawWasDroppedAreServedFromTheirLadders) {
   Start(*ParseRawRetention("drop"));

@@ -45,7 +45,7 @@ func Layers(spec *pb.ModelSpec, seed int64, turn uint32, tokens, probes int) []n
 }
 
 // SpreadOffsets are n offsets spread evenly over a turn of T tokens, first and last included (n
-// <= T): where probe queries fit SONIC best (docs/sonic.md, "Probe placement").
+// <= T): where probe queries fit SONIC best (docs/experiments/sonic-allocation.md, "Probe placement").
 func SpreadOffsets(tokens, n int) []uint32 {
 	if n == 0 {
 		return nil

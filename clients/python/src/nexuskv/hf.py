@@ -110,7 +110,7 @@ class QueryRecorder:
         probe_offsets). The probes to send with the turn [start, end).
 
         Queries from the whole turn show the fit what the turn's tokens are asked, better than the
-        turn's last queries alone (docs/sonic.md, "Probe placement", measures both)."""
+        turn's last queries alone (docs/experiments/sonic-allocation.md, "Probe placement", measures both)."""
         if end <= start:
             raise ValueError(f"empty range [{start}, {end})")
         p = min(count, end - start)
@@ -463,7 +463,7 @@ def turn_scores(
     The factor puts turns scored on caches of different lengths on one scale: a weight of 0.01 means
     more among 2000 keys than among 200. Returns per layer [H, T] float32.
 
-    docs/sonic.md ("the signal study") measures it: as good as KVzip's whole-context repeat, far
+    docs/experiments/sonic-signal-study.md measures it: as good as KVzip's whole-context repeat, far
     ahead of probe or prefill attention, and the calibration is worth as much as the signal's form."""
     length = cache.get_seq_length()
     t = len(turn_ids)
