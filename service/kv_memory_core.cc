@@ -1,7 +1,5 @@
 #include "service/kv_memory_core.h"
 
-#include <algorithm>
-#include <cmath>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -9,33 +7,12 @@
 #include "common/log.h"
 #include "common/status_macros.h"
 #include "service/internal/layer_loader.h"
+#include "service/records.h"
 #include "service/validation.h"
 #include "store/key_codec.h"
 
 namespace nexuskv::service {
-namespace {
-
 namespace v1 = ::nexuskv::v1;
-
-v1::SessionInfo ToSessionInfo(const store::SessionRecord& r) {
-  v1::SessionInfo info;
-  info.set_session_id(r.session_id());
-  *info.mutable_model() = r.model();
-  info.set_num_turns(r.num_turns());
-  info.set_total_tokens(r.total_tokens());
-  info.set_next_position(r.next_position());
-  info.set_raw_bytes(r.raw_bytes());
-  info.set_compressed_bytes(r.compressed_bytes());
-  info.set_create_time_unix_ms(r.create_time_unix_ms());
-  info.set_update_time_unix_ms(r.update_time_unix_ms());
-  info.set_expire_time_unix_ms(r.expire_time_unix_ms());
-  const uint64_t stored_raw = r.raw_bytes() - std::min(r.dropped_raw_bytes(), r.raw_bytes());
-  info.set_stored_raw_bytes(stored_raw);
-  info.set_stored_bytes(stored_raw + r.compressed_bytes());
-  return info;
-}
-
-}  // namespace
 
 KvMemoryCore::KvMemoryCore(store::Store* store, const compressor::CompressorRegistry* registry,
                            CoreOptions options)
@@ -97,22 +74,8 @@ void KvMemoryCore::SweepLoop() {
 absl::StatusOr<v1::AppendSegmentResponse> KvMemoryCore::Append(std::string_view tenant,
                                                                AssembledSegment segment) {
   const v1::SegmentHeader& h = segment.header;
-  store::SegmentRecord record;
-  record.set_turn(h.turn());
-  record.set_num_tokens(h.num_tokens());
-  record.set_first_position(h.first_position());
-  record.set_role(h.role());
-  record.set_num_probe_queries(h.num_probe_queries());
-  record.set_ttl_seconds(h.ttl_seconds());
-  *record.mutable_nexus_offsets() = h.nexus_offsets();
-  *record.mutable_probe_offsets() = h.probe_offsets();
-  record.set_has_token_scores(h.has_token_scores());
-  record.set_append_time_unix_ms(absl::ToUnixMillis(absl::Now()));
-  uint64_t bytes = 0;
-  for (const store::LayerTensors& l : segment.layers) {
-    bytes += l.keys.size() + l.values.size() + l.probe_queries.size() + l.token_scores.size();
-  }
-  record.set_raw_bytes(bytes);
+  const store::SegmentRecord record = SegmentRecordOf(h, segment.layers, absl::Now());
+  const uint64_t bytes = record.raw_bytes();
 
   store::SessionKey key{std::string(tenant), h.session_id()};
   NEXUSKV_ASSIGN_OR_RETURN(store::AppendOutcome outcome,
@@ -238,16 +201,10 @@ absl::StatusOr<v1::SessionInfo> KvMemoryCore::GetSession(std::string_view tenant
   store::SessionKey key{std::string(tenant), std::string(session_id)};
   NEXUSKV_ASSIGN_OR_RETURN(store::SessionRecord session, store_->GetSession(key));
   NEXUSKV_ASSIGN_OR_RETURN(std::vector<store::SegmentRecord> segments, store_->ListSegments(key));
-  v1::SessionInfo info = ToSessionInfo(session);
+  v1::SessionInfo info = SessionInfoOf(session);
   for (const store::SegmentRecord& s : segments) {
     v1::TurnInfo* t = info.add_turns();
-    t->set_turn(s.turn());
-    t->set_role(s.role());
-    t->set_num_tokens(s.num_tokens());
-    t->set_first_position(s.first_position());
-    t->set_num_probe_queries(s.num_probe_queries());
-    t->set_raw_bytes(s.raw_bytes());
-    t->set_raw_dropped(s.raw_dropped());
+    *t = TurnInfoOf(s);
     NEXUSKV_RETURN_IF_ERROR(DescribeFits(key, s, *t));
   }
   return info;
@@ -292,7 +249,7 @@ absl::StatusOr<v1::ListSessionsResponse> KvMemoryCore::ListSessions(
       store::SessionPage page,
       store_->ListSessions(tenant, request.prefix(), request.page_token(), page_size));
   v1::ListSessionsResponse response;
-  for (const store::SessionRecord& r : page.sessions) *response.add_sessions() = ToSessionInfo(r);
+  for (const store::SessionRecord& r : page.sessions) *response.add_sessions() = SessionInfoOf(r);
   response.set_next_page_token(page.next_page_token);
   return response;
 }
