@@ -10,6 +10,8 @@
 #include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
@@ -39,7 +41,9 @@ ABSL_FLAG(uint32_t, default_session_ttl_s, 0,
 ABSL_FLAG(int, retention_sweep_s, 60, "Seconds between sweeps deleting expired sessions (0: off).");
 ABSL_FLAG(bool, purge_on_delete, true,
           "Compact a deleted session's key range so its bytes leave the data files.");
-ABSL_FLAG(int, fit_threads, 1, "Background compression workers.");
+ABSL_FLAG(int, fit_threads, 1,
+          "Background compression workers (at least 1: every fit runs on them, also one a "
+          "GetCache waits for).");
 ABSL_FLAG(uint64_t, fit_queue, 1024,
           "Queued background fits beyond which new ones are dropped until a GetCache needs them.");
 ABSL_FLAG(int, fit_nice, 0,
@@ -85,36 +89,50 @@ ABSL_FLAG(std::string, config, "",
           "YAML file of flag values (name: value per line, docs/api.md); flags on the command "
           "line win over it.");
 
-int main(int argc, char** argv) {
+namespace {
+
+using nexuskv::service::ServerOptions;
+
+// --help lists the flags of this file (absl looks for a file named after the binary by default,
+// and so listed none); --helpfull adds absl's own.
+void SetUsage() {
   absl::SetProgramUsageMessage(
       "nexuskv-server --listen=HOST:PORT --data_dir=DIR [--config=FILE.yaml]");
-  // --help lists the flags of this file (absl looks for a file named after the binary by default,
-  // and so listed none); --helpfull adds absl's own.
   absl::FlagsUsageConfig usage;
   usage.contains_help_flags = [](absl::string_view file) {
     return absl::EndsWith(file, "service/main.cc");
   };
   usage.contains_helpshort_flags = usage.contains_help_flags;
   absl::SetFlagsUsageConfig(usage);
+}
+
+// Sets the flags from the --config file, then from the command line (which wins). Errors of
+// ArgumentsWithConfigFile pass through; a bad flag value exits as absl::ParseCommandLine does.
+absl::Status ParseFlags(int argc, char** argv) {
   absl::StatusOr<std::vector<std::string>> args =
       nexuskv::service::ArgumentsWithConfigFile(argc, argv, [](std::string_view name) {
         return absl::FindCommandLineFlag(std::string(name)) != nullptr;
       });
-  if (!args.ok()) {
-    nexuskv::Log(nexuskv::LogLevel::kError, "bad_config", {{"status", args.status().ToString()}});
-    return EXIT_FAILURE;
-  }
+  if (!args.ok()) return args.status();
   std::vector<char*> parsed_argv;
   for (std::string& arg : *args) parsed_argv.push_back(arg.data());
   absl::ParseCommandLine(static_cast<int>(parsed_argv.size()), parsed_argv.data());
+  return absl::OkStatus();
+}
 
+// --log_level's value as a level; anything but debug, warning and error is info.
+nexuskv::LogLevel LogLevelFromFlag() {
   const std::string level = absl::GetFlag(FLAGS_log_level);
-  nexuskv::SetMinLogLevel(level == "debug"     ? nexuskv::LogLevel::kDebug
-                          : level == "warning" ? nexuskv::LogLevel::kWarning
-                          : level == "error"   ? nexuskv::LogLevel::kError
-                                               : nexuskv::LogLevel::kInfo);
+  return level == "debug"     ? nexuskv::LogLevel::kDebug
+         : level == "warning" ? nexuskv::LogLevel::kWarning
+         : level == "error"   ? nexuskv::LogLevel::kError
+                              : nexuskv::LogLevel::kInfo;
+}
 
-  nexuskv::service::ServerOptions options;
+// The server's options from the parsed flags. InvalidArgument, naming the flag, when a value is
+// out of its range (the server must then refuse to start).
+absl::StatusOr<ServerOptions> ServerOptionsFromFlags() {
+  ServerOptions options;
   options.listen = absl::GetFlag(FLAGS_listen);
   options.store.path = absl::GetFlag(FLAGS_data_dir);
   options.store.sync_writes = absl::GetFlag(FLAGS_sync_writes);
@@ -134,29 +152,30 @@ int main(int argc, char** argv) {
   options.core.fit_queue = absl::GetFlag(FLAGS_fit_queue);
   options.core.precompute_fits = absl::GetFlag(FLAGS_precompute_fits);
   options.core.fit_nice = absl::GetFlag(FLAGS_fit_nice);
-  options.core.fit_wait = absl::Milliseconds(std::max<int64_t>(absl::GetFlag(FLAGS_fit_wait_ms), 0));
+  options.core.fit_wait =
+      absl::Milliseconds(std::max<int64_t>(absl::GetFlag(FLAGS_fit_wait_ms), 0));
+  // Every fit runs on the fit workers, also one a GetCache waits for: without a worker every
+  // GetCache that needs a fit not yet stored would answer UNAVAILABLE.
+  if (options.core.fit_threads < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--fit_threads must be at least 1 (every fit runs on the fit workers, also one a "
+        "GetCache waits for), got ",
+        options.core.fit_threads));
+  }
   if (options.core.fit_nice < 0 || options.core.fit_nice > 19) {
-    nexuskv::Log(
-        nexuskv::LogLevel::kError, "bad_flag",
-        {{"status", absl::StrCat("--fit_nice must be in [0, 19], got ", options.core.fit_nice)}});
-    return EXIT_FAILURE;
+    return absl::InvalidArgumentError(
+        absl::StrCat("--fit_nice must be in [0, 19], got ", options.core.fit_nice));
   }
   absl::StatusOr<nexuskv::service::RawRetention> retention =
       nexuskv::service::ParseRawRetention(absl::GetFlag(FLAGS_raw_retention));
-  if (!retention.ok()) {
-    nexuskv::Log(nexuskv::LogLevel::kError, "bad_flag",
-                 {{"status", retention.status().ToString()}});
-    return EXIT_FAILURE;
-  }
+  if (!retention.ok()) return retention.status();
   options.core.raw_retention = *retention;
   options.core.raw_retention.keep_recent_turns = absl::GetFlag(FLAGS_raw_keep_recent_turns);
   options.core.raw_retention.sweep = absl::Seconds(absl::GetFlag(FLAGS_raw_retention_sweep_s));
   options.core.merge_share = absl::GetFlag(FLAGS_merge_share);
   if (!(options.core.merge_share >= 0.0 && options.core.merge_share <= 0.5)) {
-    nexuskv::Log(nexuskv::LogLevel::kError, "bad_flag",
-                 {{"status", absl::StrCat("--merge_share must be in [0, 0.5], got ",
-                                          options.core.merge_share)}});
-    return EXIT_FAILURE;
+    return absl::InvalidArgumentError(
+        absl::StrCat("--merge_share must be in [0, 0.5], got ", options.core.merge_share));
   }
   options.rpc_threads = absl::GetFlag(FLAGS_rpc_threads);
   options.shutdown_grace = absl::Seconds(absl::GetFlag(FLAGS_shutdown_grace_s));
@@ -167,12 +186,26 @@ int main(int argc, char** argv) {
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   options.health_check_period = absl::Milliseconds(absl::GetFlag(FLAGS_health_check_period_ms));
   if (options.health_check_period <= absl::ZeroDuration()) {
-    nexuskv::Log(nexuskv::LogLevel::kError, "bad_flag",
-                 {{"status", "--health_check_period_ms must be positive"}});
+    return absl::InvalidArgumentError("--health_check_period_ms must be positive");
+  }
+  return options;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  SetUsage();
+  if (const absl::Status parsed = ParseFlags(argc, argv); !parsed.ok()) {
+    nexuskv::Log(nexuskv::LogLevel::kError, "bad_config", {{"status", parsed.ToString()}});
     return EXIT_FAILURE;
   }
-
-  const absl::Status status = nexuskv::service::RunServer(options);
+  nexuskv::SetMinLogLevel(LogLevelFromFlag());
+  const absl::StatusOr<ServerOptions> options = ServerOptionsFromFlags();
+  if (!options.ok()) {
+    nexuskv::Log(nexuskv::LogLevel::kError, "bad_flag", {{"status", options.status().ToString()}});
+    return EXIT_FAILURE;
+  }
+  const absl::Status status = nexuskv::service::RunServer(*options);
   if (!status.ok()) {
     nexuskv::Log(nexuskv::LogLevel::kError, "server_failed", {{"status", status.ToString()}});
     return EXIT_FAILURE;
