@@ -1,4 +1,5 @@
-// AccumulatedAttention against a naive double-precision reference, and its numerical guards.
+// AccumulatedAttention against a naive double-precision reference, its numerical guards, and its
+// use of the compute seam (one batch per layer).
 #include "compressor/internal/attention.h"
 
 #include <cmath>
@@ -125,14 +126,71 @@ TEST(AttentionTest, LongTurnsAreScoredInBlocksOfRows) {
   ExpectMatchesNaive(TestLayer::Random(1, 2, 70000, 4, 32, 10));
 }
 
-TEST(AttentionTest, ExpNonPositiveTracksExpf) {
-  for (float x = 0.0f; x >= -87.0f; x -= 0.0137f) {
-    const float want = std::exp(x);
-    EXPECT_NEAR(ExpNonPositive(x), want, 3e-7f * want) << "x=" << x;
+// Forwards to CpuCompute, counting AttentionMass calls and items; fails them when told to.
+class RecordingBackend final : public ComputeBackend {
+ public:
+  mutable int calls = 0;
+  mutable size_t items = 0;
+  bool fail = false;
+
+  std::string_view name() const override { return "recording"; }
+  absl::Status AttentionMass(std::span<const AttentionMassItem> batch,
+                             std::span<float> mass) const override {
+    ++calls;
+    items += batch.size();
+    if (fail) return absl::ResourceExhaustedError("device memory");
+    return CpuCompute().AttentionMass(batch, mass);
   }
-  EXPECT_EQ(ExpNonPositive(0.0f), 1.0f);
-  EXPECT_EQ(ExpNonPositive(-87.5f), 0.0f);
-  EXPECT_EQ(ExpNonPositive(-std::numeric_limits<float>::infinity()), 0.0f);
+  absl::Status Softmax(std::span<float> l, int r, int c, std::span<const int32_t> causal,
+                       std::span<float> lse) const override {
+    return CpuCompute().Softmax(l, r, c, causal, lse);
+  }
+  absl::Status Attend(std::span<const AttendItem> i, const AttendOutputs& o) const override {
+    return CpuCompute().Attend(i, o);
+  }
+  absl::Status ColumnLogSumExp(std::span<const ColumnLogSumExpItem> i,
+                               std::span<double> o) const override {
+    return CpuCompute().ColumnLogSumExp(i, o);
+  }
+  absl::Status WeightedKMeans(std::span<const KMeansItem> i, int it, std::span<float> c,
+                              std::span<uint32_t> a) const override {
+    return CpuCompute().WeightedKMeans(i, it, c, a);
+  }
+  absl::Status FoldVectors(std::span<const FoldItem> i, std::span<float> o) const override {
+    return CpuCompute().FoldVectors(i, o);
+  }
+  absl::Status TopK(std::span<const float> s, std::span<const int64_t> r,
+                    std::span<const int64_t> k, std::span<uint32_t> o) const override {
+    return CpuCompute().TopK(s, r, k, o);
+  }
+  absl::Status Gather(std::span<const GatherItem> i, std::span<float> o) const override {
+    return CpuCompute().Gather(i, o);
+  }
+  absl::Status MergeRuns(std::span<const MergeRunItem> i, std::span<float> k, std::span<float> v,
+                         std::span<float> b) const override {
+    return CpuCompute().MergeRuns(i, k, v, b);
+  }
+  absl::Status DecodeToFloat(std::span<const std::byte> s, DType t,
+                             std::span<float> d) const override {
+    return CpuCompute().DecodeToFloat(s, t, d);
+  }
+  absl::Status EncodeFromFloat(std::span<const float> s, DType t,
+                               std::span<std::byte> d) const override {
+    return CpuCompute().EncodeFromFloat(s, t, d);
+  }
+};
+
+TEST(AttentionTest, ScoresTheWholeLayerInOneBatchAndPassesBackendErrors) {
+  const TestLayer layer = TestLayer::Random(3, 6, 25, 8, 4, 12);
+  RecordingBackend backend;
+  absl::StatusOr<std::vector<float>> got = AccumulatedAttention(layer.view(), backend);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(backend.calls, 1);
+  EXPECT_EQ(backend.items, 3u);  // one item per kv head
+  EXPECT_EQ(*got, AccumulatedAttention(layer.view()));
+  backend.fail = true;
+  EXPECT_THAT(AccumulatedAttention(layer.view(), backend),
+              testing::StatusIs(absl::StatusCode::kResourceExhausted));
 }
 
 }  // namespace

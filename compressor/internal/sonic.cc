@@ -90,34 +90,27 @@ bool FitsFloat16(const SonicLadder& ladder) {
 
 // Per kv head and token ([H, T]), the attention of the layer's lookahead queries within the turn:
 // for every query head of the kv head's group and every lookahead row, softmax over the turn's
-// tokens, summed. Empty when the view carries no lookahead (or its size disagrees).
+// tokens, summed: one AttentionMass batch with an item per kv head. Empty when the view carries
+// no lookahead (or its size disagrees).
 std::vector<float> LookaheadAttention(const LayerView& layer) {
-  using Matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-  const Eigen::Index t = layer.num_tokens;
-  const Eigen::Index d = layer.head_dim;
-  const Eigen::Index rows = std::max(layer.num_lookahead, 0);
-  const Eigen::Index hq = layer.num_query_heads;
-  if (rows == 0 || layer.keys.empty() ||
-      layer.lookahead.size() != static_cast<size_t>(hq * rows * d)) {
-    return {};
+  const int t = layer.num_tokens;
+  const int d = layer.head_dim;
+  const size_t rows = static_cast<size_t>(std::max(layer.num_lookahead, 0));
+  const size_t hq = static_cast<size_t>(layer.num_query_heads);
+  if (rows == 0 || layer.keys.empty() || layer.lookahead.size() != hq * rows * d) return {};
+  // The group's rows are contiguous in [Hq, L, D]: one item of group * L rows per kv head.
+  const size_t h_count = static_cast<size_t>(layer.num_kv_heads);
+  const size_t group_rows = hq / h_count * rows;
+  const size_t span = static_cast<size_t>(t) * d;
+  std::vector<AttentionMassItem> items(h_count);
+  for (size_t h = 0; h < h_count; ++h) {
+    items[h] = {.queries = {layer.lookahead.subspan(h * group_rows * d, group_rows * d),
+                            static_cast<int>(group_rows), d},
+                .keys = {layer.keys.subspan(h * span, span), t, d},
+                .scale = 1.0f / std::sqrt(static_cast<float>(d))};
   }
-  const Eigen::Index group = hq / layer.num_kv_heads;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
-  std::vector<float> out(static_cast<size_t>(layer.num_kv_heads * t), 0.0f);
-  for (Eigen::Index h = 0; h < layer.num_kv_heads; ++h) {
-    // The group's rows are contiguous in [Hq, L, D]: one [group * L, T] product per kv head.
-    const Eigen::Map<const Matrix> q(layer.lookahead.data() + h * group * rows * d, group * rows,
-                                     d);
-    const Eigen::Map<const Matrix> k(layer.keys.data() + h * t * d, t, d);
-    Matrix logits = (q * k.transpose()) * scale;
-    logits = logits.unaryExpr([](float x) { return FiniteLogit(x); });
-    Eigen::Map<Eigen::VectorXf> sum(out.data() + h * t, t);
-    for (Eigen::Index r = 0; r < logits.rows(); ++r) {
-      auto row = logits.row(r);
-      row = (row.array() - row.maxCoeff()).exp();
-      sum += (row / row.sum()).transpose();
-    }
-  }
+  std::vector<float> out(h_count * static_cast<size_t>(t));
+  DieUnlessOk(CpuCompute().AttentionMass(items, out));
   return out;
 }
 

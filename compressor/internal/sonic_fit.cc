@@ -1,10 +1,10 @@
 #include "compressor/internal/sonic_fit.h"
 
-#include <Eigen/Cholesky>
-#include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+
+#include "common/status_macros.h"
 
 namespace nexuskv::compressor::internal {
 namespace {
@@ -28,65 +28,96 @@ struct Entry {
 
 // The head-wide state every rung reuses.
 struct Segment {
-  const HeadInput& in;
+  const HeadInput* in = nullptr;
   SegmentTargets targets;
   std::vector<float> weights;           // [T] k-means weights a_i + eps
   std::vector<uint32_t> nexus_by_mass;  // pass-through tokens, most attended first, then pinned
   std::vector<uint32_t> candidates;     // the other tokens, ascending
 };
 
-// Clusters candidates [begin, end) (indices into seg.candidates) into m entries appended to *out.
-void FitChunk(const Segment& seg, std::span<const uint32_t> members, int m,
-              const SonicParams& params, std::vector<Entry>* out) {
-  const size_t d = static_cast<size_t>(seg.in.head_dim);
-  const int n = static_cast<int>(members.size());
-  std::vector<float> points(static_cast<size_t>(n) * d);
-  std::vector<float> weights(static_cast<size_t>(n));
-  std::vector<float> attention(static_cast<size_t>(n));
-  for (int i = 0; i < n; ++i) {
-    std::copy_n(seg.in.keys + members[i] * d, d, points.data() + i * d);
-    weights[i] = seg.weights[members[i]];
-    attention[i] = seg.targets.attention[members[i]];
-  }
-  // Seeds: the m most attended members (local indices); without rows, evenly spread members.
-  const bool rowless = seg.in.rows.count == 0;
-  std::vector<uint32_t> seeds;
-  if (rowless) {
-    for (int j = 0; j < m; ++j) seeds.push_back(static_cast<uint32_t>((2 * j + 1) * n / (2 * m)));
-  } else {
-    std::vector<uint32_t> local(static_cast<size_t>(n));
-    std::iota(local.begin(), local.end(), 0u);
-    seeds = ByAttention(local, attention);
-    seeds.resize(static_cast<size_t>(m));
-  }
+// One k-means problem: a contiguous chunk of a rung's candidates, clustered into m entries of
+// the set `build` (an index into the (head, rung) builds).
+struct Chunk {
+  const Segment* seg = nullptr;
+  size_t build = 0;
+  std::span<const uint32_t> members;
+  int m = 0;
+  std::vector<float> weights;    // per member
+  std::vector<float> attention;  // per member
+  std::vector<uint32_t> seeds;   // indices into members (set by SeedChunks when it has rows)
+};
 
-  std::vector<float> centroids;
-  std::vector<uint32_t> assignment;
-  WeightedKMeans(points.data(), n, seg.in.head_dim, weights, seeds, params.kmeans_iterations,
-                 &centroids, &assignment);
+Chunk MakeChunk(const Segment& seg, size_t build, std::span<const uint32_t> members, int m) {
+  Chunk chunk{.seg = &seg, .build = build, .members = members, .m = m};
+  const size_t n = members.size();
+  chunk.weights.resize(n);
+  chunk.attention.resize(n);
+  for (size_t i = 0; i < n; ++i) {
+    chunk.weights[i] = seg.weights[members[i]];
+    chunk.attention[i] = seg.targets.attention[members[i]];
+  }
+  // Without rows the seeds are evenly spread members; with rows SeedChunks picks them.
+  if (seg.in->rows.count == 0) {
+    for (int j = 0; j < m; ++j) {
+      chunk.seeds.push_back(static_cast<uint32_t>((2 * j + 1) * static_cast<int>(n) / (2 * m)));
+    }
+  }
+  return chunk;
+}
 
-  const size_t mm = static_cast<size_t>(m);
+// Seeds every chunk with rows with its m most attended members, most attended first, ties to the
+// lower index: one TopK batch (a row per chunk), then each pick in that order.
+absl::Status SeedChunks(std::span<Chunk> chunks, const ComputeBackend& compute) {
+  std::vector<float> scores;
+  std::vector<int64_t> starts = {0}, counts;
+  for (const Chunk& chunk : chunks) {
+    if (chunk.seg->in->rows.count == 0) continue;
+    scores.insert(scores.end(), chunk.attention.begin(), chunk.attention.end());
+    starts.push_back(static_cast<int64_t>(scores.size()));
+    counts.push_back(chunk.m);
+  }
+  std::vector<uint32_t> picked(
+      static_cast<size_t>(std::accumulate(counts.begin(), counts.end(), int64_t{0})));
+  NEXUSKV_RETURN_IF_ERROR(compute.TopK(scores, starts, counts, picked));
+  size_t offset = 0;
+  for (Chunk& chunk : chunks) {
+    if (chunk.seg->in->rows.count == 0) continue;
+    const size_t m = static_cast<size_t>(chunk.m);
+    chunk.seeds =
+        ByAttention(std::span<const uint32_t>(picked).subspan(offset, m), chunk.attention);
+    offset += m;
+  }
+  return absl::OkStatus();
+}
+
+// Appends the chunk's m entries, from its k-means result (centroids [m, D], assignment [n]) and
+// each centroid's unit log-mass (zeros without rows), to *out.
+void FinishChunk(const Chunk& chunk, std::span<const float> centroids,
+                 std::span<const uint32_t> assignment, std::span<const double> unit,
+                 std::vector<Entry>* out) {
+  const Segment& seg = *chunk.seg;
+  const size_t d = static_cast<size_t>(seg.in->head_dim);
+  const bool rowless = seg.in->rows.count == 0;
+  const int n = static_cast<int>(chunk.members.size());
+  const size_t mm = static_cast<size_t>(chunk.m);
   std::vector<double> mass(mm, 0.0), weight(mm, 0.0), value_sum(mm * d, 0.0);
   std::vector<int> heaviest(mm, -1);
   std::vector<std::vector<uint32_t>> member_lists(mm);
   for (int i = 0; i < n; ++i) {
     const uint32_t j = assignment[i];
-    member_lists[j].push_back(members[i]);
-    mass[j] += rowless ? 1.0 : attention[i];
-    weight[j] += weights[i];
-    const float* v = seg.in.values + members[i] * d;
-    for (size_t c = 0; c < d; ++c) value_sum[j * d + c] += double{weights[i]} * v[c];
-    if (heaviest[j] < 0 || attention[i] > attention[heaviest[j]]) heaviest[j] = i;
+    member_lists[j].push_back(chunk.members[i]);
+    mass[j] += rowless ? 1.0 : chunk.attention[i];
+    weight[j] += chunk.weights[i];
+    const float* v = seg.in->values + chunk.members[i] * d;
+    for (size_t c = 0; c < d; ++c) value_sum[j * d + c] += double{chunk.weights[i]} * v[c];
+    if (heaviest[j] < 0 || chunk.attention[i] > chunk.attention[heaviest[j]]) heaviest[j] = i;
   }
   // Without rows there is no mass to match: an entry weighs as many tokens as its cluster holds.
-  const std::vector<double> unit = rowless ? std::vector<double>(mm, 0.0)
-                                           : ColumnLogMass(seg.in.rows, centroids.data(), m,
-                                                           seg.in.head_dim, seg.targets.log_mass);
   for (size_t j = 0; j < mm; ++j) {
     Entry e;
     e.members = std::move(member_lists[j]);
-    const int rep = heaviest[j] >= 0 ? heaviest[j] : static_cast<int>(seeds[j]);
-    e.offset = members[rep];
+    const int rep = heaviest[j] >= 0 ? heaviest[j] : static_cast<int>(chunk.seeds[j]);
+    e.offset = chunk.members[rep];
     double b = mass[j] > 0.0 ? std::log(mass[j]) - unit[j] : double{kSonicMinBias};
     if (!(b == b)) b = kSonicMinBias;
     e.bias = static_cast<float>(std::clamp<double>(b, kSonicMinBias, kSonicMaxBias));
@@ -97,61 +128,69 @@ void FitChunk(const Segment& seg, std::span<const uint32_t> members, int m,
         e.own_value[c] = static_cast<float>(value_sum[j * d + c] / weight[j]);
       }
     } else {
-      std::copy_n(seg.in.values + members[seeds[j]] * d, d, e.own_value.data());
+      std::copy_n(seg.in->values + chunk.members[chunk.seeds[j]] * d, d, e.own_value.data());
     }
     out->push_back(std::move(e));
   }
 }
 
-NexusSet FitRung(const Segment& seg, int m, const SonicParams& params) {
-  const size_t d = static_cast<size_t>(seg.in.head_dim);
-  std::vector<Entry> entries;
-  entries.reserve(static_cast<size_t>(m));
+// The rung of m entries up to its clustering: the raw entries go to *entries, and the chunks of
+// candidates to cluster (contiguous, at most max_cluster_tokens each, never more chunks than
+// entries, each with a share of the fitted entries proportional to its size) to *chunks.
+void PlanRung(const Segment& seg, size_t build, int m, const SonicParams& params,
+              std::vector<Entry>* entries, std::vector<Chunk>* chunks) {
+  const size_t d = static_cast<size_t>(seg.in->head_dim);
+  const float* keys = seg.in->keys;
+  const float* values = seg.in->values;
   const int keep_nexus = std::min<int>(m, static_cast<int>(seg.nexus_by_mass.size()));
   for (int i = 0; i < keep_nexus; ++i) {
     const uint32_t t = seg.nexus_by_mass[i];
-    entries.push_back(
-        {.offset = t, .bias = 0.0f, .key = seg.in.keys + t * d, .value = seg.in.values + t * d});
+    entries->push_back({.offset = t, .bias = 0.0f, .key = keys + t * d, .value = values + t * d});
   }
   const int fit_m = m - keep_nexus;
   const size_t n = seg.candidates.size();
   if (fit_m > 0 && static_cast<size_t>(fit_m) >= n) {
     // Room for every remaining token: keep them exactly.
     for (uint32_t t : seg.candidates) {
-      entries.push_back(
-          {.offset = t, .bias = 0.0f, .key = seg.in.keys + t * d, .value = seg.in.values + t * d});
+      entries->push_back({.offset = t, .bias = 0.0f, .key = keys + t * d, .value = values + t * d});
     }
-  } else if (fit_m > 0) {
-    // Contiguous chunks of at most max_cluster_tokens (never more chunks than entries), each with
-    // a share of fit_m proportional to its size (largest remainder; every chunk gets >= 1).
-    const size_t limit = static_cast<size_t>(std::max(params.max_cluster_tokens, 1));
-    const size_t chunks = std::min<size_t>((n + limit - 1) / limit, static_cast<size_t>(fit_m));
-    std::vector<size_t> bounds(chunks + 1);
-    for (size_t c = 0; c <= chunks; ++c) bounds[c] = n * c / chunks;
-    std::vector<int> share(chunks, 1);
-    int given = static_cast<int>(chunks);
-    std::vector<std::pair<double, size_t>> remainder;
-    for (size_t c = 0; c < chunks; ++c) {
-      const double quota = static_cast<double>(fit_m - static_cast<int>(chunks)) *
-                           static_cast<double>(bounds[c + 1] - bounds[c]) / static_cast<double>(n);
-      const int whole = static_cast<int>(quota);
-      share[c] += whole;
-      given += whole;
-      remainder.push_back({quota - whole, c});
-    }
-    std::stable_sort(remainder.begin(), remainder.end(),
-                     [](const auto& x, const auto& y) { return x.first > y.first; });
-    for (size_t i = 0; given < fit_m; ++i, ++given) ++share[remainder[i % chunks].second];
-    for (size_t c = 0; c < chunks; ++c) {
-      const int room = static_cast<int>(bounds[c + 1] - bounds[c]);
-      FitChunk(seg, std::span<const uint32_t>(seg.candidates).subspan(bounds[c], bounds[c + 1] - bounds[c]),
-               std::min(share[c], room), params, &entries);
-    }
+    return;
   }
+  if (fit_m <= 0) return;
+  // Shares by largest remainder; every chunk gets >= 1.
+  const size_t limit = static_cast<size_t>(std::max(params.max_cluster_tokens, 1));
+  const size_t count = std::min<size_t>((n + limit - 1) / limit, static_cast<size_t>(fit_m));
+  std::vector<size_t> bounds(count + 1);
+  for (size_t c = 0; c <= count; ++c) bounds[c] = n * c / count;
+  std::vector<int> share(count, 1);
+  int given = static_cast<int>(count);
+  std::vector<std::pair<double, size_t>> remainder;
+  for (size_t c = 0; c < count; ++c) {
+    const double quota = static_cast<double>(fit_m - static_cast<int>(count)) *
+                         static_cast<double>(bounds[c + 1] - bounds[c]) / static_cast<double>(n);
+    const int whole = static_cast<int>(quota);
+    share[c] += whole;
+    given += whole;
+    remainder.push_back({quota - whole, c});
+  }
+  std::stable_sort(remainder.begin(), remainder.end(),
+                   [](const auto& x, const auto& y) { return x.first > y.first; });
+  for (size_t i = 0; given < fit_m; ++i, ++given) ++share[remainder[i % count].second];
+  const std::span<const uint32_t> candidates(seg.candidates);
+  for (size_t c = 0; c < count; ++c) {
+    const size_t room = bounds[c + 1] - bounds[c];
+    chunks->push_back(MakeChunk(seg, build, candidates.subspan(bounds[c], room),
+                                std::min(share[c], static_cast<int>(room))));
+  }
+}
+
+// The set of a rung's entries, sorted by offset (ties keep their order: raw, then by chunk).
+NexusSet AssembleSet(const Segment& seg, std::vector<Entry> entries) {
+  const size_t d = static_cast<size_t>(seg.in->head_dim);
   std::stable_sort(entries.begin(), entries.end(),
                    [](const Entry& x, const Entry& y) { return x.offset < y.offset; });
   NexusSet set;
-  set.assignment.assign(static_cast<size_t>(seg.in.num_tokens), kNotMerged);
+  set.assignment.assign(static_cast<size_t>(seg.in->num_tokens), kNotMerged);
   for (const Entry& e : entries) {
     for (uint32_t t : e.members) set.assignment[t] = static_cast<uint32_t>(set.offsets.size());
     set.offsets.push_back(e.offset);
@@ -164,29 +203,88 @@ NexusSet FitRung(const Segment& seg, int m, const SonicParams& params) {
   return set;
 }
 
-std::vector<float> FoldVector(Rows rows, int head_dim, double ridge) {
-  const Eigen::Index d = head_dim;
-  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
-  Eigen::MatrixXd gram = Eigen::MatrixXd::Zero(d, d);
-  Eigen::VectorXd rhs = Eigen::VectorXd::Zero(d);
-  for (int r = 0; r < rows.count; ++r) {
-    Eigen::VectorXd q(d);
-    for (Eigen::Index c = 0; c < d; ++c) {
-      q[c] = scale * static_cast<double>(FiniteLogit(rows.data[r * d + c]));
+// The weights, pass-through order and candidates of a head whose targets are set.
+void PrepareSegment(Segment* seg) {
+  const HeadInput& head = *seg->in;
+  const std::vector<float>& a = seg->targets.attention;
+  const double mean = std::accumulate(a.begin(), a.end(), 0.0) / std::max(head.num_tokens, 1);
+  const float eps = static_cast<float>(std::max(1e-6 * mean, 1e-30));
+  seg->weights.resize(a.size());
+  for (size_t i = 0; i < a.size(); ++i) seg->weights[i] = a[i] + eps;
+  // 0: a candidate; 1: a Nexus offset; 2: pinned (and not a Nexus offset).
+  std::vector<uint8_t> kind(static_cast<size_t>(head.num_tokens), 0);
+  for (uint32_t t : head.pinned) kind[t] = 2;
+  for (uint32_t t : head.nexus_offsets) kind[t] = 1;
+  std::vector<uint32_t> nexus, pinned;
+  for (uint32_t t = 0; t < static_cast<uint32_t>(head.num_tokens); ++t) {
+    (kind[t] == 1 ? nexus : kind[t] == 2 ? pinned : seg->candidates).push_back(t);
+  }
+  seg->nexus_by_mass = ByAttention(nexus, a);
+  for (uint32_t t : ByAttention(pinned, a)) seg->nexus_by_mass.push_back(t);
+}
+
+// Clusters every (seeded) chunk (one WeightedKMeans batch), weighs the centroids (one
+// ColumnLogSumExp batch over the chunks that have rows) and appends each chunk's entries to its
+// build.
+absl::Status ClusterChunks(std::span<const Chunk> chunks, const SonicParams& params,
+                           const ComputeBackend& compute, std::vector<std::vector<Entry>>* builds) {
+  std::vector<KMeansItem> kmeans;
+  kmeans.reserve(chunks.size());
+  size_t centroid_size = 0, member_size = 0;
+  for (const Chunk& chunk : chunks) {
+    const HeadInput& in = *chunk.seg->in;
+    const size_t span = static_cast<size_t>(in.num_tokens) * static_cast<size_t>(in.head_dim);
+    kmeans.push_back({.points = {{in.keys, span}, in.num_tokens, in.head_dim},
+                      .members = chunk.members,
+                      .weights = chunk.weights,
+                      .seeds = chunk.seeds});
+    centroid_size += static_cast<size_t>(chunk.m) * static_cast<size_t>(in.head_dim);
+    member_size += chunk.members.size();
+  }
+  std::vector<float> centroids(centroid_size);
+  std::vector<uint32_t> assignment(member_size);
+  NEXUSKV_RETURN_IF_ERROR(
+      compute.WeightedKMeans(kmeans, params.kmeans_iterations, centroids, assignment));
+
+  std::vector<ColumnLogSumExpItem> columns;
+  size_t centroid_offset = 0, unit_size = 0;
+  for (const Chunk& chunk : chunks) {
+    const HeadInput& in = *chunk.seg->in;
+    const size_t size = static_cast<size_t>(chunk.m) * static_cast<size_t>(in.head_dim);
+    if (in.rows.count > 0) {
+      columns.push_back(
+          {.queries = {{in.rows.data, static_cast<size_t>(in.rows.count) * in.head_dim},
+                       in.rows.count,
+                       in.head_dim},
+           .columns = {std::span<const float>(centroids).subspan(centroid_offset, size), chunk.m,
+                       in.head_dim},
+           .row_shift = chunk.seg->targets.log_mass,
+           .scale = 1.0f / std::sqrt(static_cast<float>(in.head_dim))});
+      unit_size += static_cast<size_t>(chunk.m);
     }
-    gram.selfadjointView<Eigen::Lower>().rankUpdate(q);
-    rhs += q;
+    centroid_offset += size;
   }
-  gram.triangularView<Eigen::Upper>() = gram.transpose();
-  const double trace = gram.trace();
-  std::vector<float> fold(static_cast<size_t>(d), 0.0f);
-  if (!(trace > 0.0) || !std::isfinite(trace)) return fold;
-  gram.diagonal().array() += ridge * trace / static_cast<double>(d);
-  const Eigen::VectorXd u = gram.llt().solve(rhs);
-  for (Eigen::Index c = 0; c < d; ++c) {
-    fold[c] = std::isfinite(u[c]) ? static_cast<float>(u[c]) : 0.0f;
+  std::vector<double> units(unit_size);
+  NEXUSKV_RETURN_IF_ERROR(compute.ColumnLogSumExp(columns, units));
+
+  centroid_offset = 0;
+  size_t member_offset = 0, unit_offset = 0;
+  for (const Chunk& chunk : chunks) {
+    const size_t m = static_cast<size_t>(chunk.m);
+    const size_t size = m * static_cast<size_t>(chunk.seg->in->head_dim);
+    const bool rowless = chunk.seg->in->rows.count == 0;
+    const std::vector<double> zeros(rowless ? m : 0, 0.0);
+    const std::span<const double> unit =
+        rowless ? std::span<const double>(zeros)
+                : std::span<const double>(units).subspan(unit_offset, m);
+    FinishChunk(chunk, std::span<const float>(centroids).subspan(centroid_offset, size),
+                std::span<const uint32_t>(assignment).subspan(member_offset, chunk.members.size()),
+                unit, &(*builds)[chunk.build]);
+    centroid_offset += size;
+    member_offset += chunk.members.size();
+    if (!rowless) unit_offset += m;
   }
-  return fold;
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -198,41 +296,99 @@ std::vector<int> SonicRungSizes(int num_tokens, int top_divisor) {
   return sizes;
 }
 
-HeadFit FitHead(const HeadInput& head, std::span<const int> rung_sizes, const SonicParams& params) {
-  Segment seg{
-      .in = head,
-      .targets = ComputeTargets(head.keys, head.values, head.num_tokens, head.head_dim, head.rows)};
-  const std::vector<float>& a = seg.targets.attention;
-  const double mean = std::accumulate(a.begin(), a.end(), 0.0) / std::max(head.num_tokens, 1);
-  const float eps = static_cast<float>(std::max(1e-6 * mean, 1e-30));
-  seg.weights.resize(a.size());
-  for (size_t i = 0; i < a.size(); ++i) seg.weights[i] = a[i] + eps;
-  // 0: a candidate; 1: a Nexus offset; 2: pinned (and not a Nexus offset).
-  std::vector<uint8_t> kind(static_cast<size_t>(head.num_tokens), 0);
-  for (uint32_t t : head.pinned) kind[t] = 2;
-  for (uint32_t t : head.nexus_offsets) kind[t] = 1;
-  std::vector<uint32_t> nexus, pinned;
-  for (uint32_t t = 0; t < static_cast<uint32_t>(head.num_tokens); ++t) {
-    (kind[t] == 1 ? nexus : kind[t] == 2 ? pinned : seg.candidates).push_back(t);
+absl::StatusOr<std::vector<HeadFit>> FitHeads(std::span<const HeadInput> heads,
+                                              std::span<const int> rung_sizes,
+                                              const SonicParams& params,
+                                              const ComputeBackend& compute) {
+  const size_t h_count = heads.size();
+  const size_t k_count = rung_sizes.size();
+  std::vector<TargetsInput> target_inputs;
+  for (const HeadInput& head : heads) {
+    target_inputs.push_back({.keys = head.keys,
+                             .values = head.values,
+                             .num_tokens = head.num_tokens,
+                             .head_dim = head.head_dim,
+                             .rows = head.rows});
   }
-  seg.nexus_by_mass = ByAttention(nexus, a);
-  for (uint32_t t : ByAttention(pinned, a)) seg.nexus_by_mass.push_back(t);
+  NEXUSKV_ASSIGN_OR_RETURN(std::vector<SegmentTargets> targets,
+                           ComputeTargets(target_inputs, compute));
+  std::vector<Segment> segments(h_count);
+  for (size_t h = 0; h < h_count; ++h) {
+    segments[h].in = &heads[h];
+    segments[h].targets = std::move(targets[h]);
+    PrepareSegment(&segments[h]);
+  }
 
-  HeadFit fit;
-  for (int m : rung_sizes) {
-    fit.rungs.push_back(FitRung(seg, m, params));
-    if (head.rows.count > 0) {
-      fit.errors.push_back(
-          EvaluateNexusSet(head.rows, head.head_dim, fit.rungs.back(), seg.targets));
-    } else {
-      // Nothing to measure against: the share of tokens merged away stands in for the error.
-      const float merged = 1.0f - static_cast<float>(m) / static_cast<float>(head.num_tokens);
-      fit.errors.push_back({merged, 0.0f});
+  // builds[h * K + k]: the entries of head h's rung k; every chunk of every rung in one batch.
+  std::vector<std::vector<Entry>> builds(h_count * k_count);
+  std::vector<Chunk> chunks;
+  for (size_t h = 0; h < h_count; ++h) {
+    for (size_t k = 0; k < k_count; ++k) {
+      PlanRung(segments[h], h * k_count + k, rung_sizes[k], params, &builds[h * k_count + k],
+               &chunks);
     }
   }
-  fit.fold = FoldVector(head.rows, head.head_dim, params.fold_ridge);
-  fit.token_mass = std::move(seg.targets.attention);
-  return fit;
+  NEXUSKV_RETURN_IF_ERROR(SeedChunks(chunks, compute));
+  NEXUSKV_RETURN_IF_ERROR(ClusterChunks(chunks, params, compute, &builds));
+
+  std::vector<HeadFit> fits(h_count);
+  std::vector<SetEvaluation> evaluations;
+  for (size_t h = 0; h < h_count; ++h) {
+    for (size_t k = 0; k < k_count; ++k) {
+      fits[h].rungs.push_back(AssembleSet(segments[h], std::move(builds[h * k_count + k])));
+    }
+  }
+  for (size_t h = 0; h < h_count; ++h) {
+    for (const NexusSet& set : fits[h].rungs) {
+      evaluations.push_back({.rows = heads[h].rows,
+                             .head_dim = heads[h].head_dim,
+                             .set = &set,
+                             .targets = &segments[h].targets});
+    }
+  }
+  NEXUSKV_ASSIGN_OR_RETURN(std::vector<SonicRungError> errors,
+                           EvaluateNexusSets(evaluations, compute));
+  for (size_t h = 0; h < h_count; ++h) {
+    const HeadInput& head = heads[h];
+    for (size_t k = 0; k < k_count; ++k) {
+      if (head.rows.count > 0) {
+        fits[h].errors.push_back(errors[h * k_count + k]);
+      } else {
+        // Nothing to measure against: the share of tokens merged away stands in for the error.
+        const float merged =
+            1.0f - static_cast<float>(rung_sizes[k]) / static_cast<float>(head.num_tokens);
+        fits[h].errors.push_back({merged, 0.0f});
+      }
+    }
+    fits[h].token_mass = std::move(segments[h].targets.attention);
+  }
+  std::vector<FoldItem> folds;
+  size_t fold_size = 0;
+  for (const HeadInput& head : heads) {
+    folds.push_back(
+        {.rows = {{head.rows.data, static_cast<size_t>(head.rows.count) * head.head_dim},
+                  head.rows.count,
+                  head.head_dim},
+         .scale = 1.0 / std::sqrt(static_cast<double>(head.head_dim)),
+         .ridge = params.fold_ridge});
+    fold_size += static_cast<size_t>(head.head_dim);
+  }
+  std::vector<float> fold(fold_size);
+  NEXUSKV_RETURN_IF_ERROR(compute.FoldVectors(folds, fold));
+  size_t offset = 0;
+  for (size_t h = 0; h < h_count; ++h) {
+    const size_t d = static_cast<size_t>(heads[h].head_dim);
+    fits[h].fold.assign(fold.begin() + offset, fold.begin() + offset + d);
+    offset += d;
+  }
+  return fits;
+}
+
+HeadFit FitHead(const HeadInput& head, std::span<const int> rung_sizes, const SonicParams& params) {
+  absl::StatusOr<std::vector<HeadFit>> fits =
+      FitHeads(std::span<const HeadInput>(&head, 1), rung_sizes, params, CpuCompute());
+  DieUnlessOk(fits.status());
+  return std::move(fits->front());
 }
 
 }  // namespace nexuskv::compressor::internal

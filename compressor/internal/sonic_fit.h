@@ -18,6 +18,13 @@
 // Plus, once per head, the fold vector u = (Q^T Q + lambda I)^-1 Q^T 1 (Q the scaled rows), so that
 // k + b u stands in for (k, b) when an engine takes no bias: q.(k + b u) ~ q.k + b.
 //
+// The dense work goes through the compute seam (compressor/compute/compute.h) in batches: one
+// Attend for the targets of every head, then for every chunk of every rung of every head one TopK
+// (the k-means seeds), one WeightedKMeans and one ColumnLogSumExp, one Attend for the errors of
+// every rung, and one FoldVectors for the fold of every head. Only the bookkeeping between the
+// batches (the chunk plan, each cluster's bias and weighted mean value, sorting a set by offset)
+// runs on the host.
+//
 //   HeadFit fit = FitHead(head, SonicRungSizes(T), SonicParams{});
 //
 // Pure and thread-safe.
@@ -28,6 +35,8 @@
 #include <span>
 #include <vector>
 
+#include "absl/status/statusor.h"
+#include "compressor/compute/compute.h"
 #include "compressor/internal/sonic_ladder.h"
 #include "compressor/internal/sonic_math.h"
 #include "compressor/sonic.h"
@@ -65,7 +74,14 @@ struct HeadFit {
   std::vector<float> token_mass;       // [T] a_i: attention on token i summed over the rows
 };
 
-// Fits every size in `rung_sizes` (each in [1, T]).
+// Fits every size in `rung_sizes` (each in [1, T] for every head) for each head, with one backend
+// batch per step for all of them. Errors are the backend's.
+absl::StatusOr<std::vector<HeadFit>> FitHeads(std::span<const HeadInput> heads,
+                                              std::span<const int> rung_sizes,
+                                              const SonicParams& params,
+                                              const ComputeBackend& compute);
+
+// FitHeads of one head on CpuCompute(), which cannot fail on a valid HeadInput.
 HeadFit FitHead(const HeadInput& head, std::span<const int> rung_sizes, const SonicParams& params);
 
 }  // namespace nexuskv::compressor::internal

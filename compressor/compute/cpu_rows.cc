@@ -1,0 +1,309 @@
+// The CPU backend's row operations: weighted k-means, the fold solve (Eigen), top-k selection,
+// gathers, merged-run sums and dtype conversion (see compute.h for each one's contract).
+#include <Eigen/Cholesky>
+#include <Eigen/Core>
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "compressor/compute/internal/cpu_backend.h"
+
+namespace nexuskv::compressor::internal::cpu {
+
+absl::Status CpuBackend::WeightedKMeans(std::span<const KMeansItem> items, int iterations,
+                                        std::span<float> centroids,
+                                        std::span<uint32_t> assignment) const {
+  constexpr std::string_view kOp = "WeightedKMeans";
+  if (iterations < 0) return BadItem(kOp, 0, "iterations < 0");
+  size_t centroid_total = 0, member_total = 0;
+  for (size_t k = 0; k < items.size(); ++k) {
+    const KMeansItem& item = items[k];
+    NEXUSKV_RETURN_IF_ERROR(CheckMatrix(kOp, k, "points", item.points));
+    const size_t n = item.members.size();
+    const size_t m = item.seeds.size();
+    if (n == 0 || m == 0 || m > n || item.weights.size() != n) {
+      return BadItem(kOp, k,
+                     absl::StrCat("needs 1 <= m <= n and one weight per member; m = ", m,
+                                  ", n = ", n, ", weights ", item.weights.size()));
+    }
+    for (uint32_t p : item.members) {
+      if (p >= static_cast<uint32_t>(item.points.rows))
+        return BadItem(kOp, k, "member out of range");
+    }
+    for (uint32_t s : item.seeds) {
+      if (s >= n) return BadItem(kOp, k, "seed out of range");
+    }
+    centroid_total += m * static_cast<size_t>(item.points.cols);
+    member_total += n;
+  }
+  NEXUSKV_RETURN_IF_ERROR(CheckSize(kOp, "centroids", centroids.size(), centroid_total));
+  NEXUSKV_RETURN_IF_ERROR(CheckSize(kOp, "assignment", assignment.size(), member_total));
+
+  std::vector<float> points, dots, half_norm;
+  std::vector<double> sums, mass;
+  size_t centroid_offset = 0, member_offset = 0;
+  for (const KMeansItem& item : items) {
+    const size_t d = static_cast<size_t>(item.points.cols);
+    const int n = static_cast<int>(item.members.size());
+    const size_t m = item.seeds.size();
+    float* cent = centroids.data() + centroid_offset;
+    uint32_t* assign = assignment.data() + member_offset;
+    centroid_offset += m * d;
+    member_offset += static_cast<size_t>(n);
+    points.resize(static_cast<size_t>(n) * d);
+    for (int i = 0; i < n; ++i) {
+      std::copy_n(item.points.data.data() + item.members[i] * d, d, points.data() + i * d);
+    }
+    for (size_t j = 0; j < m; ++j) std::copy_n(points.data() + item.seeds[j] * d, d, cent + j * d);
+    std::fill_n(assign, n, 0u);
+    const int block = BlockRows(m, n);
+    dots.resize(static_cast<size_t>(block) * m);
+    half_norm.resize(m);
+    sums.resize(m * d);
+    mass.resize(m);
+    for (int it = 0;; ++it) {
+      for (size_t j = 0; j < m; ++j) {
+        const float* c = cent + j * d;
+        float s = 0.0f;
+        for (size_t c_i = 0; c_i < d; ++c_i) s += c[c_i] * c[c_i];
+        half_norm[j] = 0.5f * s;
+      }
+      // argmin |p - c|^2 == argmax p.c - |c|^2 / 2.
+      for (int first = 0; first < n; first += block) {
+        const int count = std::min(block, n - first);
+        GemmNt(count, static_cast<int>(m), static_cast<int>(d), 1.0f, points.data() + first * d,
+               cent, dots.data());
+        for (int i = 0; i < count; ++i) {
+          const float* row = dots.data() + static_cast<size_t>(i) * m;
+          uint32_t best = 0;
+          float best_score = -std::numeric_limits<float>::infinity();
+          for (size_t j = 0; j < m; ++j) {
+            const float score = FiniteLogit(row[j] - half_norm[j]);
+            if (score > best_score) {
+              best_score = score;
+              best = static_cast<uint32_t>(j);
+            }
+          }
+          assign[first + i] = best;
+        }
+      }
+      if (it == iterations) break;
+      std::fill(sums.begin(), sums.end(), 0.0);
+      std::fill(mass.begin(), mass.end(), 0.0);
+      for (int i = 0; i < n; ++i) {
+        const uint32_t j = assign[i];
+        const double w = item.weights[i];
+        mass[j] += w;
+        const float* p = points.data() + static_cast<size_t>(i) * d;
+        double* s = sums.data() + j * d;
+        for (size_t c = 0; c < d; ++c) s[c] += w * p[c];
+      }
+      for (size_t j = 0; j < m; ++j) {
+        if (!(mass[j] > 0.0)) continue;
+        float* c = cent + j * d;
+        for (size_t c_i = 0; c_i < d; ++c_i)
+          c[c_i] = static_cast<float>(sums[j * d + c_i] / mass[j]);
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::FoldVectors(std::span<const FoldItem> items, std::span<float> out) const {
+  constexpr std::string_view kOp = "FoldVectors";
+  size_t total = 0;
+  for (size_t k = 0; k < items.size(); ++k) {
+    NEXUSKV_RETURN_IF_ERROR(CheckMatrix(kOp, k, "rows", items[k].rows));
+    if (!(items[k].ridge >= 0.0)) return BadItem(kOp, k, "ridge is negative or NaN");
+    total += static_cast<size_t>(items[k].rows.cols);
+  }
+  NEXUSKV_RETURN_IF_ERROR(CheckSize(kOp, "out", out.size(), total));
+  size_t offset = 0;
+  for (const FoldItem& item : items) {
+    const Eigen::Index d = item.rows.cols;
+    Eigen::MatrixXd gram = Eigen::MatrixXd::Zero(d, d);
+    Eigen::VectorXd rhs = Eigen::VectorXd::Zero(d);
+    Eigen::VectorXd q(d);
+    for (int r = 0; r < item.rows.rows; ++r) {
+      for (Eigen::Index c = 0; c < d; ++c) {
+        q[c] = item.scale * static_cast<double>(FiniteLogit(item.rows.data[r * d + c]));
+      }
+      gram.selfadjointView<Eigen::Lower>().rankUpdate(q);
+      rhs += q;
+    }
+    gram.triangularView<Eigen::Upper>() = gram.transpose();
+    const double trace = gram.trace();
+    float* fold = out.data() + offset;
+    offset += static_cast<size_t>(d);
+    std::fill_n(fold, d, 0.0f);
+    if (!(trace > 0.0) || !std::isfinite(trace)) continue;
+    gram.diagonal().array() += item.ridge * trace / static_cast<double>(d);
+    const Eigen::VectorXd u = gram.llt().solve(rhs);
+    for (Eigen::Index c = 0; c < d; ++c) {
+      fold[c] = std::isfinite(u[c]) ? static_cast<float>(u[c]) : 0.0f;
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::TopK(std::span<const float> scores, std::span<const int64_t> row_starts,
+                              std::span<const int64_t> k, std::span<uint32_t> selected) const {
+  constexpr std::string_view kOp = "TopK";
+  if (row_starts.size() != k.size() + 1 || row_starts.front() != 0 ||
+      row_starts.back() != static_cast<int64_t>(scores.size())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("TopK: row_starts must hold rows + 1 = ", k.size() + 1,
+                     " offsets from 0 to scores.size() = ", scores.size()));
+  }
+  size_t total = 0;
+  for (size_t r = 0; r < k.size(); ++r) {
+    const int64_t length = row_starts[r + 1] - row_starts[r];
+    if (length < 0 || length > int64_t{std::numeric_limits<uint32_t>::max()} || k[r] < 0 ||
+        k[r] > length) {
+      return BadItem(kOp, r, absl::StrCat("row of ", length, " scores cannot give k = ", k[r]));
+    }
+    total += static_cast<size_t>(k[r]);
+  }
+  NEXUSKV_RETURN_IF_ERROR(CheckSize(kOp, "selected", selected.size(), total));
+
+  std::vector<uint32_t> order;
+  std::vector<float> key;
+  size_t offset = 0;
+  for (size_t r = 0; r < k.size(); ++r) {
+    const size_t want = static_cast<size_t>(k[r]);
+    const std::span<const float> row = scores.subspan(
+        static_cast<size_t>(row_starts[r]), static_cast<size_t>(row_starts[r + 1] - row_starts[r]));
+    uint32_t* out = selected.data() + offset;
+    offset += want;
+    if (want == row.size()) {
+      std::iota(out, out + want, 0u);
+      continue;
+    }
+    if (want == 0) continue;
+    key.resize(row.size());
+    for (size_t i = 0; i < row.size(); ++i) {
+      key[i] = row[i] == row[i] ? row[i] : -std::numeric_limits<float>::infinity();
+    }
+    order.resize(row.size());
+    std::iota(order.begin(), order.end(), 0u);
+    // A strict total order (score descending, then offset ascending): the k first are unique.
+    const auto before = [&key](uint32_t a, uint32_t b) {
+      return key[a] > key[b] || (key[a] == key[b] && a < b);
+    };
+    std::nth_element(order.begin(), order.begin() + static_cast<ptrdiff_t>(want), order.end(),
+                     before);
+    std::copy_n(order.begin(), want, out);
+    std::sort(out, out + want);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::Gather(std::span<const GatherItem> items, std::span<float> out) const {
+  constexpr std::string_view kOp = "Gather";
+  size_t total = 0;
+  for (size_t k = 0; k < items.size(); ++k) {
+    NEXUSKV_RETURN_IF_ERROR(CheckMatrix(kOp, k, "source", items[k].source));
+    for (uint32_t row : items[k].rows) {
+      if (row >= static_cast<uint32_t>(items[k].source.rows)) {
+        return BadItem(kOp, k,
+                       absl::StrCat("row ", row, " of a ", items[k].source.rows, "-row source"));
+      }
+    }
+    total += items[k].rows.size() * static_cast<size_t>(items[k].source.cols);
+  }
+  NEXUSKV_RETURN_IF_ERROR(CheckSize(kOp, "out", out.size(), total));
+  float* dst = out.data();
+  for (const GatherItem& item : items) {
+    const size_t w = static_cast<size_t>(item.source.cols);
+    for (uint32_t row : item.rows) {
+      std::copy_n(item.source.data.data() + row * w, w, dst);
+      dst += w;
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::MergeRuns(std::span<const MergeRunItem> items, std::span<float> keys,
+                                   std::span<float> values, std::span<float> bias) const {
+  constexpr std::string_view kOp = "MergeRuns";
+  size_t total = 0;
+  for (size_t k = 0; k < items.size(); ++k) {
+    const MergeRunItem& item = items[k];
+    NEXUSKV_RETURN_IF_ERROR(CheckMatrix(kOp, k, "keys", item.keys));
+    NEXUSKV_RETURN_IF_ERROR(CheckMatrix(kOp, k, "values", item.values));
+    if (item.keys.rows != item.values.rows || item.keys.cols != item.values.cols) {
+      return BadItem(kOp, k, "keys and values differ in shape");
+    }
+    if (item.members.empty() || item.weights.size() != item.members.size()) {
+      return BadItem(kOp, k, "needs n >= 1 members and one weight each");
+    }
+    double weight = 0.0;
+    for (size_t i = 0; i < item.members.size(); ++i) {
+      if (item.members[i] >= static_cast<uint32_t>(item.keys.rows)) {
+        return BadItem(kOp, k, "member out of range");
+      }
+      if (!(item.weights[i] >= 0.0)) return BadItem(kOp, k, "a weight is negative or NaN");
+      weight += item.weights[i];
+    }
+    if (!(weight > 0.0) || !std::isfinite(weight)) {
+      return BadItem(kOp, k, "weights do not have a finite positive sum");
+    }
+    total += static_cast<size_t>(item.keys.cols);
+  }
+  NEXUSKV_RETURN_IF_ERROR(CheckSize(kOp, "keys", keys.size(), total));
+  NEXUSKV_RETURN_IF_ERROR(CheckSize(kOp, "values", values.size(), total));
+  NEXUSKV_RETURN_IF_ERROR(CheckSize(kOp, "bias", bias.size(), items.size()));
+
+  std::vector<double> key_sum, value_sum;
+  size_t offset = 0;
+  for (size_t k = 0; k < items.size(); ++k) {
+    const MergeRunItem& item = items[k];
+    const size_t d = static_cast<size_t>(item.keys.cols);
+    key_sum.assign(d, 0.0);
+    value_sum.assign(d, 0.0);
+    double weight = 0.0;
+    for (size_t i = 0; i < item.members.size(); ++i) {
+      const double w = item.weights[i];
+      const float* key = item.keys.data.data() + item.members[i] * d;
+      const float* value = item.values.data.data() + item.members[i] * d;
+      for (size_t c = 0; c < d; ++c) {
+        key_sum[c] += w * key[c];
+        value_sum[c] += w * value[c];
+      }
+      weight += w;
+    }
+    for (size_t c = 0; c < d; ++c) {
+      keys[offset + c] =
+          static_cast<float>(std::clamp(key_sum[c] / weight, -double{FLT_MAX}, double{FLT_MAX}));
+      values[offset + c] =
+          static_cast<float>(std::clamp(value_sum[c] / weight, -double{FLT_MAX}, double{FLT_MAX}));
+    }
+    bias[k] = static_cast<float>(std::log(static_cast<double>(item.members.size())));
+    offset += d;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::DecodeToFloat(std::span<const std::byte> src, DType dtype,
+                                       std::span<float> dst) const {
+  return ::nexuskv::DecodeToFloat(
+      std::string_view(reinterpret_cast<const char*>(src.data()), src.size()), dtype, dst);
+}
+
+absl::Status CpuBackend::EncodeFromFloat(std::span<const float> src, DType dtype,
+                                         std::span<std::byte> dst) const {
+  NEXUSKV_RETURN_IF_ERROR(
+      CheckSize("EncodeFromFloat", "dst", dst.size(), src.size() * DTypeSize(dtype)));
+  const std::string bytes = ::nexuskv::EncodeFromFloat(src, dtype);
+  std::memcpy(dst.data(), bytes.data(), bytes.size());
+  return absl::OkStatus();
+}
+
+}  // namespace nexuskv::compressor::internal::cpu
