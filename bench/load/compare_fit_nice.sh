@@ -9,7 +9,7 @@
 # Environment: CLIENTS (8), DURATION_S (40), ROUNDS (2), NICE (10), OUT (a temp dir),
 # NEXUSKV_BUILD_DIR (build), LOAD_BIN and SERVER_BIN (that build's binaries; point them at copies
 # when others may rebuild the tree during the runs). Only meaningful on an otherwise idle box:
-# check `uptime` first.
+# check /proc/loadavg first.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BUILD=${NEXUSKV_BUILD_DIR:-build}
@@ -24,12 +24,12 @@ mkdir -p "$OUT"
 for round in $(seq 1 "$ROUNDS"); do
   for nice in 0 "$NICE"; do
     name="c${CLIENTS}_nice${nice}_r${round}"
-    echo "== $name: before: $(uptime)"
+    echo "== $name: load average before: $(cat /proc/loadavg)"
     "$LOAD_BIN" --clients="$CLIENTS" --duration_s="$DURATION_S" --server_bin="$SERVER_BIN" \
       --server_flags="--sync_writes=true,--log_level=warning,--fit_nice=$nice" \
       --json_out="$OUT/$name.json" >"$OUT/$name.txt" 2>&1
     cat "$OUT/$name.txt"
-    echo "== $name: after: $(uptime)"
+    echo "== $name: load average after: $(cat /proc/loadavg)"
   done
 done
 echo "results in $OUT"

@@ -3,6 +3,8 @@
 //
 //   build/bin/nexuskv_load --clients=32 --duration_s=60
 //   build/bin/nexuskv_load --clients=8 --duration_s=10 --json_out=load.json
+//   build/bin/nexuskv_load --clients=32 --duration_s=60 --token_scores   # the scored mix
+//   build/bin/nexuskv_load --server_flags=--sync_writes=true,--fit_wait_ms=2000
 //
 // By default it starts its own server (the build's nexuskv-server, --sync_writes=true, fresh data
 // dir in $TMPDIR, removed afterwards) through the integration-test harness; --server_flags adds
@@ -10,7 +12,12 @@
 // the deadline, picking an operation at random:
 //   - append (probability --append_ratio): the next turn of its conversation, SmolLM2-135M-like
 //     shapes (30 layers, 3 kv heads, 9 query heads, head_dim 64, float16), 50..400 tokens, 8 probe
-//     queries;
+//     queries; with --token_scores (the scored mix) every layer also carries [H, T] float32
+//     token scores, exponentially distributed as a worker's attention mass is, which is what the
+//     eval and the demo send: SONIC then answers by scored selection and reads no fit, and the
+//     server computes no SONIC ladder for those turns in the background. Without it (the default)
+//     SONIC answers need each turn's fitted ladder, which waits up to the server's --fit_wait_ms;
+//     H2O and SNAPKV need their fits in both mixes;
 //   - resume: GetCache of one of its conversations with SONIC, H2O, SNAPKV or STREAMING_LLM at
 //     keep_ratio 0.5 or 0.2 (keep_recent_turns 1), or FULL; the answer is streamed and checked
 //     for size (keys and bias), never kept.
@@ -19,12 +26,14 @@
 //
 // Errors are counted by gRPC code and not retried: the goal is zero. Peak RSS is the server's
 // VmHWM from /proc/<pid>/status, sampled every 100 ms (VmRSS) and read once more at the end.
+// --server_info_out tells an outside sampler which process and data dir to watch (soak.sh).
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <fstream>
 #include <iostream>
 #include <map>
@@ -44,10 +53,10 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "bench/load/latency.h"
+#include "bench/load/workload.h"
 #include "clients/cpp/client.h"
 #include "grpcpp/grpcpp.h"
 #include "nexuskv/v1/kv_memory.grpc.pb.h"
-#include "tensor/dtype.h"
 #include "tests/integration/server_process.h"
 
 ABSL_FLAG(int, clients, 8, "Concurrent clients, each with its own gRPC channel.");
@@ -62,44 +71,19 @@ ABSL_FLAG(std::string, server_flags, "--sync_writes=true,--log_level=warning",
 ABSL_FLAG(std::string, server_bin, "", "The server binary to start; empty: the build's own.");
 ABSL_FLAG(std::string, json_out, "", "Also write the results as one JSON object to this file.");
 ABSL_FLAG(double, rpc_timeout_s, 60, "Deadline of each call.");
+ABSL_FLAG(bool, token_scores, false,
+          "The scored mix: appended turns carry the worker's token scores, as the eval and the "
+          "demo send them.");
+ABSL_FLAG(std::string, server_info_out, "",
+          "Once the server this tool starts is SERVING, write \"PID DATA_DIR ADDRESS\" (one "
+          "line) to this file, for a sampler such as bench/load/soak.sh.");
 
 namespace nexuskv::load {
 namespace {
 
 namespace v1 = ::nexuskv::v1;
 
-constexpr uint32_t kLayers = 30, kKvHeads = 3, kQueryHeads = 9, kHeadDim = 64, kProbes = 8;
 constexpr uint32_t kMinTokens = 50, kMaxTokens = 400;
-
-v1::ModelSpec Spec() {
-  v1::ModelSpec spec;
-  spec.set_model_id("SmolLM2-135M-Instruct");
-  spec.set_num_layers(kLayers);
-  spec.set_num_kv_heads(kKvHeads);
-  spec.set_num_query_heads(kQueryHeads);
-  spec.set_head_dim(kHeadDim);
-  spec.set_dtype(v1::DTYPE_FLOAT16);
-  return spec;
-}
-
-// Random finite float16 values that every client slices its tensors from (no per-call
-// generation: the tool should spend its CPU on the RPCs, not on random numbers).
-const std::string& TensorPool() {
-  static const std::string* pool = [] {
-    std::mt19937 rng(7);
-    std::normal_distribution<float> normal(0.0f, 1.0f);
-    std::vector<float> v(8 << 20);  // 16 MiB of float16
-    for (float& x : v) x = normal(rng);
-    return new std::string(EncodeFromFloat(v, DType::kFloat16));
-  }();
-  return *pool;
-}
-
-std::string_view Slice(std::mt19937_64& rng, size_t bytes) {
-  const std::string& pool = TensorPool();
-  const size_t offset = (rng() % ((pool.size() - bytes) / 2)) * 2;
-  return std::string_view(pool).substr(offset, bytes);
-}
 
 enum class Op {
   kAppend,
@@ -110,12 +94,8 @@ enum class Op {
   kResumeFull,
   kDelete
 };
-constexpr const char* kOpNames[] = {"append",
-                                    "get_cache_sonic",
-                                    "get_cache_h2o",
-                                    "get_cache_snapkv",
-                                    "get_cache_streaming_llm",
-                                    "get_cache_full",
+constexpr const char* kOpNames[] = {"append",           "get_cache_sonic",         "get_cache_h2o",
+                                    "get_cache_snapkv", "get_cache_streaming_llm", "get_cache_full",
                                     "delete_session"};
 constexpr int kNumOps = 7;
 
@@ -127,8 +107,8 @@ struct ClientStats {
 
 class LoadClient {
  public:
-  LoadClient(int index, const std::string& target, uint64_t seed)
-      : index_(index), rng_(seed * 7919 + index) {
+  LoadClient(int index, const std::string& target, uint64_t seed, bool token_scores)
+      : index_(index), token_scores_(token_scores), rng_(seed * 7919 + index) {
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(64 << 20);
     args.SetMaxSendMessageSize(64 << 20);
@@ -183,22 +163,13 @@ class LoadClient {
 
   void Append() {
     const uint32_t tokens = kMinTokens + rng_() % (kMaxTokens - kMinTokens + 1);
-    const size_t kv = size_t{kKvHeads} * tokens * kHeadDim * 2;
-    const size_t q = size_t{kQueryHeads} * kProbes * kHeadDim * 2;
-    client::TurnTensors turn;
-    turn.session_id = session_;
-    turn.turn = turns_;
-    turn.first_position = next_position_;
-    turn.role = turns_ % 2 == 0 ? v1::ROLE_USER : v1::ROLE_ASSISTANT;
-    turn.model = Spec();
-    for (uint32_t l = 0; l < kLayers; ++l) {
-      turn.layers.push_back({Slice(rng_, kv), Slice(rng_, kv), Slice(rng_, q)});
-    }
+    const client::TurnTensors turn =
+        MakeTurn(rng_, session_, turns_, next_position_, tokens, token_scores_);
     const absl::Time start = absl::Now();
     auto ack = client_->AppendTurn(turn);
     Record(Op::kAppend, start, ack.status());
     if (!ack.ok()) return;  // Counted; the next append retries the same turn.
-    stats_.bytes_sent += kLayers * (2 * kv + q);
+    stats_.bytes_sent += TurnBytes(tokens, token_scores_);
     stats_.tokens_appended += tokens;
     ++stats_.turns_appended;
     ++turns_;
@@ -218,47 +189,11 @@ class LoadClient {
       request.mutable_budget()->set_keep_ratio(rng_() % 2 == 0 ? 0.5 : 0.2);
       request.set_keep_recent_turns(1);
     }
-    grpc::ClientContext context;
-    context.set_deadline(
-        absl::ToChronoTime(absl::Now() + absl::Seconds(absl::GetFlag(FLAGS_rpc_timeout_s))));
     const absl::Time start = absl::Now();
-    auto reader = stub_->GetCache(&context, request);
-    v1::GetCacheResponse message;
-    v1::CacheHeader header;
-    uint32_t layers = 0;
-    uint64_t bytes = 0;
-    absl::Status shape;
-    while (reader->Read(&message)) {
-      if (message.has_header()) {
-        header = message.header();
-      } else if (message.has_layer()) {
-        const v1::CacheLayer& layer = message.layer();
-        const uint64_t n = layer.layer() < static_cast<uint32_t>(header.entries_per_layer_size())
-                               ? header.entries_per_layer(layer.layer())
-                               : 0;
-        if (layer.keys().size() != uint64_t{kKvHeads} * n * kHeadDim * 2 && shape.ok()) {
-          shape = absl::DataLossError(absl::StrCat("layer ", layer.layer(), " has ",
-                                                   layer.keys().size(), " key bytes for ", n,
-                                                   " entries"));
-        }
-        const uint64_t bias_bytes = header.has_bias() ? uint64_t{kKvHeads} * n * 4 : 0;
-        if (layer.bias().size() != bias_bytes && shape.ok()) {
-          shape = absl::DataLossError(absl::StrCat("layer ", layer.layer(), " has ",
-                                                   layer.bias().size(), " bias bytes for ", n,
-                                                   " entries, expected ", bias_bytes));
-        }
-        bytes += layer.keys().size() + layer.values().size() + layer.bias().size() +
-                 layer.positions().size();
-        ++layers;
-      }
-    }
-    absl::Status status = client::FromGrpcStatus(reader->Finish());
-    if (status.ok() && layers != kLayers) {
-      status = absl::DataLossError(absl::StrCat("answer has ", layers, " layers"));
-    }
-    if (status.ok()) status = shape;
-    Record(kResumes[pick], start, status);
-    stats_.bytes_received += bytes;
+    const CacheRead read =
+        ReadCache(*stub_, request, absl::Seconds(absl::GetFlag(FLAGS_rpc_timeout_s)));
+    Record(kResumes[pick], start, read.status);
+    stats_.bytes_received += read.bytes;
   }
 
   void Delete() {
@@ -269,6 +204,7 @@ class LoadClient {
   }
 
   const int index_;
+  const bool token_scores_;
   std::mt19937_64 rng_;
   std::unique_ptr<client::Client> client_;
   std::unique_ptr<v1::KvMemory::Stub> stub_;
@@ -277,17 +213,6 @@ class LoadClient {
   uint32_t conversations_ = 0, turns_ = 0, target_turns_ = 0, first_errors_ = 0;
   uint64_t next_position_ = 0;
 };
-
-// kB values of VmHWM / VmRSS in /proc/<pid>/status; 0 when unreadable.
-uint64_t ProcStatusKb(pid_t pid, const std::string& field) {
-  std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind(field + ":", 0) == 0)
-      return std::strtoull(line.c_str() + field.size() + 1, nullptr, 10);
-  }
-  return 0;
-}
 
 int Main() {
   const int num_clients = absl::GetFlag(FLAGS_clients);
@@ -311,12 +236,23 @@ int Main() {
     server = std::move(*started);
     target = server->address();
     pid = server->pid();
+    const std::string info_file = absl::GetFlag(FLAGS_server_info_out);
+    if (!info_file.empty()) {
+      // Written whole under a temporary name, then renamed: a reader never sees half a line.
+      const std::string partial = info_file + ".partial";
+      std::ofstream(partial) << pid << " " << server->data_dir() << " " << target << "\n";
+      if (std::rename(partial.c_str(), info_file.c_str()) != 0) {
+        std::cerr << "nexuskv_load: cannot write " << info_file << "\n";
+        return 1;
+      }
+    }
   }
-  TensorPool();  // Before the clock starts.
+  WarmPools();  // Before the clock starts.
 
   std::vector<std::unique_ptr<LoadClient>> clients;
   for (int i = 0; i < num_clients; ++i) {
-    clients.push_back(std::make_unique<LoadClient>(i, target, absl::GetFlag(FLAGS_seed)));
+    clients.push_back(std::make_unique<LoadClient>(i, target, absl::GetFlag(FLAGS_seed),
+                                                   absl::GetFlag(FLAGS_token_scores)));
   }
   std::atomic<bool> done{false};
   uint64_t peak_rss_sampled_kb = 0;
@@ -360,6 +296,11 @@ int Main() {
       num_clients, elapsed, sysconf(_SC_NPROCESSORS_ONLN), calls, calls / elapsed, errors,
       total.turns_appended, total.turns_appended / elapsed, total.bytes_sent / elapsed / 1e6,
       total.tokens_appended, total.bytes_received / elapsed / 1e6);
+  const bool token_scores = absl::GetFlag(FLAGS_token_scores);
+  std::cout << absl::StrFormat(
+      "mix: %s; appends are %.2f of the operations\n",
+      token_scores ? "scored, appended turns carry token scores" : "unscored, no token scores",
+      absl::GetFlag(FLAGS_append_ratio));
   std::cout << absl::StrFormat("%-24s %8s %8s %10s %10s %10s\n", "rpc", "ok", "per_s", "p50_ms",
                                "p99_ms", "max_ms");
   std::string json_ops;
@@ -389,12 +330,14 @@ int Main() {
   if (!json_file.empty()) {
     std::ofstream out(json_file);
     out << absl::StrFormat(
-        "{\"clients\":%d,\"duration_s\":%.2f,\"ok_calls\":%d,\"calls_per_s\":%.2f,\"errors\":%d,"
+        "{\"clients\":%d,\"mix\":\"%s\",\"token_scores\":%s,\"append_ratio\":%.2f,"
+        "\"duration_s\":%.2f,\"ok_calls\":%d,\"calls_per_s\":%.2f,\"errors\":%d,"
         "\"turns_appended\":%d,\"append_mb_per_s\":%.2f,\"received_mb_per_s\":%.2f,"
         "\"server_vmhwm_mib\":%.1f,\"ops\":{%s},\"error_counts\":{%s}}\n",
-        num_clients, elapsed, calls, calls / elapsed, errors, total.turns_appended,
-        total.bytes_sent / elapsed / 1e6, total.bytes_received / elapsed / 1e6, hwm_kb / 1024.0,
-        json_ops, json_errors);
+        num_clients, token_scores ? "scored" : "unscored", token_scores ? "true" : "false",
+        absl::GetFlag(FLAGS_append_ratio), elapsed, calls, calls / elapsed, errors,
+        total.turns_appended, total.bytes_sent / elapsed / 1e6,
+        total.bytes_received / elapsed / 1e6, hwm_kb / 1024.0, json_ops, json_errors);
   }
   if (server) {
     const absl::Time stop_start = absl::Now();
