@@ -113,8 +113,7 @@ absl::StatusOr<CacheAssembly::TurnBlock> CacheAssembly::MethodBlock(
   return Encode(std::move(kept));
 }
 
-absl::StatusOr<std::vector<compressor::LayerEntries>> CacheAssembly::ScoredEntries(
-    uint32_t layer) {
+absl::StatusOr<std::vector<compressor::LayerEntries>> CacheAssembly::ScoredEntries(uint32_t layer) {
   const compressor::scored::Selection& selection = *plan_.selection;
   std::vector<DecodedLayer> decoded(selection.num_turns());
   std::vector<compressor::scored::TurnKv> kv(selection.num_turns());
@@ -173,7 +172,11 @@ absl::StatusOr<v1::CacheLayer> CacheAssembly::BuildLayer(uint32_t layer) {
       }
     }
   }
+  return Interleave(blocks, layer);
+}
 
+v1::CacheLayer CacheAssembly::Interleave(const std::vector<TurnBlock>& blocks,
+                                         uint32_t layer) const {
   const int64_t heads = plan_.session_model.num_kv_heads();
   const size_t row = size_t{plan_.session_model.head_dim()} * DTypeSize(plan_.output_dtype);
   const bool has_bias = plan_.header.has_bias();

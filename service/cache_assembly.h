@@ -45,6 +45,9 @@ class CacheAssembly {
   // The layer's entries of every scored turn, by TurnPlan::scored_index.
   absl::StatusOr<std::vector<compressor::LayerEntries>> ScoredEntries(uint32_t layer);
   TurnBlock Encode(compressor::LayerEntries entries) const;
+  // The layer message: per kv head, each turn's entries in turn order (keys, values, positions,
+  // and the bias when the answer has one, 0 for blocks without).
+  nexuskv::v1::CacheLayer Interleave(const std::vector<TurnBlock>& blocks, uint32_t layer) const;
 
   store::Store* const store_;
   const store::SessionKey key_;

@@ -30,15 +30,16 @@ absl::Status CheckDropped(const CacheScope& scope,
   for (uint32_t t = scope.first; t <= scope.last; ++t) {
     const bool raw = t >= scope.raw_from;
     if (!segments[t].raw_dropped() || !(raw || !caps.serves_without_raw)) continue;
-    const std::string why = full ? "FULL serves raw KV"
+    const std::string why = full  ? "FULL serves raw KV"
                             : raw ? absl::StrCat("keep_recent_turns ",
                                                  in.request.keep_recent_turns(), " asks for it raw")
                                   : absl::StrCat(MethodName(in.method), " selects from the raw KV");
-    return absl::FailedPreconditionError(absl::StrCat(
-        "the raw KV of turn ", t, " of session \"", in.request.session_id(),
-        "\" was dropped (server --raw_retention=", in.raw_retention, ") and ", why,
-        "; ask for method ", MethodName(in.serves_without_raw),
-        ", which serves it from its stored fit", raw && !full ? ", or lower keep_recent_turns" : ""));
+    return absl::FailedPreconditionError(
+        absl::StrCat("the raw KV of turn ", t, " of session \"", in.request.session_id(),
+                     "\" was dropped (server --raw_retention=", in.raw_retention, ") and ", why,
+                     "; ask for method ", MethodName(in.serves_without_raw),
+                     ", which serves it from its stored fit",
+                     raw && !full ? ", or lower keep_recent_turns" : ""));
   }
   return absl::OkStatus();
 }
@@ -72,13 +73,14 @@ absl::StatusOr<int64_t> CompressedBudget(const v1::GetCacheRequest& request,
     const auto max_tokens =
         static_cast<int64_t>(std::min<uint64_t>(budget.max_tokens(), INT64_MAX));
     if (max_tokens < least) {
-      return absl::InvalidArgumentError(absl::StrCat("budget.max_tokens ", budget.max_tokens(),
-                                                     " cannot hold ", why,
-                                                     "; the smallest max_tokens is ", least, lower));
+      return absl::InvalidArgumentError(
+          absl::StrCat("budget.max_tokens ", budget.max_tokens(), " cannot hold ", why,
+                       "; the smallest max_tokens is ", least, lower));
     }
     return max_tokens - raw_tokens;
   }
-  const uint64_t per_entry = uint64_t{model.num_layers()} * EntryBytes(model, output_dtype, has_bias);
+  const uint64_t per_entry =
+      uint64_t{model.num_layers()} * EntryBytes(model, output_dtype, has_bias);
   const auto max_tokens = static_cast<int64_t>(budget.max_bytes() / per_entry);
   if (max_tokens < least) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -113,7 +115,8 @@ std::vector<TurnPlan> Turns(const CacheScope& scope, const std::vector<store::Se
 // Spends `budget` over the compressed turns: one scored selection, or the method's Allocate.
 absl::StatusOr<std::shared_ptr<const Selection>> Spend(const CacheScope& scope,
                                                        LoadedInputs& loaded, int64_t budget,
-                                                       bool has_bias, std::vector<TurnPlan>& turns) {
+                                                       bool has_bias,
+                                                       std::vector<TurnPlan>& turns) {
   const PlannerInputs& in = scope.inputs;
   if (scope.scored) {
     // max_bytes limits the whole answer, padding included, so only keep_ratio pads.
@@ -152,8 +155,7 @@ absl::StatusOr<std::shared_ptr<const Selection>> Spend(const CacheScope& scope,
     // A method that serves from its fit alone gives a whole turn back as its raw KV.
     const compressor::Compressor* serving =
         turn.variant == TurnPlan::Variant::kFallback ? in.fallback : in.method;
-    if (turn.entries == turn.record.num_tokens() &&
-        serving->capabilities().serves_without_raw) {
+    if (turn.entries == turn.record.num_tokens() && serving->capabilities().serves_without_raw) {
       turn.variant = TurnPlan::Variant::kRaw;
     }
   }
@@ -237,8 +239,8 @@ absl::StatusOr<CacheScope> CachePlanner::Scope(PlannerInputs inputs) {
         request.session_id(), "\", which has turns 0..", static_cast<int64_t>(turns) - 1));
   }
   if (inputs.segments.size() <= scope.last) {
-    return absl::NotFoundError(absl::StrCat("session \"", request.session_id(),
-                                            "\" changed while planning; retry"));
+    return absl::NotFoundError(
+        absl::StrCat("session \"", request.session_id(), "\" changed while planning; retry"));
   }
   scope.output_dtype = request.output_dtype() == v1::DTYPE_UNSPECIFIED
                            ? *ToTensorDType(inputs.session.model().dtype(), "model.dtype")
@@ -252,13 +254,13 @@ absl::StatusOr<CacheScope> CachePlanner::Scope(PlannerInputs inputs) {
   // of them spends the budget and no fit is read. max_tokens limits every layer, which a ranking
   // over layers does not keep to; under --raw_retention=drop a fit could drop the raw KV
   // mid-answer, so the turns go to their fits.
-  scope.scored = caps.prefers_token_scores && !request.budget().has_max_tokens() &&
-                 !inputs.raw_retention_drops &&
-                 std::all_of(inputs.segments.begin() + scope.first,
-                             inputs.segments.begin() + scope.raw_from,
-                             [](const store::SegmentRecord& turn) {
-                               return turn.has_token_scores() && !turn.raw_dropped();
-                             });
+  scope.scored =
+      caps.prefers_token_scores && !request.budget().has_max_tokens() &&
+      !inputs.raw_retention_drops &&
+      std::all_of(inputs.segments.begin() + scope.first, inputs.segments.begin() + scope.raw_from,
+                  [](const store::SegmentRecord& turn) {
+                    return turn.has_token_scores() && !turn.raw_dropped();
+                  });
   if (caps.fits && !scope.scored) {
     for (uint32_t t = scope.first; t < scope.raw_from; ++t) scope.fit_turns.push_back(t);
   }
@@ -272,8 +274,8 @@ absl::StatusOr<CachePlan> CachePlanner::Plan(const CacheScope& scope, LoadedInpu
   const std::vector<store::SegmentRecord>& segments =
       loaded.segments.empty() ? in.segments : loaded.segments;
   if (segments.size() <= scope.last) {
-    return absl::NotFoundError(absl::StrCat("session \"", in.request.session_id(),
-                                            "\" changed while planning; retry"));
+    return absl::NotFoundError(
+        absl::StrCat("session \"", in.request.session_id(), "\" changed while planning; retry"));
   }
   NEXUSKV_RETURN_IF_ERROR(CheckDropped(scope, segments));
   std::vector<std::string> notes;

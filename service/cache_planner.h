@@ -39,13 +39,13 @@ namespace nexuskv::service {
 struct PlannerInputs {
   nexuskv::v1::GetCacheRequest request;  // validated (ValidateGetCacheRequest)
   store::SessionRecord session;
-  std::vector<store::SegmentRecord> segments;  // every turn of the session, in order
+  std::vector<store::SegmentRecord> segments;      // every turn of the session, in order
   const compressor::Compressor* method = nullptr;  // the request's (registry-owned)
   // Serves a turn whose fit failed (CompressorRegistry::Fallback); nullptr: none.
   const compressor::Compressor* fallback = nullptr;
   // The method whose stored fit serves a turn without its raw KV, for error messages.
   const compressor::Compressor* serves_without_raw = nullptr;
-  std::string raw_retention;  // the server's --raw_retention, for error messages
+  std::string raw_retention;         // the server's --raw_retention, for error messages
   bool raw_retention_drops = false;  // --raw_retention=drop: a fit may drop raw KV mid-answer
   double merge_share = 0.0;          // SelectionOptions::merge_share of biased keep_ratio answers
 };
@@ -81,7 +81,7 @@ struct TurnPlan {
   enum class Variant { kRaw, kMethod, kScored, kFallback };
   store::SegmentRecord record;
   Variant variant = Variant::kMethod;
-  int64_t entries = 0;    // per kv head (kScored: per layer in the selection); T when raw
+  int64_t entries = 0;      // per kv head (kScored: per layer in the selection); T when raw
   size_t scored_index = 0;  // kScored: the turn's index in the selection
 };
 

@@ -220,7 +220,8 @@ TEST(CachePlannerTest, EveryBudgetKindAndTheSmallestThatHoldsOneEntry) {
 
   plan = PlanAll(Inputs(Request(v1::H2O, 0.01), {1, 7}), false);
   EXPECT_EQ(plan.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(plan.status().message(), HasSubstr("the smallest keep_ratio that keeps one is 0.125"));
+  EXPECT_THAT(plan.status().message(),
+              HasSubstr("the smallest keep_ratio that keeps one is 0.125"));
 
   // Every turn raw: no budget is spent, whatever it says.
   plan = PlanAll(Inputs(Request(v1::H2O, 0.01, 5), {1, 7}), false);

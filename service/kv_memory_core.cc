@@ -165,8 +165,8 @@ absl::Status KvMemoryCore::AwaitFits(const store::SessionKey& key, const CacheSc
   const std::string method(in.method->name());
   for (const uint32_t t : scope.fit_turns) {
     const store::SegmentRecord& record = in.segments[t];
-    const absl::Status fit = fits_.Await(FitJob{key, in.session.model(), record, in.method},
-                                         options_.fit_wait);
+    const absl::Status fit =
+        fits_.Await(FitJob{key, in.session.model(), record, in.method}, options_.fit_wait);
     if (!fit.ok()) {
       // Store errors (DATA_LOSS, NOT_FOUND, ...) pass through; so does a failure on a turn whose
       // raw KV is gone, which leaves nothing to fall back to.
@@ -223,8 +223,7 @@ absl::Status KvMemoryCore::DescribeFits(const store::SessionKey& key,
     NEXUSKV_ASSIGN_OR_RETURN(const bool stored, store_->HasFit(key, record.turn(), name));
     if (stored) {
       fit->set_state(v1::FIT_STORED);
-    } else if (std::optional<absl::Status> failure =
-                   fits_.LastFailure(key, record.turn(), name)) {
+    } else if (std::optional<absl::Status> failure = fits_.LastFailure(key, record.turn(), name)) {
       fit->set_state(v1::FIT_FAILED);
       fit->set_error(std::string(failure->message()));
     } else if (!FitIsRead(*method, record)) {

@@ -72,8 +72,8 @@ class KvMemoryCore {
 
   // Validates the request against the session, plans the answer (service/cache_planner.h): loads
   // the token scores a scored answer spends, or waits for the fits it reads (never computing one
-  // on the calling thread), and returns the assembly that builds each layer. NOT_FOUND for a missing
-  // session, INVALID_ARGUMENT for a bad request or a turn range outside the session,
+  // on the calling thread), and returns the assembly that builds each layer. NOT_FOUND for a
+  // missing session, INVALID_ARGUMENT for a bad request or a turn range outside the session,
   // UNIMPLEMENTED for a method this server does not have, FAILED_PRECONDITION when a turn whose raw
   // KV was dropped (raw_retention) would have to be served raw or by a method that needs it.
   absl::StatusOr<std::unique_ptr<CacheAssembly>> PlanCache(

@@ -9,7 +9,8 @@
 // conversation can still ask for its latest turn raw (GetCacheRequest.keep_recent_turns).
 //
 //   NEXUSKV_ASSIGN_OR_RETURN(RawRetention r, ParseRawRetention("6h"));
-//   NEXUSKV_ASSIGN_OR_RETURN(uint32_t dropped, ApplyRawRetention(*store, key, r, absl::Now(), "SONIC"));
+//   NEXUSKV_ASSIGN_OR_RETURN(uint32_t dropped, ApplyRawRetention(*store, key, r, absl::Now(),
+//   "SONIC"));
 //
 // Enforcement: the core applies it to a session after each append and after each stored SONIC
 // fit; for DURATION a core thread also sweeps every session each `sweep`.

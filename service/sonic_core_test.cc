@@ -521,7 +521,7 @@ TEST_F(SonicCoreTest, ALadderNoAnswerReadsIsNotComputedInTheBackground) {
                                          CoreOptions{});  // precompute_fits, raw KV kept
   ASSERT_TRUE(AppendScored(0, 16, 0, {}).ok());
   ASSERT_TRUE(Append(1, 24, 16).ok());  // no token scores
-  core_->Shutdown();  // runs what it started; the queue is what Append submitted
+  core_->Shutdown();                    // runs what it started; the queue is what Append submitted
   const store::SessionKey key{"default", "s"};
   absl::StatusOr<v1::SessionInfo> info = core_->GetSession("default", "s");
   ASSERT_TRUE(info.ok()) << info.status();
@@ -580,7 +580,6 @@ TEST_F(SonicCoreTest, AFitNotReadyInTimeIsServedByTheFallbackAndSaysSo) {
   EXPECT_TRUE(h.turns(0).method() == v1::STREAMING_LLM || h.turns(0).raw());
   EXPECT_TRUE(Layers(**plan).ok());
 }
-
 
 TEST_F(SonicCoreTest, ScoredTurnsWhoseRawWasDroppedAreServedFromTheirLadders) {
   Start(*ParseRawRetention("drop"));

@@ -52,10 +52,10 @@ absl::StatusOr<Selection> Selection::Make(std::vector<ScoredTurn> turns, int num
       ok = t.scores[l].size() == static_cast<size_t>(num_kv_heads * t.num_tokens);
     }
     if (!ok) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "scored selection: turn ", u, " of ", t.num_tokens, " tokens has ", t.scores.size(),
-          " layers of scores; want ", num_layers, " layers of ", num_kv_heads, " x ",
-          t.num_tokens));
+      return absl::InvalidArgumentError(
+          absl::StrCat("scored selection: turn ", u, " of ", t.num_tokens, " tokens has ",
+                       t.scores.size(), " layers of scores; want ", num_layers, " layers of ",
+                       num_kv_heads, " x ", t.num_tokens));
     }
   }
   Selection s;
@@ -264,8 +264,8 @@ absl::StatusOr<std::vector<LayerEntries>> Selection::BuildLayer(int layer,
       const std::vector<Run>& runs = runs_[At(layer, static_cast<int>(h))];
       for (size_t r = 0; r < runs.size(); ++r) {
         if (runs[r].owner != u) continue;
-        slots.push_back({turns_[u].first_position + runs[r].tokens.back().i,
-                         ~static_cast<int64_t>(r)});
+        slots.push_back(
+            {turns_[u].first_position + runs[r].tokens.back().i, ~static_cast<int64_t>(r)});
       }
       std::sort(slots.begin(), slots.end());
       size_t slot = h * n + (n - slots.size());

@@ -2,7 +2,8 @@
 //
 // A worker that sends token scores with its turns (SegmentHeader.has_token_scores) says how much
 // later text reads each (layer, kv head, token). When every compressed turn of an answer has them
-// and its raw KV, SONIC answers by selection instead of from its fitted ladder (compressor/sonic.h):
+// and its raw KV, SONIC answers by selection instead of from its fitted ladder
+// (compressor/sonic.h):
 //   1. One ranking of every (layer, kv head, token) score of those turns (O(n) selection) spends
 //      the budget; the session's first kSinkTokens tokens (its attention sinks) outrank every
 //      score. Ties at the threshold go to the earlier (turn, layer, head, token).
@@ -119,7 +120,7 @@ class Selection {
   SelectionOptions options_;
   // kept_[u][l]: [H * T] whether head h keeps token i raw.
   std::vector<std::vector<std::vector<bool>>> kept_;
-  std::vector<std::vector<Run>> runs_;  // [L * H], each head's runs in history order.
+  std::vector<std::vector<Run>> runs_;               // [L * H], each head's runs in history order.
   std::vector<std::vector<int64_t>> layer_entries_;  // [U][L]
   std::vector<int64_t> mean_entries_;                // [U]
 };

@@ -21,8 +21,8 @@ using ::testing::HasSubstr;
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
 // Turns of `tokens[u]` tokens, `layers` layers, `heads` heads, every score `base`.
-std::vector<ScoredTurn> Turns(const std::vector<int64_t>& tokens, int layers, int heads,
-                              float base, bool session_start = false) {
+std::vector<ScoredTurn> Turns(const std::vector<int64_t>& tokens, int layers, int heads, float base,
+                              bool session_start = false) {
   std::vector<ScoredTurn> out;
   int64_t position = 0;
   for (size_t u = 0; u < tokens.size(); ++u) {
@@ -147,7 +147,7 @@ TEST(SelectionTest, MergedEntriesStandForTheBestEvictedTokensOfEveryTurnInHistor
   const LayerEntries& t0 = built[0];
   EXPECT_THAT(Positions(t0, 0), ElementsAre(0, 2, 5));
   EXPECT_THAT(t0.keys, ElementsAre(0.0f, 2.0f, (5 * 3.0f + 4 * 5.0f) / 9,  // head 0
-                                   10.5f, 12.5f, 14.5f));                   // head 1: even means
+                                   10.5f, 12.5f, 14.5f));                  // head 1: even means
   EXPECT_THAT(t0.values[2], -t0.keys[2]);
   EXPECT_FLOAT_EQ(t0.bias[2], std::log(2.0f));
   EXPECT_EQ(t0.bias[0], 0.0f);
@@ -204,8 +204,8 @@ TEST(SelectionTest, KeepsExactlyWhatAFullSortKeeps) {
     }
     std::sort(all.begin(), all.end());
     for (int64_t budget : {1, 5, 11, 23, 24}) {
-      absl::StatusOr<Selection> s =
-          Selection::Make(turns, layers, heads, {.budget = budget, .pad_heads = true, .bias = true});
+      absl::StatusOr<Selection> s = Selection::Make(
+          turns, layers, heads, {.budget = budget, .pad_heads = true, .bias = true});
       ASSERT_TRUE(s.ok()) << s.status();
       std::vector<std::tuple<size_t, int, int, int64_t>> want, got;
       const size_t take = std::min<size_t>(all.size(), budget * heads * layers);
@@ -237,8 +237,7 @@ TEST(SelectionTest, RefusesScoresOfTheWrongShapeAndLayersOfTheWrongSize) {
   absl::StatusOr<Selection> bad = Selection::Make(turns, 2, 2, {.budget = 2});
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(bad.status().message(), HasSubstr("turn 0 of 4 tokens"));
-  EXPECT_FALSE(Selection::Make(Turns({4}, 2, 2, 1.0f), 2, 2, {.budget = 2, .pad_heads = true})
-                   .ok())
+  EXPECT_FALSE(Selection::Make(Turns({4}, 2, 2, 1.0f), 2, 2, {.budget = 2, .pad_heads = true}).ok())
       << "padding needs a bias";
   absl::StatusOr<Selection> s = Selection::Make(Turns({4}, 2, 2, 1.0f), 2, 2, {.budget = 2});
   ASSERT_TRUE(s.ok());
