@@ -17,100 +17,145 @@
 
 namespace nexuskv::compressor::internal::cpu {
 
-absl::Status CpuBackend::WeightedKMeans(std::span<const KMeansItem> items, int iterations,
-                                        std::span<float> centroids,
-                                        std::span<uint32_t> assignment) const {
-  constexpr std::string_view kOp = "WeightedKMeans";
-  if (iterations < 0) return BadItem(kOp, 0, "iterations < 0");
+namespace {
+
+constexpr std::string_view kKMeansOp = "WeightedKMeans";
+
+// WeightedKMeans's checks: every item's shape, members and seeds, and the output sizes.
+absl::Status CheckKMeans(std::span<const KMeansItem> items, int iterations,
+                         std::span<float> centroids, std::span<uint32_t> assignment) {
+  if (iterations < 0) return BadItem(kKMeansOp, 0, "iterations < 0");
   size_t centroid_total = 0, member_total = 0;
   for (size_t k = 0; k < items.size(); ++k) {
     const KMeansItem& item = items[k];
-    NEXUSKV_RETURN_IF_ERROR(CheckMatrix(kOp, k, "points", item.points));
+    NEXUSKV_RETURN_IF_ERROR(CheckMatrix(kKMeansOp, k, "points", item.points));
     const size_t n = item.members.size();
     const size_t m = item.seeds.size();
     if (n == 0 || m == 0 || m > n || item.weights.size() != n) {
-      return BadItem(kOp, k,
+      return BadItem(kKMeansOp, k,
                      absl::StrCat("needs 1 <= m <= n and one weight per member; m = ", m,
                                   ", n = ", n, ", weights ", item.weights.size()));
     }
     for (uint32_t p : item.members) {
       if (p >= static_cast<uint32_t>(item.points.rows))
-        return BadItem(kOp, k, "member out of range");
+        return BadItem(kKMeansOp, k, "member out of range");
     }
     for (uint32_t s : item.seeds) {
-      if (s >= n) return BadItem(kOp, k, "seed out of range");
+      if (s >= n) return BadItem(kKMeansOp, k, "seed out of range");
     }
     centroid_total += m * static_cast<size_t>(item.points.cols);
     member_total += n;
   }
-  NEXUSKV_RETURN_IF_ERROR(CheckSize(kOp, "centroids", centroids.size(), centroid_total));
-  NEXUSKV_RETURN_IF_ERROR(CheckSize(kOp, "assignment", assignment.size(), member_total));
+  NEXUSKV_RETURN_IF_ERROR(CheckSize(kKMeansOp, "centroids", centroids.size(), centroid_total));
+  NEXUSKV_RETURN_IF_ERROR(CheckSize(kKMeansOp, "assignment", assignment.size(), member_total));
+  return absl::OkStatus();
+}
 
+// One k-means problem while it runs: its gathered points [n, D] and centroids [m, D], and the
+// scratch of its steps (reused from item to item).
+struct KMeansState {
+  int n = 0;
+  size_t m = 0, d = 0;
+  int block = 0;
+  float* cent = nullptr;
+  uint32_t* assign = nullptr;
   std::vector<float> points, dots, half_norm;
   std::vector<double> sums, mass;
-  size_t centroid_offset = 0, member_offset = 0;
-  for (const KMeansItem& item : items) {
-    const size_t d = static_cast<size_t>(item.points.cols);
-    const int n = static_cast<int>(item.members.size());
-    const size_t m = item.seeds.size();
-    float* cent = centroids.data() + centroid_offset;
-    uint32_t* assign = assignment.data() + member_offset;
-    centroid_offset += m * d;
-    member_offset += static_cast<size_t>(n);
-    points.resize(static_cast<size_t>(n) * d);
-    for (int i = 0; i < n; ++i) {
-      std::copy_n(item.points.data.data() + item.members[i] * d, d, points.data() + i * d);
-    }
-    for (size_t j = 0; j < m; ++j) std::copy_n(points.data() + item.seeds[j] * d, d, cent + j * d);
-    std::fill_n(assign, n, 0u);
-    const int block = BlockRows(m, n);
-    dots.resize(static_cast<size_t>(block) * m);
-    half_norm.resize(m);
-    sums.resize(m * d);
-    mass.resize(m);
-    for (int it = 0;; ++it) {
+};
+
+// Gathers the item's members into s->points, seeds s->cent and sizes the scratch.
+void StartKMeans(const KMeansItem& item, KMeansState* s) {
+  const size_t d = s->d;
+  const int n = s->n;
+  s->points.resize(static_cast<size_t>(n) * d);
+  for (int i = 0; i < n; ++i) {
+    std::copy_n(item.points.data.data() + item.members[i] * d, d, s->points.data() + i * d);
+  }
+  for (size_t j = 0; j < s->m; ++j) {
+    std::copy_n(s->points.data() + item.seeds[j] * d, d, s->cent + j * d);
+  }
+  std::fill_n(s->assign, n, 0u);
+  s->block = BlockRows(s->m, n);
+  s->dots.resize(static_cast<size_t>(s->block) * s->m);
+  s->half_norm.resize(s->m);
+  s->sums.resize(s->m * d);
+  s->mass.resize(s->m);
+}
+
+// Assigns every point to its nearest centroid, ties to the lower index.
+void AssignPoints(KMeansState* s) {
+  const size_t m = s->m, d = s->d;
+  for (size_t j = 0; j < m; ++j) {
+    const float* c = s->cent + j * d;
+    float sq = 0.0f;
+    for (size_t c_i = 0; c_i < d; ++c_i) sq += c[c_i] * c[c_i];
+    s->half_norm[j] = 0.5f * sq;
+  }
+  // argmin |p - c|^2 == argmax p.c - |c|^2 / 2.
+  for (int first = 0; first < s->n; first += s->block) {
+    const int count = std::min(s->block, s->n - first);
+    GemmNt(count, static_cast<int>(m), static_cast<int>(d), 1.0f, s->points.data() + first * d,
+           s->cent, s->dots.data());
+    for (int i = 0; i < count; ++i) {
+      const float* row = s->dots.data() + static_cast<size_t>(i) * m;
+      uint32_t best = 0;
+      float best_score = -std::numeric_limits<float>::infinity();
       for (size_t j = 0; j < m; ++j) {
-        const float* c = cent + j * d;
-        float s = 0.0f;
-        for (size_t c_i = 0; c_i < d; ++c_i) s += c[c_i] * c[c_i];
-        half_norm[j] = 0.5f * s;
-      }
-      // argmin |p - c|^2 == argmax p.c - |c|^2 / 2.
-      for (int first = 0; first < n; first += block) {
-        const int count = std::min(block, n - first);
-        GemmNt(count, static_cast<int>(m), static_cast<int>(d), 1.0f, points.data() + first * d,
-               cent, dots.data());
-        for (int i = 0; i < count; ++i) {
-          const float* row = dots.data() + static_cast<size_t>(i) * m;
-          uint32_t best = 0;
-          float best_score = -std::numeric_limits<float>::infinity();
-          for (size_t j = 0; j < m; ++j) {
-            const float score = FiniteLogit(row[j] - half_norm[j]);
-            if (score > best_score) {
-              best_score = score;
-              best = static_cast<uint32_t>(j);
-            }
-          }
-          assign[first + i] = best;
+        const float score = FiniteLogit(row[j] - s->half_norm[j]);
+        if (score > best_score) {
+          best_score = score;
+          best = static_cast<uint32_t>(j);
         }
       }
+      s->assign[first + i] = best;
+    }
+  }
+}
+
+// Moves every centroid with weight to its members' weighted mean; an empty one stays put.
+void UpdateCentroids(std::span<const float> weights, KMeansState* s) {
+  const size_t m = s->m, d = s->d;
+  std::fill(s->sums.begin(), s->sums.end(), 0.0);
+  std::fill(s->mass.begin(), s->mass.end(), 0.0);
+  for (int i = 0; i < s->n; ++i) {
+    const uint32_t j = s->assign[i];
+    const double w = weights[i];
+    s->mass[j] += w;
+    const float* p = s->points.data() + static_cast<size_t>(i) * d;
+    double* sum = s->sums.data() + j * d;
+    for (size_t c = 0; c < d; ++c) sum[c] += w * p[c];
+  }
+  for (size_t j = 0; j < m; ++j) {
+    if (!(s->mass[j] > 0.0)) continue;
+    float* c = s->cent + j * d;
+    for (size_t c_i = 0; c_i < d; ++c_i) {
+      c[c_i] = static_cast<float>(s->sums[j * d + c_i] / s->mass[j]);
+    }
+  }
+}
+
+}  // namespace
+
+absl::Status CpuBackend::WeightedKMeans(std::span<const KMeansItem> items, int iterations,
+                                        std::span<float> centroids,
+                                        std::span<uint32_t> assignment) const {
+  NEXUSKV_RETURN_IF_ERROR(CheckKMeans(items, iterations, centroids, assignment));
+  KMeansState s;
+  size_t centroid_offset = 0, member_offset = 0;
+  for (const KMeansItem& item : items) {
+    s.d = static_cast<size_t>(item.points.cols);
+    s.n = static_cast<int>(item.members.size());
+    s.m = item.seeds.size();
+    s.cent = centroids.data() + centroid_offset;
+    s.assign = assignment.data() + member_offset;
+    centroid_offset += s.m * s.d;
+    member_offset += static_cast<size_t>(s.n);
+    StartKMeans(item, &s);
+    // Lloyd: assign, then (unless that was the last assignment) move the centroids.
+    for (int it = 0;; ++it) {
+      AssignPoints(&s);
       if (it == iterations) break;
-      std::fill(sums.begin(), sums.end(), 0.0);
-      std::fill(mass.begin(), mass.end(), 0.0);
-      for (int i = 0; i < n; ++i) {
-        const uint32_t j = assign[i];
-        const double w = item.weights[i];
-        mass[j] += w;
-        const float* p = points.data() + static_cast<size_t>(i) * d;
-        double* s = sums.data() + j * d;
-        for (size_t c = 0; c < d; ++c) s[c] += w * p[c];
-      }
-      for (size_t j = 0; j < m; ++j) {
-        if (!(mass[j] > 0.0)) continue;
-        float* c = cent + j * d;
-        for (size_t c_i = 0; c_i < d; ++c_i)
-          c[c_i] = static_cast<float>(sums[j * d + c_i] / mass[j]);
-      }
+      UpdateCentroids(item.weights, &s);
     }
   }
   return absl::OkStatus();

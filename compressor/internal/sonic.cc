@@ -131,6 +131,7 @@ class SonicCompressor final : public Compressor {
     NEXUSKV_RETURN_IF_ERROR(CheckNexusOffsets(layer));
     const size_t t = static_cast<size_t>(layer.num_tokens);
     const size_t d = static_cast<size_t>(layer.head_dim);
+    const size_t h_count = static_cast<size_t>(layer.num_kv_heads);
     SonicLadder ladder;
     ladder.num_kv_heads = layer.num_kv_heads;
     ladder.num_tokens = layer.num_tokens;
@@ -146,23 +147,30 @@ class SonicCompressor final : public Compressor {
     ladder.num_nexus = static_cast<uint32_t>(layer.nexus_offsets.size());
     ladder.proxy = layer.num_probes == 0;
     ladder.rungs = SonicRungSizes(layer.num_tokens, params_.top_rung_divisor);
+    // Every kv head in one FitHeads batch; rows[h] backs heads[h].rows until it returns.
+    std::vector<std::vector<float>> rows(h_count);
+    std::vector<HeadInput> heads(h_count);
+    for (size_t h = 0; h < h_count; ++h) {
+      rows[h] = HeadRows(layer, static_cast<int>(h), params_);
+      heads[h] = {.num_tokens = layer.num_tokens,
+                  .head_dim = layer.head_dim,
+                  .keys = layer.keys.data() + h * t * d,
+                  .values = layer.values.data() + h * t * d,
+                  .rows = {rows[h].data(), static_cast<int>(rows[h].size() / d)},
+                  .nexus_offsets = layer.nexus_offsets,
+                  .pinned = sinks};
+      ladder.probe_rows = static_cast<uint32_t>(heads[h].rows.count);
+    }
+    NEXUSKV_ASSIGN_OR_RETURN(std::vector<HeadFit> fits,
+                             FitHeads(heads, ladder.rungs, params_, CpuCompute()));
     const size_t k_count = ladder.rungs.size();
-    ladder.sets.assign(k_count, std::vector<NexusSet>(static_cast<size_t>(layer.num_kv_heads)));
-    ladder.errors.resize(k_count * static_cast<size_t>(layer.num_kv_heads));
-    for (int h = 0; h < layer.num_kv_heads; ++h) {
-      const std::vector<float> rows = HeadRows(layer, h, params_);
-      HeadInput in{.num_tokens = layer.num_tokens,
-                   .head_dim = layer.head_dim,
-                   .keys = layer.keys.data() + h * t * d,
-                   .values = layer.values.data() + h * t * d,
-                   .rows = {rows.data(), static_cast<int>(rows.size() / d)},
-                   .nexus_offsets = layer.nexus_offsets,
-                   .pinned = sinks};
-      ladder.probe_rows = static_cast<uint32_t>(in.rows.count);
-      HeadFit fit = FitHead(in, ladder.rungs, params_);
+    ladder.sets.assign(k_count, std::vector<NexusSet>(h_count));
+    ladder.errors.resize(k_count * h_count);
+    for (size_t h = 0; h < h_count; ++h) {
+      HeadFit& fit = fits[h];
       for (size_t k = 0; k < k_count; ++k) {
         ladder.sets[k][h] = std::move(fit.rungs[k]);
-        ladder.errors[k * layer.num_kv_heads + h] = fit.errors[k];
+        ladder.errors[k * h_count + h] = fit.errors[k];
       }
       ladder.fold.insert(ladder.fold.end(), fit.fold.begin(), fit.fold.end());
       ladder.token_mass.insert(ladder.token_mass.end(), fit.token_mass.begin(),

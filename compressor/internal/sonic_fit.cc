@@ -287,21 +287,10 @@ absl::Status ClusterChunks(std::span<const Chunk> chunks, const SonicParams& par
   return absl::OkStatus();
 }
 
-}  // namespace
-
-std::vector<int> SonicRungSizes(int num_tokens, int top_divisor) {
-  std::vector<int> sizes;
-  for (int m = num_tokens / std::max(top_divisor, 1); m >= 1; m /= 2) sizes.push_back(m);
-  if (sizes.empty()) sizes.push_back(1);
-  return sizes;
-}
-
-absl::StatusOr<std::vector<HeadFit>> FitHeads(std::span<const HeadInput> heads,
-                                              std::span<const int> rung_sizes,
-                                              const SonicParams& params,
-                                              const ComputeBackend& compute) {
-  const size_t h_count = heads.size();
-  const size_t k_count = rung_sizes.size();
+// Every head's segment: its targets (one ComputeTargets batch), weights, pass-through order and
+// candidates. segments[h].in points at heads[h].
+absl::StatusOr<std::vector<Segment>> PrepareSegments(std::span<const HeadInput> heads,
+                                                     const ComputeBackend& compute) {
   std::vector<TargetsInput> target_inputs;
   for (const HeadInput& head : heads) {
     target_inputs.push_back({.keys = head.keys,
@@ -312,14 +301,23 @@ absl::StatusOr<std::vector<HeadFit>> FitHeads(std::span<const HeadInput> heads,
   }
   NEXUSKV_ASSIGN_OR_RETURN(std::vector<SegmentTargets> targets,
                            ComputeTargets(target_inputs, compute));
-  std::vector<Segment> segments(h_count);
-  for (size_t h = 0; h < h_count; ++h) {
+  std::vector<Segment> segments(heads.size());
+  for (size_t h = 0; h < heads.size(); ++h) {
     segments[h].in = &heads[h];
     segments[h].targets = std::move(targets[h]);
     PrepareSegment(&segments[h]);
   }
+  return segments;
+}
 
-  // builds[h * K + k]: the entries of head h's rung k; every chunk of every rung in one batch.
+// The sets of every rung of every head: fits[h].rungs[k] for rung_sizes[k], with every chunk of
+// every rung seeded, clustered and weighed in one batch per step.
+absl::Status BuildSets(std::span<const Segment> segments, std::span<const int> rung_sizes,
+                       const SonicParams& params, const ComputeBackend& compute,
+                       std::vector<HeadFit>* fits) {
+  const size_t h_count = segments.size();
+  const size_t k_count = rung_sizes.size();
+  // builds[h * K + k]: the entries of head h's rung k.
   std::vector<std::vector<Entry>> builds(h_count * k_count);
   std::vector<Chunk> chunks;
   for (size_t h = 0; h < h_count; ++h) {
@@ -330,16 +328,23 @@ absl::StatusOr<std::vector<HeadFit>> FitHeads(std::span<const HeadInput> heads,
   }
   NEXUSKV_RETURN_IF_ERROR(SeedChunks(chunks, compute));
   NEXUSKV_RETURN_IF_ERROR(ClusterChunks(chunks, params, compute, &builds));
-
-  std::vector<HeadFit> fits(h_count);
-  std::vector<SetEvaluation> evaluations;
   for (size_t h = 0; h < h_count; ++h) {
     for (size_t k = 0; k < k_count; ++k) {
-      fits[h].rungs.push_back(AssembleSet(segments[h], std::move(builds[h * k_count + k])));
+      (*fits)[h].rungs.push_back(AssembleSet(segments[h], std::move(builds[h * k_count + k])));
     }
   }
-  for (size_t h = 0; h < h_count; ++h) {
-    for (const NexusSet& set : fits[h].rungs) {
+  return absl::OkStatus();
+}
+
+// Every rung's error (one EvaluateNexusSets batch; without rows, the share of tokens merged
+// away), then each head's token mass, moved out of its segment's targets.
+absl::Status MeasureSets(std::span<const HeadInput> heads, std::span<Segment> segments,
+                         std::span<const int> rung_sizes, const ComputeBackend& compute,
+                         std::vector<HeadFit>* fits) {
+  const size_t k_count = rung_sizes.size();
+  std::vector<SetEvaluation> evaluations;
+  for (size_t h = 0; h < heads.size(); ++h) {
+    for (const NexusSet& set : (*fits)[h].rungs) {
       evaluations.push_back({.rows = heads[h].rows,
                              .head_dim = heads[h].head_dim,
                              .set = &set,
@@ -348,20 +353,27 @@ absl::StatusOr<std::vector<HeadFit>> FitHeads(std::span<const HeadInput> heads,
   }
   NEXUSKV_ASSIGN_OR_RETURN(std::vector<SonicRungError> errors,
                            EvaluateNexusSets(evaluations, compute));
-  for (size_t h = 0; h < h_count; ++h) {
+  for (size_t h = 0; h < heads.size(); ++h) {
     const HeadInput& head = heads[h];
+    HeadFit& fit = (*fits)[h];
     for (size_t k = 0; k < k_count; ++k) {
       if (head.rows.count > 0) {
-        fits[h].errors.push_back(errors[h * k_count + k]);
+        fit.errors.push_back(errors[h * k_count + k]);
       } else {
         // Nothing to measure against: the share of tokens merged away stands in for the error.
         const float merged =
             1.0f - static_cast<float>(rung_sizes[k]) / static_cast<float>(head.num_tokens);
-        fits[h].errors.push_back({merged, 0.0f});
+        fit.errors.push_back({merged, 0.0f});
       }
     }
-    fits[h].token_mass = std::move(segments[h].targets.attention);
+    fit.token_mass = std::move(segments[h].targets.attention);
   }
+  return absl::OkStatus();
+}
+
+// Every head's fold vector: one FoldVectors batch.
+absl::Status FoldHeads(std::span<const HeadInput> heads, const SonicParams& params,
+                       const ComputeBackend& compute, std::vector<HeadFit>* fits) {
   std::vector<FoldItem> folds;
   size_t fold_size = 0;
   for (const HeadInput& head : heads) {
@@ -376,11 +388,32 @@ absl::StatusOr<std::vector<HeadFit>> FitHeads(std::span<const HeadInput> heads,
   std::vector<float> fold(fold_size);
   NEXUSKV_RETURN_IF_ERROR(compute.FoldVectors(folds, fold));
   size_t offset = 0;
-  for (size_t h = 0; h < h_count; ++h) {
+  for (size_t h = 0; h < heads.size(); ++h) {
     const size_t d = static_cast<size_t>(heads[h].head_dim);
-    fits[h].fold.assign(fold.begin() + offset, fold.begin() + offset + d);
+    (*fits)[h].fold.assign(fold.begin() + offset, fold.begin() + offset + d);
     offset += d;
   }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+std::vector<int> SonicRungSizes(int num_tokens, int top_divisor) {
+  std::vector<int> sizes;
+  for (int m = num_tokens / std::max(top_divisor, 1); m >= 1; m /= 2) sizes.push_back(m);
+  if (sizes.empty()) sizes.push_back(1);
+  return sizes;
+}
+
+absl::StatusOr<std::vector<HeadFit>> FitHeads(std::span<const HeadInput> heads,
+                                              std::span<const int> rung_sizes,
+                                              const SonicParams& params,
+                                              const ComputeBackend& compute) {
+  NEXUSKV_ASSIGN_OR_RETURN(std::vector<Segment> segments, PrepareSegments(heads, compute));
+  std::vector<HeadFit> fits(heads.size());
+  NEXUSKV_RETURN_IF_ERROR(BuildSets(segments, rung_sizes, params, compute, &fits));
+  NEXUSKV_RETURN_IF_ERROR(MeasureSets(heads, segments, rung_sizes, compute, &fits));
+  NEXUSKV_RETURN_IF_ERROR(FoldHeads(heads, params, compute, &fits));
   return fits;
 }
 

@@ -25,7 +25,8 @@
 // batches (the chunk plan, each cluster's bias and weighted mean value, sorting a set by offset)
 // runs on the host.
 //
-//   HeadFit fit = FitHead(head, SonicRungSizes(T), SonicParams{});
+//   NEXUSKV_ASSIGN_OR_RETURN(std::vector<HeadFit> fits,
+//                            FitHeads(heads, SonicRungSizes(T), SonicParams{}, CpuCompute()));
 //
 // Pure and thread-safe.
 #ifndef NEXUSKV_COMPRESSOR_INTERNAL_SONIC_FIT_H_
