@@ -115,24 +115,27 @@ absl::StatusOr<CacheAssembly::TurnBlock> CacheAssembly::MethodBlock(
 
 absl::StatusOr<std::vector<compressor::LayerEntries>> CacheAssembly::ScoredEntries(uint32_t layer) {
   const compressor::scored::Selection& selection = *plan_.selection;
-  std::vector<DecodedLayer> decoded(selection.num_turns());
+  // The stored bytes of every turn the layer reads; the selection decodes only the rows it holds.
+  std::vector<std::string> keys(selection.num_turns()), values(selection.num_turns());
   std::vector<compressor::scored::TurnKv> kv(selection.num_turns());
   for (const TurnPlan& turn : plan_.turns) {
     const size_t u = turn.scored_index;
     if (turn.variant != Variant::kScored || !selection.ReadsLayer(u, static_cast<int>(layer))) {
       continue;
     }
-    absl::StatusOr<DecodedLayer> loaded = LoadDecodedLayer(
-        *store_, key_, plan_.session_model, turn.record, layer, /*with_probes=*/false);
-    if (absl::IsNotFound(loaded.status())) {
-      return absl::UnavailableError(absl::StrCat(
-          "the raw KV of turn ", turn.record.turn(),
-          " was dropped (--raw_retention) while this answer was served from it; retry: the turn "
-          "is then served from its fit"));
+    for (auto [kind, bytes] : {std::pair{store::TensorKind::kKeys, &keys[u]},
+                               std::pair{store::TensorKind::kValues, &values[u]}}) {
+      absl::StatusOr<std::string> read = store_->ReadTensor(key_, turn.record.turn(), layer, kind);
+      if (absl::IsNotFound(read.status())) {
+        return absl::UnavailableError(absl::StrCat(
+            "the raw KV of turn ", turn.record.turn(),
+            " was dropped (--raw_retention) while this answer was served from it; retry: the "
+            "turn is then served from its fit"));
+      }
+      NEXUSKV_RETURN_IF_ERROR(read.status());
+      *bytes = *std::move(read);
     }
-    NEXUSKV_RETURN_IF_ERROR(loaded.status());
-    decoded[u] = *std::move(loaded);
-    kv[u] = {decoded[u].keys, decoded[u].values};
+    kv[u] = {keys[u], values[u], session_dtype_};
   }
   return selection.BuildLayer(static_cast<int>(layer), kv,
                               static_cast<int>(plan_.session_model.head_dim()));

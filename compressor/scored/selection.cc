@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 #include "compressor/scored/merged_run.h"
 
 namespace nexuskv::compressor::scored {
@@ -236,62 +237,83 @@ absl::StatusOr<std::vector<LayerEntries>> Selection::BuildLayer(int layer,
                                                    turns_.size(), ", head_dim ", head_dim));
   }
   for (size_t u = 0; u < turns_.size(); ++u) {
-    const size_t want = heads_ * static_cast<size_t>(turns_[u].num_tokens) * d;
+    const size_t want =
+        heads_ * static_cast<size_t>(turns_[u].num_tokens) * d * DTypeSize(kv[u].dtype);
     if (ReadsLayer(u, layer) && (kv[u].keys.size() != want || kv[u].values.size() != want)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("scored selection: turn ", u, " layer ", layer, " has ", kv[u].keys.size(),
-                       " key and ", kv[u].values.size(), " value floats; want ", want));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "scored selection: turn ", u, " layer ", layer, " has ", kv[u].keys.size(), " key and ",
+          kv[u].values.size(), " value bytes; want ", want, " (", DTypeName(kv[u].dtype), ")"));
     }
   }
   std::vector<LayerEntries> out(turns_.size());
   for (size_t u = 0; u < turns_.size(); ++u) {
-    const size_t t = static_cast<size_t>(turns_[u].num_tokens);
-    const size_t n = static_cast<size_t>(entries(u, layer));
-    LayerEntries& e = out[u];
-    e.num_kv_heads = heads_;
-    e.head_dim = head_dim;
-    e.num_entries = static_cast<int>(n);
-    e.keys.assign(heads_ * n * d, 0.0f);
-    e.values.assign(heads_ * n * d, 0.0f);
-    e.positions.assign(heads_ * n, -1);
-    std::vector<float> bias(heads_ * n, -std::numeric_limits<float>::infinity());
-    for (size_t h = 0; h < static_cast<size_t>(heads_); ++h) {
-      // Each head's slots: its padding first, then kept tokens and merged entries by position.
-      std::vector<std::pair<int64_t, int64_t>> slots;  // (position, token i or ~run index)
-      for (size_t i = 0; i < t; ++i) {
-        if (kept_[u][layer][h * t + i]) slots.push_back({turns_[u].first_position + i, i});
-      }
-      const std::vector<Run>& runs = runs_[At(layer, static_cast<int>(h))];
-      for (size_t r = 0; r < runs.size(); ++r) {
-        if (runs[r].owner != u) continue;
-        slots.push_back(
-            {turns_[u].first_position + runs[r].tokens.back().i, ~static_cast<int64_t>(r)});
-      }
-      std::sort(slots.begin(), slots.end());
-      size_t slot = h * n + (n - slots.size());
-      for (const auto& [position, what] : slots) {
-        float* key = e.keys.data() + slot * d;
-        float* value = e.values.data() + slot * d;
-        e.positions[slot] = position;
-        if (what >= 0) {
-          std::copy_n(kv[u].keys.data() + (h * t + what) * d, d, key);
-          std::copy_n(kv[u].values.data() + (h * t + what) * d, d, value);
-          bias[slot] = 0.0f;
-        } else {
-          MergedRun sum(head_dim);
-          for (const RunToken& token : runs[~what].tokens) {
-            const size_t row = (h * turns_[token.u].num_tokens + token.i) * d;
-            sum.Add(kv[token.u].keys.subspan(row, d), kv[token.u].values.subspan(row, d),
-                    token.weight);
-          }
-          sum.Finish({key, d}, {value, d}, &bias[slot]);
-        }
-        ++slot;
-      }
-    }
-    if (options_.bias) e.bias = std::move(bias);
+    NEXUSKV_ASSIGN_OR_RETURN(out[u], BuildTurn(u, layer, kv, head_dim));
   }
   return out;
+}
+
+absl::StatusOr<LayerEntries> Selection::BuildTurn(size_t u, int layer, std::span<const TurnKv> kv,
+                                                  int head_dim) const {
+  const size_t d = static_cast<size_t>(head_dim);
+  const size_t n = static_cast<size_t>(entries(u, layer));
+  LayerEntries e;
+  e.num_kv_heads = heads_;
+  e.head_dim = head_dim;
+  e.num_entries = static_cast<int>(n);
+  e.keys.assign(heads_ * n * d, 0.0f);
+  e.values.assign(heads_ * n * d, 0.0f);
+  e.positions.assign(heads_ * n, -1);
+  e.bias.assign(heads_ * n, -std::numeric_limits<float>::infinity());
+  for (int h = 0; h < heads_; ++h) NEXUSKV_RETURN_IF_ERROR(FillHead(u, layer, h, kv, e));
+  if (!options_.bias) e.bias.clear();
+  return e;
+}
+
+absl::Status Selection::FillHead(size_t u, int layer, int h, std::span<const TurnKv> kv,
+                                 LayerEntries& e) const {
+  const size_t d = static_cast<size_t>(e.head_dim);
+  const size_t t = static_cast<size_t>(turns_[u].num_tokens);
+  const size_t n = static_cast<size_t>(e.num_entries);
+  // Row `row` ([D]) of a turn's stored keys or values, decoded into `out`.
+  auto decode = [d](const TurnKv& turn, std::string_view bytes, size_t row, float* out) {
+    const size_t size = d * DTypeSize(turn.dtype);
+    return DecodeToFloat(bytes.substr(row * size, size), turn.dtype, {out, d});
+  };
+  // The head's slots: its padding first, then kept tokens and merged entries by position.
+  std::vector<std::pair<int64_t, int64_t>> slots;  // (position, token i or ~run index)
+  for (size_t i = 0; i < t; ++i) {
+    if (kept_[u][layer][h * t + i]) slots.push_back({turns_[u].first_position + i, i});
+  }
+  const std::vector<Run>& runs = runs_[At(layer, h)];
+  for (size_t r = 0; r < runs.size(); ++r) {
+    if (runs[r].owner != u) continue;
+    slots.push_back({turns_[u].first_position + runs[r].tokens.back().i, ~static_cast<int64_t>(r)});
+  }
+  std::sort(slots.begin(), slots.end());
+  size_t slot = h * n + (n - slots.size());
+  std::vector<float> row_key(d), row_value(d);
+  for (const auto& [position, what] : slots) {
+    float* key = e.keys.data() + slot * d;
+    float* value = e.values.data() + slot * d;
+    e.positions[slot] = position;
+    if (what >= 0) {
+      NEXUSKV_RETURN_IF_ERROR(decode(kv[u], kv[u].keys, h * t + what, key));
+      NEXUSKV_RETURN_IF_ERROR(decode(kv[u], kv[u].values, h * t + what, value));
+      e.bias[slot] = 0.0f;
+    } else {
+      MergedRun sum(e.head_dim);
+      for (const RunToken& token : runs[~what].tokens) {
+        const TurnKv& from = kv[token.u];
+        const size_t row = h * turns_[token.u].num_tokens + token.i;
+        NEXUSKV_RETURN_IF_ERROR(decode(from, from.keys, row, row_key.data()));
+        NEXUSKV_RETURN_IF_ERROR(decode(from, from.values, row, row_value.data()));
+        sum.Add(row_key, row_value, token.weight);
+      }
+      sum.Finish({key, d}, {value, d}, &e.bias[slot]);
+    }
+    ++slot;
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace nexuskv::compressor::scored

@@ -19,8 +19,9 @@
 //   NEXUSKV_ASSIGN_OR_RETURN(Selection selection,
 //                            Selection::Make(std::move(turns), layers, heads, options));
 //   for (int l = 0; l < layers; ++l) {
-//     // kv[u]: turn u's raw keys and values of layer l (empty where !selection.ReadsLayer(u, l)).
-//     NEXUSKV_ASSIGN_OR_RETURN(std::vector<LayerEntries> entries, selection.BuildLayer(l, kv));
+//     // kv[u]: turn u's stored keys and values of layer l (empty where !selection.ReadsLayer(u,
+//     l)). NEXUSKV_ASSIGN_OR_RETURN(std::vector<LayerEntries> entries, selection.BuildLayer(l,
+//     kv));
 //   }
 //
 // Immutable after Make; thread-safe.
@@ -29,6 +30,7 @@
 
 #include <cstdint>
 #include <span>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -63,10 +65,12 @@ struct SelectionOptions {
   int run_length = kMergeRunLength;
 };
 
-// One turn's raw KV of one layer, float32, [H, T, D] each. Borrowed.
+// One turn's raw KV of one layer as stored: [H, T, D] each, encoded in `dtype`. Borrowed. Only
+// the rows an answer holds are decoded.
 struct TurnKv {
-  std::span<const float> keys;
-  std::span<const float> values;
+  std::string_view keys;
+  std::string_view values;
+  DType dtype = DType::kFloat32;
 };
 
 class Selection {
@@ -112,6 +116,11 @@ class Selection {
   void SelectEvenly();
   void PlanRuns(int64_t entries);
   void Count();
+  // Turn u's entries of `layer` (BuildLayer, checked), and one head's of them.
+  absl::StatusOr<LayerEntries> BuildTurn(size_t u, int layer, std::span<const TurnKv> kv,
+                                         int head_dim) const;
+  absl::Status FillHead(size_t u, int layer, int h, std::span<const TurnKv> kv,
+                        LayerEntries& e) const;
   size_t At(int layer, int head) const { return static_cast<size_t>(layer) * heads_ + head; }
 
   std::vector<ScoredTurn> turns_;  // Scores released once planned.

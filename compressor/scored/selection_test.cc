@@ -6,11 +6,13 @@
 #include <cmath>
 #include <limits>
 #include <random>
+#include <string>
 #include <tuple>
 #include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tensor/dtype.h"
 
 namespace nexuskv::compressor::scored {
 namespace {
@@ -39,7 +41,20 @@ std::vector<ScoredTurn> Turns(const std::vector<int64_t>& tokens, int layers, in
 // Raw KV of one layer where token (u, h, i) has key 100 u + 10 h + i and value minus that (D = 1).
 struct Kv {
   std::vector<std::vector<float>> keys, values;
+  std::vector<std::string> key_bytes, value_bytes;  // as stored, float32
   std::vector<TurnKv> spans;
+  void Encode() {
+    key_bytes.clear();
+    value_bytes.clear();
+    spans.clear();
+    for (size_t u = 0; u < keys.size(); ++u) {
+      key_bytes.push_back(EncodeFromFloat(keys[u], DType::kFloat32));
+      value_bytes.push_back(EncodeFromFloat(values[u], DType::kFloat32));
+    }
+    for (size_t u = 0; u < keys.size(); ++u) {
+      spans.push_back({key_bytes[u], value_bytes[u], DType::kFloat32});
+    }
+  }
 };
 Kv Identity(const std::vector<int64_t>& tokens, int heads) {
   Kv kv;
@@ -53,7 +68,7 @@ Kv Identity(const std::vector<int64_t>& tokens, int heads) {
       }
     }
   }
-  for (size_t u = 0; u < tokens.size(); ++u) kv.spans.push_back({kv.keys[u], kv.values[u]});
+  kv.Encode();
   return kv;
 }
 
@@ -243,7 +258,7 @@ TEST(SelectionTest, RefusesScoresOfTheWrongShapeAndLayersOfTheWrongSize) {
   ASSERT_TRUE(s.ok());
   Kv kv = Identity({4}, 2);
   kv.keys[0].pop_back();
-  kv.spans[0].keys = kv.keys[0];
+  kv.Encode();
   EXPECT_EQ(s->BuildLayer(0, kv.spans, 1).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(s->BuildLayer(2, kv.spans, 1).status().code(), absl::StatusCode::kInvalidArgument);
   // Nothing to spend, or everything.
