@@ -1,5 +1,6 @@
 #include "service/kv_memory_core.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -163,10 +164,12 @@ absl::Status KvMemoryCore::AwaitFits(const store::SessionKey& key, const CacheSc
                                      LoadedInputs& loaded) {
   const PlannerInputs& in = scope.inputs;
   const std::string method(in.method->name());
+  // One deadline for the whole answer: a turn waits what the turns before it left.
+  const absl::Time deadline = absl::Now() + options_.fit_wait;
   for (const uint32_t t : scope.fit_turns) {
     const store::SegmentRecord& record = in.segments[t];
-    const absl::Status fit =
-        fits_.Await(FitJob{key, in.session.model(), record, in.method}, options_.fit_wait);
+    const absl::Status fit = fits_.Await(FitJob{key, in.session.model(), record, in.method},
+                                         std::max(deadline - absl::Now(), absl::ZeroDuration()));
     if (!fit.ok()) {
       // Store errors (DATA_LOSS, NOT_FOUND, ...) pass through; so does a failure on a turn whose
       // raw KV is gone, which leaves nothing to fall back to.

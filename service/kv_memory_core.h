@@ -43,9 +43,10 @@ struct CoreOptions {
   int fit_nice = 0;
   // Compute fits right after each append (true) or only when a GetCache needs them (false).
   bool precompute_fits = true;
-  // How long a GetCache waits for a fit it needs (queued ahead of the background ones, computed on
-  // a fit worker, never on the RPC thread); after that the turn is served by the registry's
-  // fallback (STREAMING_LLM) from its raw KV and the answer's notes say so.
+  // How long a GetCache waits for the fits it needs, all together (queued ahead of the background
+  // ones, computed on a fit worker, never on the RPC thread); a turn whose fit is not stored by
+  // then is served by the registry's fallback (STREAMING_LLM) from its raw KV and the answer's
+  // notes say so.
   absl::Duration fit_wait = absl::Seconds(30);
   // When a turn's raw KV is dropped once its SONIC ladder is stored (see raw_retention.h).
   RawRetention raw_retention;

@@ -41,6 +41,10 @@ ABSL_FLAG(uint32_t, default_session_ttl_s, 0,
 ABSL_FLAG(int, retention_sweep_s, 60, "Seconds between sweeps deleting expired sessions (0: off).");
 ABSL_FLAG(bool, purge_on_delete, true,
           "Compact a deleted session's key range so its bytes leave the data files.");
+ABSL_FLAG(uint32_t, purge_interval_s, 10,
+          "At most one purge per this many seconds: a delete within it of the last purge leaves "
+          "its range to the next one (the next delete after it, or the retention sweep). 0: "
+          "every delete purges at once.");
 ABSL_FLAG(int, fit_threads, 1,
           "Background compression workers (at least 1: every fit runs on them, also one a "
           "GetCache waits for).");
@@ -51,9 +55,9 @@ ABSL_FLAG(int, fit_nice, 0,
           "leave idle (0: same priority; at most 19). Every fit runs on these workers, also one "
           "a GetCache waits for.");
 ABSL_FLAG(int64_t, fit_wait_ms, 30000,
-          "How long a GetCache waits for a fit it needs (queued ahead of the background ones); "
-          "then that turn is served by STREAMING_LLM from its raw KV and the answer's notes say "
-          "so. Fits never run on the RPC threads.");
+          "How long a GetCache waits for the fits it needs, all together (queued ahead of the "
+          "background ones); then a turn whose fit is not stored is served by STREAMING_LLM from "
+          "its raw KV and the answer's notes say so. Fits never run on the RPC threads.");
 ABSL_FLAG(bool, precompute_fits, true, "Compress each turn right after it is appended.");
 ABSL_FLAG(std::string, raw_retention, "keep",
           "What happens to a turn's raw KV once its SONIC ladder is stored: keep, drop, or a "
@@ -147,6 +151,7 @@ absl::StatusOr<ServerOptions> ServerOptionsFromFlags() {
   options.store.max_bytes_per_tenant = absl::GetFlag(FLAGS_max_bytes_per_tenant);
   options.store.default_session_ttl_seconds = absl::GetFlag(FLAGS_default_session_ttl_s);
   options.store.purge_on_delete = absl::GetFlag(FLAGS_purge_on_delete);
+  options.store.purge_interval_seconds = absl::GetFlag(FLAGS_purge_interval_s);
   options.retention_sweep = absl::Seconds(absl::GetFlag(FLAGS_retention_sweep_s));
   options.core.fit_threads = absl::GetFlag(FLAGS_fit_threads);
   options.core.fit_queue = absl::GetFlag(FLAGS_fit_queue);

@@ -138,7 +138,8 @@ void LogStarted(const ServerOptions& options, int port, bool auth) {
   }
 }
 
-// Deletes expired sessions every options.retention_sweep until `stop` (no thread when 0).
+// Deletes expired sessions, and purges what deletes deferred, every options.retention_sweep until
+// `stop` (no thread when 0).
 std::thread StartRetentionSweeper(const ServerOptions& options, store::Store* store,
                                   absl::Notification* stop) {
   if (options.retention_sweep <= absl::ZeroDuration()) return std::thread();
@@ -148,6 +149,10 @@ std::thread StartRetentionSweeper(const ServerOptions& options, store::Store* st
       if (!deleted.ok() || *deleted > 0) {
         Log(deleted.ok() ? LogLevel::kInfo : LogLevel::kError, "retention_sweep",
             {{"deleted", deleted.ok() ? *deleted : 0}, {"status", deleted.status().ToString()}});
+      }
+      // Deletes within --purge_interval_s of a purge left their bytes for this one.
+      if (const absl::Status purged = store->FlushPurges(); !purged.ok()) {
+        Log(LogLevel::kError, "purge_failed", {{"status", purged.ToString()}});
       }
     }
   });

@@ -61,6 +61,11 @@ struct Options {
   // After a delete, compact the session's key range (blob garbage forced) so that its bytes are
   // physically gone from the data files, not only marked deleted.
   bool purge_on_delete = true;
+  // At most one purge per this many seconds: a delete within it of the last purge only adds its
+  // range to the next one (the next delete after the interval, or FlushPurges). A purge compacts
+  // every file overlapping the range and rewrites the live blobs they reference, which under a
+  // steady stream of deletes took most of the CPU (docs/performance.md). 0: every delete purges.
+  uint32_t purge_interval_seconds = 0;
 };
 
 // Which session a call is about. Both parts must be valid ids (see key_codec.h): 1..128 characters
@@ -208,6 +213,10 @@ class Store {
   // Deletes (as DeleteSession) every session, of any tenant, whose expiry is at or before
   // `now_unix_ms`; returns how many. Errors stop the sweep; what was deleted stays deleted.
   virtual absl::StatusOr<uint32_t> DeleteExpired(int64_t now_unix_ms) = 0;
+
+  // Purges now what deletes left for a later purge (Options::purge_interval_seconds); the
+  // server's retention sweep calls it. Nothing to do: OK.
+  virtual absl::Status FlushPurges() = 0;
 
   // Sizes and per-tenant usage, read from RocksDB properties and the in-memory accounting that
   // tenant quotas use: no data is scanned, so it is cheap enough for every metrics scrape.

@@ -18,7 +18,8 @@ class StoreRetentionTest : public StoreTest {
     for (const auto& entry : std::filesystem::recursive_directory_iterator(dir_)) {
       if (!entry.is_regular_file()) continue;
       std::ifstream in(entry.path(), std::ios::binary);
-      const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      const std::string bytes((std::istreambuf_iterator<char>(in)),
+                              std::istreambuf_iterator<char>());
       if (bytes.find(needle) != std::string::npos) return true;
     }
     return false;
@@ -69,6 +70,39 @@ TEST_F(StoreRetentionTest, DeleteRemovesTheBytesFromTheDataFiles) {
 
   ASSERT_TRUE(store_->DeleteSession({"t", "kept"}).ok());
   ASSERT_TRUE(store_->DeleteSession({"t", "doomed"}).ok());
+  Reopen();
+  EXPECT_FALSE(DataFilesContain(secret));
+}
+
+TEST_F(StoreRetentionTest, PurgesWithinTheIntervalWaitForTheNextOne) {
+  options_.purge_interval_seconds = 3600;
+  Reopen();
+  const std::string secret = "nexuskv-deferred-purge-secret-0123456789abcdef-0123456789abcdef";
+  for (const std::string session : {"first", "second"}) {
+    TestSegment segment = MakeSegment(0, 0, 4, 2, 7);
+    segment.layers[0].keys.replace(0, secret.size(), secret);
+    ASSERT_TRUE(Append({"t", session}, segment).ok());
+  }
+  Reopen();
+  ASSERT_TRUE(store_->DeleteSession({"t", "first"}).ok());   // the first purge runs at once
+  ASSERT_TRUE(store_->DeleteSession({"t", "second"}).ok());  // within the hour: deferred
+  EXPECT_TRUE(DataFilesContain(secret)) << "the second session's purge waits";
+  EXPECT_EQ(store_->GetSession({"t", "second"}).status().code(), absl::StatusCode::kNotFound)
+      << "but the session is deleted at once";
+  ASSERT_TRUE(store_->FlushPurges().ok());
+  ASSERT_TRUE(store_->FlushPurges().ok()) << "nothing pending: nothing to do";
+  Reopen();
+  EXPECT_FALSE(DataFilesContain(secret));
+
+  // A clean close runs what is pending.
+  for (const std::string session : {"third", "fourth"}) {
+    TestSegment segment = MakeSegment(0, 0, 4, 2, 9);
+    segment.layers[0].keys.replace(0, secret.size(), secret);
+    ASSERT_TRUE(Append({"t", session}, segment).ok());
+  }
+  Reopen();
+  ASSERT_TRUE(store_->DeleteSession({"t", "third"}).ok());
+  ASSERT_TRUE(store_->DeleteSession({"t", "fourth"}).ok());
   Reopen();
   EXPECT_FALSE(DataFilesContain(secret));
 }

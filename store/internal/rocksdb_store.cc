@@ -103,10 +103,11 @@ absl::Status RocksDbStore::ReserveTenantUsage(const std::string& tenant, bool ne
   TenantUsage& usage = usage_[tenant];
   if (new_session && options_.max_sessions_per_tenant > 0 &&
       usage.sessions + 1 > options_.max_sessions_per_tenant) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "tenant \"", tenant, "\" has ", usage.sessions, " sessions, its quota "
-        "(--max_sessions_per_tenant=", options_.max_sessions_per_tenant,
-        "); delete sessions it no longer needs"));
+    return absl::ResourceExhaustedError(absl::StrCat("tenant \"", tenant, "\" has ", usage.sessions,
+                                                     " sessions, its quota "
+                                                     "(--max_sessions_per_tenant=",
+                                                     options_.max_sessions_per_tenant,
+                                                     "); delete sessions it no longer needs"));
   }
   if (options_.max_bytes_per_tenant > 0 && usage.bytes + bytes > options_.max_bytes_per_tenant) {
     return absl::ResourceExhaustedError(absl::StrCat(
@@ -138,6 +139,11 @@ RocksDbStore::RocksDbStore(const Options& options, rocksdb::DB* db,
       background_errors_(std::move(errors)) {}
 
 RocksDbStore::~RocksDbStore() {
+  // A clean close runs the purges deletes deferred; after a crash their bytes go with later
+  // compactions (the sessions themselves are deleted either way).
+  if (const absl::Status purged = FlushPurges(); !purged.ok()) {
+    Log(LogLevel::kError, "purge_failed", {{"path", options_.path}, {"status", purged.ToString()}});
+  }
   for (rocksdb::ColumnFamilyHandle* handle : handles_) db_->DestroyColumnFamilyHandle(handle);
   const rocksdb::Status status = db_->Close();
   if (!status.ok()) {
@@ -180,9 +186,9 @@ absl::Status RocksDbStore::CheckFreeSpace(uint64_t incoming, bool use_reserve,
   return absl::ResourceExhaustedError(absl::StrCat(
       "cannot ", Sv(context), ": the data disk is full (", free_bytes,
       " bytes free; this write needs ", needed, ": its bytes twice, unflushed memtables, and ",
-      use_reserve ? std::string("1 MiB of headroom")
-                  : absl::StrCat("the --min_free_disk_bytes reserve of ",
-                                 options_.min_free_disk_bytes),
+      use_reserve
+          ? std::string("1 MiB of headroom")
+          : absl::StrCat("the --min_free_disk_bytes reserve of ", options_.min_free_disk_bytes),
       "); delete sessions or add disk. Reads still work"));
 }
 
@@ -190,7 +196,8 @@ absl::Status RocksDbStore::Write(rocksdb::WriteBatch& batch, std::string_view co
   // Refuse before RocksDB meets ENOSPC: a write failing inside RocksDB puts the database in an
   // error state (and Debian's build asserts on it), while a refusal here changes nothing. Batches
   // that only delete may use the reserve: they are how space comes back.
-  NEXUSKV_RETURN_IF_ERROR(CheckFreeSpace(batch.GetDataSize(), /*use_reserve=*/!batch.HasPut(), context));
+  NEXUSKV_RETURN_IF_ERROR(
+      CheckFreeSpace(batch.GetDataSize(), /*use_reserve=*/!batch.HasPut(), context));
   rocksdb::WriteOptions write_options;
   write_options.sync = options_.sync_writes;
   return FromRocksStatus(db_->Write(write_options, &batch), context);

@@ -28,6 +28,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "rocksdb/db.h"
 #include "rocksdb/listener.h"
 #include "rocksdb/write_batch.h"
@@ -84,6 +85,7 @@ class RocksDbStore final : public Store {
                                                     uint32_t layer) override;
   absl::StatusOr<DeleteOutcome> DeleteSession(const SessionKey& key) override;
   absl::StatusOr<uint32_t> DeleteExpired(int64_t now_unix_ms) override;
+  absl::Status FlushPurges() override;
   StoreStats Stats() override;  // rocksdb_store_stats.cc
   absl::Status CheckWritable() override;
 
@@ -139,6 +141,9 @@ class RocksDbStore final : public Store {
   absl::Status LoadTenantUsage();
   // Compacts [begin, end) in every column family, forcing blob garbage collection.
   absl::Status Purge(const std::string& begin, const std::string& end);
+  // Purge [begin, end) with what is pending now, or add it to the pending range when the last
+  // purge is more recent than Options::purge_interval_seconds.
+  absl::Status PurgeOrDefer(const std::string& begin, const std::string& end);
 
   const Options options_;
   std::unique_ptr<rocksdb::DB> db_;
@@ -152,6 +157,11 @@ class RocksDbStore final : public Store {
   std::array<absl::Mutex, kSessionStripes> session_mu_;
   absl::Mutex usage_mu_;
   std::map<std::string, TenantUsage> usage_ ABSL_GUARDED_BY(usage_mu_);
+  // Deferred purges: the union of the ranges deletes left for later, and when the last ran.
+  absl::Mutex purge_mu_;
+  std::string pending_begin_ ABSL_GUARDED_BY(purge_mu_);
+  std::string pending_end_ ABSL_GUARDED_BY(purge_mu_);  // empty: nothing pending
+  absl::Time last_purge_ ABSL_GUARDED_BY(purge_mu_) = absl::InfinitePast();
 };
 
 }  // namespace nexuskv::store::internal

@@ -26,8 +26,8 @@ absl::StatusOr<bool> RocksDbStore::DropRawTensors(const SessionKey& key, uint32_
     NEXUSKV_ASSIGN_OR_RETURN(dropped, DropRawLocked(mu, key, turn, required_fit));
   }
   if (dropped && options_.purge_on_delete) {
-    NEXUSKV_RETURN_IF_ERROR(Purge(SessionKeyBegin(key.tenant, key.session_id),
-                                  SessionKeyEnd(key.tenant, key.session_id)));
+    NEXUSKV_RETURN_IF_ERROR(PurgeOrDefer(SessionKeyBegin(key.tenant, key.session_id),
+                                         SessionKeyEnd(key.tenant, key.session_id)));
   }
   return dropped;
 }

@@ -82,9 +82,9 @@ absl::StatusOr<AppendOutcome> RocksDbStore::AppendLocked(absl::Mutex& mu, const 
       NEXUSKV_ASSIGN_OR_RETURN(std::optional<SegmentRecord> stored_turn,
                                ReadSegmentRecord(key, turn));
       if (!stored_turn) {
-        return absl::DataLossError(absl::StrCat("session ", session, " has ", Turns(stored->num_turns()),
-                                                " but no record of turn ", turn,
-                                                "; delete the session"));
+        return absl::DataLossError(
+            absl::StrCat("session ", session, " has ", Turns(stored->num_turns()),
+                         " but no record of turn ", turn, "; delete the session"));
       }
       const std::string diff = DescribeSegmentDifference(record, *stored_turn);
       if (!diff.empty()) {
@@ -257,8 +257,35 @@ absl::StatusOr<DeleteOutcome> RocksDbStore::DeleteLocked(absl::Mutex& mu, const 
                          std::min(stored->dropped_raw_bytes(), stored->raw_bytes()) +
                          stored->compressed_bytes();
   AdjustTenantUsage(key.tenant, -1, -static_cast<int64_t>(freed));
-  if (options_.purge_on_delete) NEXUSKV_RETURN_IF_ERROR(Purge(begin, end));
+  if (options_.purge_on_delete) NEXUSKV_RETURN_IF_ERROR(PurgeOrDefer(begin, end));
   return DeleteOutcome{.deleted_turns = stored->num_turns(), .freed_bytes = freed};
+}
+
+absl::Status RocksDbStore::PurgeOrDefer(const std::string& begin, const std::string& end) {
+  std::string from, to;
+  {
+    absl::MutexLock lock(&purge_mu_);
+    if (pending_end_.empty() || begin < pending_begin_) pending_begin_ = begin;
+    if (pending_end_.empty() || end > pending_end_) pending_end_ = end;
+    const absl::Time now = absl::Now();
+    if (now - last_purge_ < absl::Seconds(options_.purge_interval_seconds)) return absl::OkStatus();
+    last_purge_ = now;
+    from = std::exchange(pending_begin_, std::string());
+    to = std::exchange(pending_end_, std::string());
+  }
+  return Purge(from, to);
+}
+
+absl::Status RocksDbStore::FlushPurges() {
+  std::string from, to;
+  {
+    absl::MutexLock lock(&purge_mu_);
+    if (pending_end_.empty()) return absl::OkStatus();
+    last_purge_ = absl::Now();
+    from = std::exchange(pending_begin_, std::string());
+    to = std::exchange(pending_end_, std::string());
+  }
+  return Purge(from, to);
 }
 
 absl::Status RocksDbStore::Purge(const std::string& begin, const std::string& end) {
