@@ -3,7 +3,11 @@
 #include <algorithm>
 #include <numeric>
 
-#include "compressor/internal/methods.h"
+#include "compressor/full.h"
+#include "compressor/h2o.h"
+#include "compressor/snapkv.h"
+#include "compressor/sonic.h"
+#include "compressor/streaming_llm.h"
 
 namespace nexuskv::compressor {
 
@@ -44,11 +48,11 @@ CompressorRegistry::CompressorRegistry(std::vector<std::unique_ptr<Compressor>> 
 const CompressorRegistry& CompressorRegistry::Default() {
   static const CompressorRegistry* const registry = [] {
     std::vector<std::unique_ptr<Compressor>> methods;
-    methods.push_back(internal::NewFullCompressor());
-    methods.push_back(internal::NewStreamingLlmCompressor());
-    methods.push_back(internal::NewH2OCompressor());
-    methods.push_back(internal::NewSnapKvCompressor());
-    methods.push_back(internal::NewSonicCompressorImpl(SonicParams()));
+    methods.push_back(NewFullCompressor());
+    methods.push_back(NewStreamingLlmCompressor());
+    methods.push_back(NewH2OCompressor());
+    methods.push_back(NewSnapKvCompressor());
+    methods.push_back(NewSonicCompressor());
     return new CompressorRegistry(std::move(methods));
   }();
   return *registry;

@@ -14,28 +14,10 @@
 // All math is float32; callers decode float16/bfloat16 first (tensor/dtype.h). Compressors are
 // stateless and thread-safe; the registry is immutable after construction.
 //
-// The built-in methods (CPU reference; positions are first_position + token index):
-//   FULL           No fit (a non-empty one is refused); Materialize requires n == T and returns
-//                  every token.
-//   STREAMING_LLM  No fit (a non-empty one is refused). Keeps the turn's most recent tokens; the
-//                  session-start turn keeps its first 4 tokens (attention sinks) before anything
-//                  else. Its Allocate gives the session-start turn its sinks, then fills the
-//                  budget from the most recent turn backwards: one global sink + recent window
-//                  over the session.
-//   H2O            Fit ranks each kv head's tokens by alternating the most recent token not yet
-//                  taken with the heaviest hitter not yet taken (most recent first), so any budget
-//                  holds about half of each. Heavy = attention accumulated over the scoring
-//                  queries (below), summed over the query-head group.
-//   SNAPKV         Fit ranks each kv head's scoring window (last W tokens, most recent first), then
-//                  the tokens before it by their attention from the window's queries, averaged over
-//                  the query-head group, summed over the window, average-pooled (kernel 5), as
-//                  kvpress's SnapKVPress.
-//   SONIC          Fit learns, per kv head, a ladder of Nexus-token sets (keys, values, log-weight
-//                  bias) at m = floor(T/4), floor(T/8), ..., 1 entries by attention distillation;
-//                  Materialize serves a rung from the fit alone, or tops it up with raw tokens
-//                  when the layer's tensors are given; bias-free, each bias is folded into its
-//                  key. Its Allocate picks servable sizes by fit error, turn length and recency.
-//                  See compressor/sonic.h and docs/sonic.md.
+// The built-in methods, each in its own header with what it keeps (positions are
+// first_position + token index): compressor/full.h (FULL), streaming_llm.h (STREAMING_LLM), h2o.h
+// (H2O), snapkv.h (SNAPKV), sonic.h (the SONIC ladder; its scored answers are
+// compressor/scored/selection.h, chosen by the planner through Capabilities).
 // Scoring queries: the probes when P > 0 (causal: probe j is token probe_offsets[j], or T-P+j
 // without offsets, and sees tokens <= it);
 // when P = 0, the proxy: the keys of the last W = min(T, 16) tokens of the same kv head, used by

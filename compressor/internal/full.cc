@@ -1,3 +1,5 @@
+#include "compressor/full.h"
+
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
@@ -42,6 +44,12 @@ class FullCompressor final : public Compressor {
 
 }  // namespace
 
-std::unique_ptr<Compressor> NewFullCompressor() { return std::make_unique<FullCompressor>(); }
-
 }  // namespace nexuskv::compressor::internal
+
+namespace nexuskv::compressor {
+
+std::unique_ptr<Compressor> NewFullCompressor() {
+  return std::make_unique<internal::FullCompressor>();
+}
+
+}  // namespace nexuskv::compressor

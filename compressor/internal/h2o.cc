@@ -1,3 +1,5 @@
+#include "compressor/h2o.h"
+
 #include "common/status_macros.h"
 #include "compressor/internal/attention.h"
 #include "compressor/internal/layer_check.h"
@@ -61,6 +63,12 @@ std::vector<uint32_t> H2OOrder(std::span<const float> scores) {
   return order;
 }
 
-std::unique_ptr<Compressor> NewH2OCompressor() { return std::make_unique<H2OCompressor>(); }
-
 }  // namespace nexuskv::compressor::internal
+
+namespace nexuskv::compressor {
+
+std::unique_ptr<Compressor> NewH2OCompressor() {
+  return std::make_unique<internal::H2OCompressor>();
+}
+
+}  // namespace nexuskv::compressor

@@ -1,5 +1,6 @@
-// The built-in methods, constructed by CompressorRegistry::Default(), and the pure ranking rules
-// behind them (exposed here so that tests can check them on hand-made scores).
+// The pure ranking rules behind the selection methods (exposed here so that tests can check them
+// on hand-made scores). The methods themselves: compressor/full.h, streaming_llm.h, h2o.h,
+// snapkv.h, sonic.h.
 #ifndef NEXUSKV_COMPRESSOR_INTERNAL_METHODS_H_
 #define NEXUSKV_COMPRESSOR_INTERNAL_METHODS_H_
 
@@ -16,12 +17,6 @@ namespace nexuskv::compressor::internal {
 // SnapKV's 1-D average pooling kernel (kvpress SnapKVPress default).
 inline constexpr int kSnapKvPoolKernel = 5;
 
-std::unique_ptr<Compressor> NewFullCompressor();
-std::unique_ptr<Compressor> NewStreamingLlmCompressor();
-std::unique_ptr<Compressor> NewH2OCompressor();
-std::unique_ptr<Compressor> NewSnapKvCompressor();
-// SONIC (compressor/sonic.h); NewSonicCompressor is its public face.
-std::unique_ptr<Compressor> NewSonicCompressorImpl(const SonicParams& params);
 
 // StreamingLLM's order for a turn of T tokens: with `session_start` its first min(T, kSinkTokens)
 // tokens, then the rest from the most recent back; otherwise all tokens, most recent first.

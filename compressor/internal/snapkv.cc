@@ -1,3 +1,5 @@
+#include "compressor/snapkv.h"
+
 #include <algorithm>
 
 #include "common/status_macros.h"
@@ -90,6 +92,12 @@ std::vector<uint32_t> SnapKvOrder(std::span<const float> prefix_scores, int wind
   return order;
 }
 
-std::unique_ptr<Compressor> NewSnapKvCompressor() { return std::make_unique<SnapKvCompressor>(); }
-
 }  // namespace nexuskv::compressor::internal
+
+namespace nexuskv::compressor {
+
+std::unique_ptr<Compressor> NewSnapKvCompressor() {
+  return std::make_unique<internal::SnapKvCompressor>();
+}
+
+}  // namespace nexuskv::compressor

@@ -332,16 +332,12 @@ class SonicCompressor final : public Compressor {
 
 }  // namespace
 
-std::unique_ptr<Compressor> NewSonicCompressorImpl(const SonicParams& params) {
-  return std::make_unique<SonicCompressor>(params);
-}
-
 }  // namespace nexuskv::compressor::internal
 
 namespace nexuskv::compressor {
 
 std::unique_ptr<Compressor> NewSonicCompressor(const SonicParams& params) {
-  return internal::NewSonicCompressorImpl(params);
+  return std::make_unique<internal::SonicCompressor>(params);
 }
 
 }  // namespace nexuskv::compressor

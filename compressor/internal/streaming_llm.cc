@@ -1,3 +1,5 @@
+#include "compressor/streaming_llm.h"
+
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
@@ -73,8 +75,12 @@ std::vector<uint32_t> StreamingLlmOrder(int num_tokens, bool session_start) {
   return order;
 }
 
+}  // namespace nexuskv::compressor::internal
+
+namespace nexuskv::compressor {
+
 std::unique_ptr<Compressor> NewStreamingLlmCompressor() {
-  return std::make_unique<StreamingLlmCompressor>();
+  return std::make_unique<internal::StreamingLlmCompressor>();
 }
 
-}  // namespace nexuskv::compressor::internal
+}  // namespace nexuskv::compressor

@@ -1,0 +1,22 @@
+// SNAPKV: observation-window scores, pooled (Li et al. 2024), as kvpress's SnapKVPress computes
+// them. Fit ranks each kv head's scoring window (last W tokens, most recent first), then the tokens
+// before it by their attention from the window's queries, averaged over the query-head group,
+// summed over the window, average-pooled (kernel 5); the session's first turn keeps its first
+// kSinkTokens tokens before both.
+//
+//   std::unique_ptr<Compressor> method = NewSnapKvCompressor();  // or
+//   CompressorRegistry::Default().Find("SNAPKV")
+#ifndef NEXUSKV_COMPRESSOR_SNAPKV_H_
+#define NEXUSKV_COMPRESSOR_SNAPKV_H_
+
+#include <memory>
+
+#include "compressor/compressor.h"
+
+namespace nexuskv::compressor {
+
+std::unique_ptr<Compressor> NewSnapKvCompressor();
+
+}  // namespace nexuskv::compressor
+
+#endif  // NEXUSKV_COMPRESSOR_SNAPKV_H_
