@@ -417,11 +417,4 @@ absl::StatusOr<std::vector<HeadFit>> FitHeads(std::span<const HeadInput> heads,
   return fits;
 }
 
-HeadFit FitHead(const HeadInput& head, std::span<const int> rung_sizes, const SonicParams& params) {
-  absl::StatusOr<std::vector<HeadFit>> fits =
-      FitHeads(std::span<const HeadInput>(&head, 1), rung_sizes, params, CpuCompute());
-  DieUnlessOk(fits.status());
-  return std::move(fits->front());
-}
-
 }  // namespace nexuskv::compressor::internal

@@ -82,9 +82,6 @@ absl::StatusOr<std::vector<HeadFit>> FitHeads(std::span<const HeadInput> heads,
                                               const SonicParams& params,
                                               const ComputeBackend& compute);
 
-// FitHeads of one head on CpuCompute(), which cannot fail on a valid HeadInput.
-HeadFit FitHead(const HeadInput& head, std::span<const int> rung_sizes, const SonicParams& params);
-
 }  // namespace nexuskv::compressor::internal
 
 #endif  // NEXUSKV_COMPRESSOR_INTERNAL_SONIC_FIT_H_
