@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "compressor/compute/compute.h"
+#include "compressor/compute/contract.h"
 #include "compressor/compute/internal/cpu_backend.h"
 #include "compressor/compute/internal/cpu_kernels.h"
 
@@ -46,60 +47,11 @@ int BlockRows(size_t width, int rows) {
                                              static_cast<size_t>(std::max(rows, 1))));
 }
 
-absl::Status BadItem(std::string_view op, size_t item, std::string_view why) {
-  return absl::InvalidArgumentError(
-      absl::StrCat(std::string(op), ": item ", item, ": ", std::string(why)));
-}
-
-absl::Status CheckMatrix(std::string_view op, size_t item, std::string_view field,
-                         const ConstMatrix& m) {
-  if (m.rows < 0 || m.cols < 0 ||
-      m.data.size() != static_cast<size_t>(m.rows) * static_cast<size_t>(m.cols)) {
-    return BadItem(op, item,
-                   absl::StrCat(std::string(field), " is [", m.rows, ", ", m.cols, "] but holds ",
-                                m.data.size(), " floats"));
-  }
-  return absl::OkStatus();
-}
-
-absl::Status CheckSize(std::string_view op, std::string_view field, size_t got, size_t want) {
-  if (got == want) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrCat(std::string(op), ": ", std::string(field),
-                                                 " holds ", got, ", the batch needs ", want));
-}
-
-namespace {
-
-absl::Status CheckCausal(std::string_view op, size_t item, std::span<const int32_t> causal,
-                         int rows, int cols) {
-  if (causal.empty()) return absl::OkStatus();
-  if (causal.size() != static_cast<size_t>(rows)) {
-    return BadItem(op, item,
-                   absl::StrCat("causal has ", causal.size(), " entries for ", rows, " rows"));
-  }
-  for (size_t r = 0; r < causal.size(); ++r) {
-    if (causal[r] < 0 || causal[r] >= cols) {
-      return BadItem(op, item,
-                     absl::StrCat("causal[", r, "] = ", causal[r], " is outside [0, ", cols, ")"));
-    }
-  }
-  return absl::OkStatus();
-}
-
-}  // namespace
-
 absl::Status CpuBackend::Softmax(std::span<float> logits, int rows, int cols,
                                  std::span<const int32_t> causal,
                                  std::span<float> log_sum_exp) const {
-  constexpr std::string_view kOp = "Softmax";
-  if (rows < 0 || cols < 0) return BadItem(kOp, 0, "negative shape");
+  NEXUSKV_RETURN_IF_ERROR(CheckSoftmax(logits, rows, cols, causal, log_sum_exp));
   const size_t width = static_cast<size_t>(cols);
-  NEXUSKV_RETURN_IF_ERROR(
-      CheckSize(kOp, "logits", logits.size(), static_cast<size_t>(rows) * width));
-  if (!log_sum_exp.empty()) {
-    NEXUSKV_RETURN_IF_ERROR(CheckSize(kOp, "log_sum_exp", log_sum_exp.size(), rows));
-  }
-  NEXUSKV_RETURN_IF_ERROR(CheckCausal(kOp, 0, causal, rows, cols));
   for (size_t r = 0; r < static_cast<size_t>(rows); ++r) {
     float* row = logits.data() + r * width;
     const size_t visible = causal.empty() ? width : static_cast<size_t>(causal[r]) + 1;
@@ -112,18 +64,7 @@ absl::Status CpuBackend::Softmax(std::span<float> logits, int rows, int cols,
 
 absl::Status CpuBackend::AttentionMass(std::span<const AttentionMassItem> items,
                                        std::span<float> mass) const {
-  constexpr std::string_view kOp = "AttentionMass";
-  size_t total = 0;
-  for (size_t k = 0; k < items.size(); ++k) {
-    const AttentionMassItem& item = items[k];
-    NEXUSKV_RETURN_IF_ERROR(CheckMatrix(kOp, k, "queries", item.queries));
-    NEXUSKV_RETURN_IF_ERROR(CheckMatrix(kOp, k, "keys", item.keys));
-    if (item.keys.rows < 1) return BadItem(kOp, k, "keys has no rows");
-    if (item.queries.cols != item.keys.cols) return BadItem(kOp, k, "queries and keys differ in D");
-    NEXUSKV_RETURN_IF_ERROR(CheckCausal(kOp, k, item.causal, item.queries.rows, item.keys.rows));
-    total += static_cast<size_t>(item.keys.rows);
-  }
-  NEXUSKV_RETURN_IF_ERROR(CheckSize(kOp, "mass", mass.size(), total));
+  NEXUSKV_RETURN_IF_ERROR(CheckAttentionMass(items, mass));
 
   std::vector<float> logits;
   size_t offset = 0;
@@ -156,27 +97,7 @@ absl::Status CpuBackend::AttentionMass(std::span<const AttentionMassItem> items,
 }
 
 absl::Status CpuBackend::Attend(std::span<const AttendItem> items, const AttendOutputs& out) const {
-  constexpr std::string_view kOp = "Attend";
-  size_t rows_total = 0, outputs_total = 0, keys_total = 0;
-  for (size_t k = 0; k < items.size(); ++k) {
-    const AttendItem& item = items[k];
-    NEXUSKV_RETURN_IF_ERROR(CheckMatrix(kOp, k, "queries", item.queries));
-    NEXUSKV_RETURN_IF_ERROR(CheckMatrix(kOp, k, "keys", item.keys));
-    NEXUSKV_RETURN_IF_ERROR(CheckMatrix(kOp, k, "values", item.values));
-    if (item.queries.cols != item.keys.cols) return BadItem(kOp, k, "queries and keys differ in D");
-    if (item.values.rows != item.keys.rows) return BadItem(kOp, k, "keys and values differ in M");
-    if (!item.key_bias.empty() && item.key_bias.size() != static_cast<size_t>(item.keys.rows)) {
-      return BadItem(kOp, k, "key_bias is neither empty nor [M]");
-    }
-    rows_total += static_cast<size_t>(item.queries.rows);
-    outputs_total += static_cast<size_t>(item.queries.rows) * item.values.cols;
-    keys_total += static_cast<size_t>(item.keys.rows);
-  }
-  NEXUSKV_RETURN_IF_ERROR(CheckSize(kOp, "log_mass", out.log_mass.size(), rows_total));
-  NEXUSKV_RETURN_IF_ERROR(CheckSize(kOp, "outputs", out.outputs.size(), outputs_total));
-  if (!out.key_mass.empty()) {
-    NEXUSKV_RETURN_IF_ERROR(CheckSize(kOp, "key_mass", out.key_mass.size(), keys_total));
-  }
+  NEXUSKV_RETURN_IF_ERROR(CheckAttend(items, out));
 
   std::vector<float> logits;
   size_t row_offset = 0, output_offset = 0, key_offset = 0;
@@ -219,21 +140,7 @@ absl::Status CpuBackend::Attend(std::span<const AttendItem> items, const AttendO
 
 absl::Status CpuBackend::ColumnLogSumExp(std::span<const ColumnLogSumExpItem> items,
                                          std::span<double> out) const {
-  constexpr std::string_view kOp = "ColumnLogSumExp";
-  size_t total = 0;
-  for (size_t k = 0; k < items.size(); ++k) {
-    const ColumnLogSumExpItem& item = items[k];
-    NEXUSKV_RETURN_IF_ERROR(CheckMatrix(kOp, k, "queries", item.queries));
-    NEXUSKV_RETURN_IF_ERROR(CheckMatrix(kOp, k, "columns", item.columns));
-    if (item.queries.cols != item.columns.cols) {
-      return BadItem(kOp, k, "queries and columns differ in D");
-    }
-    if (item.row_shift.size() != static_cast<size_t>(item.queries.rows)) {
-      return BadItem(kOp, k, "row_shift is not [R]");
-    }
-    total += static_cast<size_t>(item.columns.rows);
-  }
-  NEXUSKV_RETURN_IF_ERROR(CheckSize(kOp, "out", out.size(), total));
+  NEXUSKV_RETURN_IF_ERROR(CheckColumnLogSumExp(items, out));
 
   std::vector<float> logits;
   std::vector<double> max, sum;

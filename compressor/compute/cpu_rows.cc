@@ -13,43 +13,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "compressor/compute/contract.h"
 #include "compressor/compute/internal/cpu_backend.h"
 
 namespace nexuskv::compressor::internal::cpu {
 
 namespace {
-
-constexpr std::string_view kKMeansOp = "WeightedKMeans";
-
-// WeightedKMeans's checks: every item's shape, members and seeds, and the output sizes.
-absl::Status CheckKMeans(std::span<const KMeansItem> items, int iterations,
-                         std::span<float> centroids, std::span<uint32_t> assignment) {
-  if (iterations < 0) return BadItem(kKMeansOp, 0, "iterations < 0");
-  size_t centroid_total = 0, member_total = 0;
-  for (size_t k = 0; k < items.size(); ++k) {
-    const KMeansItem& item = items[k];
-    NEXUSKV_RETURN_IF_ERROR(CheckMatrix(kKMeansOp, k, "points", item.points));
-    const size_t n = item.members.size();
-    const size_t m = item.seeds.size();
-    if (n == 0 || m == 0 || m > n || item.weights.size() != n) {
-      return BadItem(kKMeansOp, k,
-                     absl::StrCat("needs 1 <= m <= n and one weight per member; m = ", m,
-                                  ", n = ", n, ", weights ", item.weights.size()));
-    }
-    for (uint32_t p : item.members) {
-      if (p >= static_cast<uint32_t>(item.points.rows))
-        return BadItem(kKMeansOp, k, "member out of range");
-    }
-    for (uint32_t s : item.seeds) {
-      if (s >= n) return BadItem(kKMeansOp, k, "seed out of range");
-    }
-    centroid_total += m * static_cast<size_t>(item.points.cols);
-    member_total += n;
-  }
-  NEXUSKV_RETURN_IF_ERROR(CheckSize(kKMeansOp, "centroids", centroids.size(), centroid_total));
-  NEXUSKV_RETURN_IF_ERROR(CheckSize(kKMeansOp, "assignment", assignment.size(), member_total));
-  return absl::OkStatus();
-}
 
 // One k-means problem while it runs: its gathered points [n, D] and centroids [m, D], and the
 // scratch of its steps (reused from item to item).
@@ -139,7 +108,7 @@ void UpdateCentroids(std::span<const float> weights, KMeansState* s) {
 absl::Status CpuBackend::WeightedKMeans(std::span<const KMeansItem> items, int iterations,
                                         std::span<float> centroids,
                                         std::span<uint32_t> assignment) const {
-  NEXUSKV_RETURN_IF_ERROR(CheckKMeans(items, iterations, centroids, assignment));
+  NEXUSKV_RETURN_IF_ERROR(CheckWeightedKMeans(items, iterations, centroids, assignment));
   KMeansState s;
   size_t centroid_offset = 0, member_offset = 0;
   for (const KMeansItem& item : items) {
@@ -162,14 +131,7 @@ absl::Status CpuBackend::WeightedKMeans(std::span<const KMeansItem> items, int i
 }
 
 absl::Status CpuBackend::FoldVectors(std::span<const FoldItem> items, std::span<float> out) const {
-  constexpr std::string_view kOp = "FoldVectors";
-  size_t total = 0;
-  for (size_t k = 0; k < items.size(); ++k) {
-    NEXUSKV_RETURN_IF_ERROR(CheckMatrix(kOp, k, "rows", items[k].rows));
-    if (!(items[k].ridge >= 0.0)) return BadItem(kOp, k, "ridge is negative or NaN");
-    total += static_cast<size_t>(items[k].rows.cols);
-  }
-  NEXUSKV_RETURN_IF_ERROR(CheckSize(kOp, "out", out.size(), total));
+  NEXUSKV_RETURN_IF_ERROR(CheckFoldVectors(items, out));
   size_t offset = 0;
   for (const FoldItem& item : items) {
     const Eigen::Index d = item.rows.cols;
@@ -200,23 +162,7 @@ absl::Status CpuBackend::FoldVectors(std::span<const FoldItem> items, std::span<
 
 absl::Status CpuBackend::TopK(std::span<const float> scores, std::span<const int64_t> row_starts,
                               std::span<const int64_t> k, std::span<uint32_t> selected) const {
-  constexpr std::string_view kOp = "TopK";
-  if (row_starts.size() != k.size() + 1 || row_starts.front() != 0 ||
-      row_starts.back() != static_cast<int64_t>(scores.size())) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("TopK: row_starts must hold rows + 1 = ", k.size() + 1,
-                     " offsets from 0 to scores.size() = ", scores.size()));
-  }
-  size_t total = 0;
-  for (size_t r = 0; r < k.size(); ++r) {
-    const int64_t length = row_starts[r + 1] - row_starts[r];
-    if (length < 0 || length > int64_t{std::numeric_limits<uint32_t>::max()} || k[r] < 0 ||
-        k[r] > length) {
-      return BadItem(kOp, r, absl::StrCat("row of ", length, " scores cannot give k = ", k[r]));
-    }
-    total += static_cast<size_t>(k[r]);
-  }
-  NEXUSKV_RETURN_IF_ERROR(CheckSize(kOp, "selected", selected.size(), total));
+  NEXUSKV_RETURN_IF_ERROR(CheckTopK(scores, row_starts, k, selected));
 
   std::vector<uint32_t> order;
   std::vector<float> key;
@@ -251,19 +197,7 @@ absl::Status CpuBackend::TopK(std::span<const float> scores, std::span<const int
 }
 
 absl::Status CpuBackend::Gather(std::span<const GatherItem> items, std::span<float> out) const {
-  constexpr std::string_view kOp = "Gather";
-  size_t total = 0;
-  for (size_t k = 0; k < items.size(); ++k) {
-    NEXUSKV_RETURN_IF_ERROR(CheckMatrix(kOp, k, "source", items[k].source));
-    for (uint32_t row : items[k].rows) {
-      if (row >= static_cast<uint32_t>(items[k].source.rows)) {
-        return BadItem(kOp, k,
-                       absl::StrCat("row ", row, " of a ", items[k].source.rows, "-row source"));
-      }
-    }
-    total += items[k].rows.size() * static_cast<size_t>(items[k].source.cols);
-  }
-  NEXUSKV_RETURN_IF_ERROR(CheckSize(kOp, "out", out.size(), total));
+  NEXUSKV_RETURN_IF_ERROR(CheckGather(items, out));
   float* dst = out.data();
   for (const GatherItem& item : items) {
     const size_t w = static_cast<size_t>(item.source.cols);
@@ -277,34 +211,7 @@ absl::Status CpuBackend::Gather(std::span<const GatherItem> items, std::span<flo
 
 absl::Status CpuBackend::MergeRuns(std::span<const MergeRunItem> items, std::span<float> keys,
                                    std::span<float> values, std::span<float> bias) const {
-  constexpr std::string_view kOp = "MergeRuns";
-  size_t total = 0;
-  for (size_t k = 0; k < items.size(); ++k) {
-    const MergeRunItem& item = items[k];
-    NEXUSKV_RETURN_IF_ERROR(CheckMatrix(kOp, k, "keys", item.keys));
-    NEXUSKV_RETURN_IF_ERROR(CheckMatrix(kOp, k, "values", item.values));
-    if (item.keys.rows != item.values.rows || item.keys.cols != item.values.cols) {
-      return BadItem(kOp, k, "keys and values differ in shape");
-    }
-    if (item.members.empty() || item.weights.size() != item.members.size()) {
-      return BadItem(kOp, k, "needs n >= 1 members and one weight each");
-    }
-    double weight = 0.0;
-    for (size_t i = 0; i < item.members.size(); ++i) {
-      if (item.members[i] >= static_cast<uint32_t>(item.keys.rows)) {
-        return BadItem(kOp, k, "member out of range");
-      }
-      if (!(item.weights[i] >= 0.0)) return BadItem(kOp, k, "a weight is negative or NaN");
-      weight += item.weights[i];
-    }
-    if (!(weight > 0.0) || !std::isfinite(weight)) {
-      return BadItem(kOp, k, "weights do not have a finite positive sum");
-    }
-    total += static_cast<size_t>(item.keys.cols);
-  }
-  NEXUSKV_RETURN_IF_ERROR(CheckSize(kOp, "keys", keys.size(), total));
-  NEXUSKV_RETURN_IF_ERROR(CheckSize(kOp, "values", values.size(), total));
-  NEXUSKV_RETURN_IF_ERROR(CheckSize(kOp, "bias", bias.size(), items.size()));
+  NEXUSKV_RETURN_IF_ERROR(CheckMergeRuns(items, keys, values, bias));
 
   std::vector<double> key_sum, value_sum;
   size_t offset = 0;
@@ -338,14 +245,14 @@ absl::Status CpuBackend::MergeRuns(std::span<const MergeRunItem> items, std::spa
 
 absl::Status CpuBackend::DecodeToFloat(std::span<const std::byte> src, DType dtype,
                                        std::span<float> dst) const {
+  NEXUSKV_RETURN_IF_ERROR(CheckDecodeToFloat(src, dtype, dst));
   return ::nexuskv::DecodeToFloat(
       std::string_view(reinterpret_cast<const char*>(src.data()), src.size()), dtype, dst);
 }
 
 absl::Status CpuBackend::EncodeFromFloat(std::span<const float> src, DType dtype,
                                          std::span<std::byte> dst) const {
-  NEXUSKV_RETURN_IF_ERROR(
-      CheckSize("EncodeFromFloat", "dst", dst.size(), src.size() * DTypeSize(dtype)));
+  NEXUSKV_RETURN_IF_ERROR(CheckEncodeFromFloat(src, dtype, dst));
   const std::string bytes = ::nexuskv::EncodeFromFloat(src, dtype);
   std::memcpy(dst.data(), bytes.data(), bytes.size());
   return absl::OkStatus();

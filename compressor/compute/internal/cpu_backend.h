@@ -48,16 +48,6 @@ void GemmNn(int rows, int cols, int k, const float* a, const float* b, float* c)
 // Rows per block so that a block of `width`-wide logits stays within kLogitBlockFloats.
 int BlockRows(size_t width, int rows);
 
-// InvalidArgument "<op>: item <item>: <why>".
-absl::Status BadItem(std::string_view op, size_t item, std::string_view why);
-
-// InvalidArgument unless m's shape is non-negative and matches its data.
-absl::Status CheckMatrix(std::string_view op, size_t item, std::string_view field,
-                         const ConstMatrix& m);
-
-// InvalidArgument unless an output span holds exactly what the batch needs.
-absl::Status CheckSize(std::string_view op, std::string_view field, size_t got, size_t want);
-
 }  // namespace nexuskv::compressor::internal::cpu
 
 #endif  // NEXUSKV_COMPRESSOR_COMPUTE_INTERNAL_CPU_BACKEND_H_
