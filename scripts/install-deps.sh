@@ -19,8 +19,9 @@ packages=(
   # bookworm lacks; PyPI gives everything else
   python3.11 python3.11-venv
   # scripts/fuzz.sh and scripts/sanitize.sh (run by scripts/test.sh): clang-14, its sanitizer and
-  # libFuzzer runtimes (libclang_rt.{asan,ubsan_standalone,fuzzer}), llvm-symbolizer for reports
-  clang clang-14 libclang-rt-14-dev llvm
+  # libFuzzer runtimes (libclang_rt.{asan,ubsan_standalone,fuzzer}), llvm-symbolizer for reports,
+  # and clang's OpenMP runtime for cuda/'s host twin (Thrust's OpenMP system) under the sanitizers
+  clang clang-14 libclang-rt-14-dev llvm libomp-14-dev
   # scripts/cluster-test.sh: the gateway in front of the local shards (docs/scaling.md)
   nginx
   # clients/go (scripts/go-test.sh): Go, its protoc plugins and the gRPC / protobuf Go sources it
