@@ -46,16 +46,18 @@ CompressorRegistry::CompressorRegistry(std::vector<std::unique_ptr<Compressor>> 
     : compressors_(std::move(compressors)) {}
 
 const CompressorRegistry& CompressorRegistry::Default() {
-  static const CompressorRegistry* const registry = [] {
-    std::vector<std::unique_ptr<Compressor>> methods;
-    methods.push_back(NewFullCompressor());
-    methods.push_back(NewStreamingLlmCompressor());
-    methods.push_back(NewH2OCompressor());
-    methods.push_back(NewSnapKvCompressor());
-    methods.push_back(NewSonicCompressor());
-    return new CompressorRegistry(std::move(methods));
-  }();
+  static const CompressorRegistry* const registry = Builtin(CpuCompute()).release();
   return *registry;
+}
+
+std::unique_ptr<CompressorRegistry> CompressorRegistry::Builtin(const ComputeBackend& compute) {
+  std::vector<std::unique_ptr<Compressor>> methods;
+  methods.push_back(NewFullCompressor());
+  methods.push_back(NewStreamingLlmCompressor());
+  methods.push_back(NewH2OCompressor(compute));
+  methods.push_back(NewSnapKvCompressor(compute));
+  methods.push_back(NewSonicCompressor(SonicParams(), compute));
+  return std::make_unique<CompressorRegistry>(std::move(methods));
 }
 
 const Compressor* CompressorRegistry::Find(std::string_view name) const {

@@ -1,4 +1,6 @@
-// Compressor: fits one turn's KV into fewer entries per kv head, on the CPU (the reference).
+// Compressor: fits one turn's KV into fewer entries per kv head. The dense work (H2O and SNAPKV
+// scoring, SONIC's fit and lookahead) runs on a compute backend (compressor/compute/compute.h):
+// CpuCompute(), the reference, unless the registry was built on another (Builtin).
 //
 // Each method is a Compressor registered by name ("FULL", "STREAMING_LLM", "H2O", "SNAPKV",
 // "SONIC"). Work is split in two so that one stored result serves every budget:
@@ -12,7 +14,9 @@
 //   NEXUSKV_ASSIGN_OR_RETURN(LayerEntries kept, h2o->Materialize(layer, fit, 32));
 //
 // All math is float32; callers decode float16/bfloat16 first (tensor/dtype.h). Compressors are
-// stateless and thread-safe; the registry is immutable after construction.
+// stateless and thread-safe; the registry is immutable after construction. A device backend's
+// failure (out of its memory bound, a driver error) fails that Fit or Materialize with Internal,
+// the message naming the backend and its error (compressor/internal/backend_error.h).
 //
 // The built-in methods, each in its own header with what it keeps (positions are
 // first_position + token index): compressor/full.h (FULL), streaming_llm.h (STREAMING_LLM), h2o.h
@@ -37,6 +41,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "compressor/compute/compute.h"
 #include "tensor/dtype.h"
 
 namespace nexuskv::compressor {
@@ -157,8 +162,12 @@ class Compressor {
 // Methods by name. Thread-safe for lookups.
 class CompressorRegistry {
  public:
-  // FULL, STREAMING_LLM, H2O, SNAPKV and SONIC with their default parameters.
+  // FULL, STREAMING_LLM, H2O, SNAPKV and SONIC with their default parameters, on CpuCompute().
   static const CompressorRegistry& Default();
+
+  // The same methods computing on `compute` (H2O and SNAPKV scoring, SONIC's fit and lookahead),
+  // which must outlive the registry. The server builds its registry so, on the --device backend.
+  static std::unique_ptr<CompressorRegistry> Builtin(const ComputeBackend& compute);
 
   explicit CompressorRegistry(std::vector<std::unique_ptr<Compressor>> compressors);
 

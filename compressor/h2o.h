@@ -11,10 +11,13 @@
 #include <memory>
 
 #include "compressor/compressor.h"
+#include "compressor/compute/compute.h"
 
 namespace nexuskv::compressor {
 
-std::unique_ptr<Compressor> NewH2OCompressor();
+// Scores on `compute` (borrowed: it must outlive the method); a device failure fails the fit with
+// Internal (compressor/internal/backend_error.h).
+std::unique_ptr<Compressor> NewH2OCompressor(const ComputeBackend& compute = CpuCompute());
 
 }  // namespace nexuskv::compressor
 

@@ -12,10 +12,13 @@
 #include <memory>
 
 #include "compressor/compressor.h"
+#include "compressor/compute/compute.h"
 
 namespace nexuskv::compressor {
 
-std::unique_ptr<Compressor> NewSnapKvCompressor();
+// Scores on `compute` (borrowed: it must outlive the method); a device failure fails the fit with
+// Internal (compressor/internal/backend_error.h).
+std::unique_ptr<Compressor> NewSnapKvCompressor(const ComputeBackend& compute = CpuCompute());
 
 }  // namespace nexuskv::compressor
 

@@ -50,6 +50,7 @@
 #include <vector>
 
 #include "compressor/compressor.h"
+#include "compressor/compute/compute.h"
 
 namespace nexuskv::compressor {
 
@@ -80,8 +81,11 @@ struct SonicParams {
   bool compact_float32 = true;
 };
 
-// SONIC with the given parameters (the registry's "SONIC" uses the defaults).
-std::unique_ptr<Compressor> NewSonicCompressor(const SonicParams& params = SonicParams());
+// SONIC with the given parameters (the registry's "SONIC" uses the defaults), fitting and scoring
+// its lookahead on `compute` (borrowed: it must outlive the method). A device failure fails the
+// fit or the answer with Internal (compressor/internal/backend_error.h).
+std::unique_ptr<Compressor> NewSonicCompressor(const SonicParams& params = SonicParams(),
+                                               const ComputeBackend& compute = CpuCompute());
 
 }  // namespace nexuskv::compressor
 

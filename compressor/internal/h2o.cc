@@ -2,6 +2,7 @@
 
 #include "common/status_macros.h"
 #include "compressor/internal/attention.h"
+#include "compressor/internal/backend_error.h"
 #include "compressor/internal/layer_check.h"
 #include "compressor/internal/methods.h"
 #include "compressor/internal/ranking.h"
@@ -12,13 +13,17 @@ namespace {
 // Heavy hitters plus recent tokens (Zhang et al. 2023), half and half at every budget.
 class H2OCompressor final : public Compressor {
  public:
+  explicit H2OCompressor(const ComputeBackend& compute) : compute_(compute) {}
+
   std::string_view name() const override { return "H2O"; }
   Capabilities capabilities() const override { return {.fits = true}; }
 
   absl::StatusOr<std::string> Fit(const LayerView& layer) const override {
     NEXUSKV_RETURN_IF_ERROR(CheckLayer(layer));
     const size_t t = static_cast<size_t>(layer.num_tokens);
-    const std::vector<float> mass = AccumulatedAttention(layer);
+    absl::StatusOr<std::vector<float>> scored = AccumulatedAttention(layer, compute_);
+    NEXUSKV_RETURN_IF_ERROR(BackendError(scored.status(), compute_, "H2O scoring"));
+    const std::vector<float>& mass = *scored;
     std::vector<uint32_t> order;
     order.reserve(mass.size());
     for (size_t h = 0; h < static_cast<size_t>(layer.num_kv_heads); ++h) {
@@ -32,6 +37,9 @@ class H2OCompressor final : public Compressor {
                                            int n) const override {
     return MaterializeRanking(RankingTag::kH2O, layer, fit, n);
   }
+
+ private:
+  const ComputeBackend& compute_;
 };
 
 }  // namespace
@@ -67,8 +75,8 @@ std::vector<uint32_t> H2OOrder(std::span<const float> scores) {
 
 namespace nexuskv::compressor {
 
-std::unique_ptr<Compressor> NewH2OCompressor() {
-  return std::make_unique<internal::H2OCompressor>();
+std::unique_ptr<Compressor> NewH2OCompressor(const ComputeBackend& compute) {
+  return std::make_unique<internal::H2OCompressor>(compute);
 }
 
 }  // namespace nexuskv::compressor

@@ -4,6 +4,7 @@
 
 #include "common/status_macros.h"
 #include "compressor/internal/attention.h"
+#include "compressor/internal/backend_error.h"
 #include "compressor/internal/layer_check.h"
 #include "compressor/internal/methods.h"
 #include "compressor/internal/ranking.h"
@@ -21,6 +22,8 @@ namespace {
 // and its recency order would drop position 0.
 class SnapKvCompressor final : public Compressor {
  public:
+  explicit SnapKvCompressor(const ComputeBackend& compute) : compute_(compute) {}
+
   std::string_view name() const override { return "SNAPKV"; }
   Capabilities capabilities() const override { return {.fits = true}; }
 
@@ -31,7 +34,9 @@ class SnapKvCompressor final : public Compressor {
     const size_t prefix = t - static_cast<size_t>(window);
     const float group_mean =
         static_cast<float>(layer.num_kv_heads) / static_cast<float>(layer.num_query_heads);
-    std::vector<float> mass = AccumulatedAttention(layer);
+    absl::StatusOr<std::vector<float>> scored = AccumulatedAttention(layer, compute_);
+    NEXUSKV_RETURN_IF_ERROR(BackendError(scored.status(), compute_, "SNAPKV scoring"));
+    std::vector<float>& mass = *scored;
     std::vector<uint32_t> order;
     order.reserve(mass.size());
     for (size_t h = 0; h < static_cast<size_t>(layer.num_kv_heads); ++h) {
@@ -48,6 +53,9 @@ class SnapKvCompressor final : public Compressor {
                                            int n) const override {
     return MaterializeRanking(RankingTag::kSnapKV, layer, fit, n);
   }
+
+ private:
+  const ComputeBackend& compute_;
 };
 
 }  // namespace
@@ -96,8 +104,8 @@ std::vector<uint32_t> SnapKvOrder(std::span<const float> prefix_scores, int wind
 
 namespace nexuskv::compressor {
 
-std::unique_ptr<Compressor> NewSnapKvCompressor() {
-  return std::make_unique<internal::SnapKvCompressor>();
+std::unique_ptr<Compressor> NewSnapKvCompressor(const ComputeBackend& compute) {
+  return std::make_unique<internal::SnapKvCompressor>(compute);
 }
 
 }  // namespace nexuskv::compressor

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
+#include "compressor/internal/backend_error.h"
 #include "compressor/internal/layer_check.h"
 #include "compressor/internal/methods.h"
 #include "compressor/internal/ranking.h"
@@ -89,14 +90,17 @@ bool FitsFloat16(const SonicLadder& ladder) {
 
 // Per kv head and token ([H, T]), the attention of the layer's lookahead queries within the turn:
 // for every query head of the kv head's group and every lookahead row, softmax over the turn's
-// tokens, summed: one AttentionMass batch with an item per kv head. Empty when the view carries
-// no lookahead (or its size disagrees).
-std::vector<float> LookaheadAttention(const LayerView& layer) {
+// tokens, summed: one AttentionMass batch with an item per kv head, on `compute`. Empty when the
+// view carries no lookahead (or its size disagrees). Errors are the backend's.
+absl::StatusOr<std::vector<float>> LookaheadAttention(const LayerView& layer,
+                                                      const ComputeBackend& compute) {
   const int t = layer.num_tokens;
   const int d = layer.head_dim;
   const size_t rows = static_cast<size_t>(std::max(layer.num_lookahead, 0));
   const size_t hq = static_cast<size_t>(layer.num_query_heads);
-  if (rows == 0 || layer.keys.empty() || layer.lookahead.size() != hq * rows * d) return {};
+  if (rows == 0 || layer.keys.empty() || layer.lookahead.size() != hq * rows * d) {
+    return std::vector<float>();
+  }
   // The group's rows are contiguous in [Hq, L, D]: one item of group * L rows per kv head.
   const size_t h_count = static_cast<size_t>(layer.num_kv_heads);
   const size_t group_rows = hq / h_count * rows;
@@ -109,13 +113,14 @@ std::vector<float> LookaheadAttention(const LayerView& layer) {
                 .scale = 1.0f / std::sqrt(static_cast<float>(d))};
   }
   std::vector<float> out(h_count * static_cast<size_t>(t));
-  DieUnlessOk(CpuCompute().AttentionMass(items, out));
+  NEXUSKV_RETURN_IF_ERROR(compute.AttentionMass(items, out));
   return out;
 }
 
 class SonicCompressor final : public Compressor {
  public:
-  explicit SonicCompressor(const SonicParams& params) : params_(params) {}
+  SonicCompressor(const SonicParams& params, const ComputeBackend& compute)
+      : params_(params), compute_(compute) {}
 
   std::string_view name() const override { return "SONIC"; }
   Capabilities capabilities() const override {
@@ -161,8 +166,9 @@ class SonicCompressor final : public Compressor {
                   .pinned = sinks};
       ladder.probe_rows = static_cast<uint32_t>(heads[h].rows.count);
     }
-    NEXUSKV_ASSIGN_OR_RETURN(std::vector<HeadFit> fits,
-                             FitHeads(heads, ladder.rungs, params_, CpuCompute()));
+    absl::StatusOr<std::vector<HeadFit>> fitted = FitHeads(heads, ladder.rungs, params_, compute_);
+    NEXUSKV_RETURN_IF_ERROR(BackendError(fitted.status(), compute_, "SONIC fit"));
+    std::vector<HeadFit>& fits = *fitted;
     const size_t k_count = ladder.rungs.size();
     ladder.sets.assign(k_count, std::vector<NexusSet>(h_count));
     ladder.errors.resize(k_count * h_count);
@@ -266,7 +272,10 @@ class SonicCompressor final : public Compressor {
     if (extra > 0) {
       const std::vector<float> mass = DecodeSonicTokenMass(fit, index);
       const size_t span = static_cast<size_t>(t) * d;
-      const std::vector<float> priority = LookaheadAttention(layer);
+      absl::StatusOr<std::vector<float>> lookahead = LookaheadAttention(layer, compute_);
+      NEXUSKV_RETURN_IF_ERROR(
+          BackendError(lookahead.status(), compute_, "SONIC lookahead scoring"));
+      const std::vector<float>& priority = *lookahead;
       for (size_t h = 0; h < sets.size(); ++h) {
         const std::span<const float> head_mass = std::span<const float>(mass).subspan(h * t, t);
         sets[h] = TopUpRung(
@@ -328,6 +337,7 @@ class SonicCompressor final : public Compressor {
   }
 
   const SonicParams params_;
+  const ComputeBackend& compute_;
 };
 
 }  // namespace
@@ -336,8 +346,9 @@ class SonicCompressor final : public Compressor {
 
 namespace nexuskv::compressor {
 
-std::unique_ptr<Compressor> NewSonicCompressor(const SonicParams& params) {
-  return std::make_unique<internal::SonicCompressor>(params);
+std::unique_ptr<Compressor> NewSonicCompressor(const SonicParams& params,
+                                               const ComputeBackend& compute) {
+  return std::make_unique<internal::SonicCompressor>(params, compute);
 }
 
 }  // namespace nexuskv::compressor
