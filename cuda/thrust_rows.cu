@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cfloat>
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -301,7 +302,6 @@ struct MergeColumn {
   const double* weights;
   float* out_keys;
   float* out_values;
-  float* bias;
   NEXUSKV_HD void operator()(int64_t o) const {
     const int k = FindItem(out_starts, items, o);
     const MergeMeta& t = meta[k];
@@ -316,7 +316,6 @@ struct MergeColumn {
     }
     out_keys[o] = static_cast<float>(ClampDouble(key_sum / weight));
     out_values[o] = static_cast<float>(ClampDouble(value_sum / weight));
-    if (c == 0) bias[k] = static_cast<float>(log(static_cast<double>(t.n)));
   }
 };
 
@@ -571,14 +570,17 @@ absl::Status ThrustBackend::MergeRuns(std::span<const compressor::MergeRunItem> 
         Pack<double>(items, [](const compressor::MergeRunItem& item) { return item.weights; });
     const DeviceVector<MergeMeta> d_meta = ToDevice(meta);
     const DeviceVector<int64_t> out_starts = ToDevice(Starts(out_sizes));
-    DeviceVector<float> out_keys(keys.size()), out_values(values.size()), out_bias(bias.size());
+    DeviceVector<float> out_keys(keys.size()), out_values(values.size());
     ForEach(static_cast<int64_t>(keys.size()),
             MergeColumn{Raw(d_meta), Raw(out_starts), static_cast<int>(items.size()),
                         Raw(d_keys.data), Raw(d_values.data), Raw(d_members.data),
-                        Raw(d_weights.data), Raw(out_keys), Raw(out_values), Raw(out_bias)});
+                        Raw(d_weights.data), Raw(out_keys), Raw(out_values)});
     CopyOut(out_keys, keys);
     CopyOut(out_values, values);
-    CopyOut(out_bias, bias);
+    // bias = log(run length) needs no device: it is set here, also for items with D == 0.
+    for (size_t k = 0; k < items.size(); ++k) {
+      bias[k] = static_cast<float>(std::log(static_cast<double>(items[k].members.size())));
+    }
     return absl::OkStatus();
   });
 }
