@@ -1,14 +1,31 @@
 // FitScheduler: computes and stores per-turn compression fits on its own workers, never on the
 // threads that serve RPCs.
 //
-// After a turn is acknowledged, AppendSegment submits one job per method that has a fit; a bounded
-// pool of workers runs them (each job: decode every layer, Compressor::Fit, Store::PutFit in one
-// batch, with the method's SummarizeFit as the fit's summary), then calls the on_stored callback.
-// When the background queue is full a job is dropped and logged, not lost: a GetCache that needs
-// the fit calls Await(), which queues it again ahead of the background jobs.
+// An append first reserves room in the background queue for the fits its turn needs (Reserve:
+// waiting a bounded time while the queue is full, then RESOURCE_EXHAUSTED, so a refused append
+// stores nothing), stores the turn, then queues one job per method that has a fit (Submit). A
+// bounded pool of workers runs them (each job: decode every layer, Compressor::Fit, Store::PutFit
+// in one batch, with the method's SummarizeFit as the fit's summary), then calls on_stored. A job
+// submitted without a reservation is dropped and logged when the queue is full, not lost: a
+// GetCache that needs the fit calls Await(), which queues it again ahead of the background jobs.
 //
+//   absl::StatusOr<FitReservation> room = fits.Reserve(jobs, bytes, absl::Seconds(2));
+//   if (!room.ok()) return room.status();  // RESOURCE_EXHAUSTED, with RetryAfterOf(status)
+//   /* store the turn */  fits.Submit(job, *room);
 //   absl::Status fit = fits.Await(job, absl::Milliseconds(500));
 //   if (absl::IsDeadlineExceeded(fit)) { /* serve the fallback, say so in the answer's notes */ }
+//
+// The background queue is bounded twice, both counting queued jobs plus reserved room: in jobs
+// (max_queued) and in the raw KV bytes the jobs will read (FitQueueOptions::max_queued_bytes;
+// each job counts its record's raw_bytes). The queue holds records, not tensors: the byte bound
+// caps the backlog of KV to decode and fit (what a device backend stages per batch), and an empty
+// queue takes any one append however large, so no turn is refused for its size alone.
+//
+// Batches: a worker takes up to FitQueueOptions::max_batch queued jobs of one method at once (the
+// oldest job's method, in queue order), across sessions, and reports them (on_batch). The
+// compressor still fits them one turn after another; when an awaited fit is queued the worker
+// gives the jobs of its batch it has not started back to the head of the queue, so a GetCache
+// waits behind no more background fits than it did before batches (the ones running).
 //
 // The rule: a fit is computed only on a worker. Await() waits, with a deadline, for the worker's
 // run (joining one in flight, queued or running, or queuing the job in the pool's urgent lane); it
@@ -28,19 +45,23 @@
 // lock held by a thread the scheduler keeps off the CPU (priority inversion). The worker's reads
 // take only RocksDB's short internal locks.
 //
-// Thread-safe. Shutdown() stops the workers; queued jobs are dropped, and their awaiters get
-// UNAVAILABLE.
+// Thread-safe. Shutdown() stops the workers; queued jobs are dropped, their awaiters and the
+// appends waiting for room get UNAVAILABLE.
 #ifndef NEXUSKV_SERVICE_FIT_SCHEDULER_H_
 #define NEXUSKV_SERVICE_FIT_SCHEDULER_H_
 
+#include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -61,6 +82,58 @@ struct FitJob {
   const compressor::Compressor* method = nullptr;  // Registry-owned; a method that has a fit.
 };
 
+// The key of the absl::Status payload by which a RESOURCE_EXHAUSTED says when to retry (decimal
+// milliseconds); the gRPC edge sends it as the grpc-retry-pushback-ms trailer (gRFC A6).
+inline constexpr char kRetryAfterPayload[] = "type.nexuskv.dev/retry_after_ms";
+// `status` with the retry hint attached; RetryAfterOf reads it back (nullopt when absent or bad).
+absl::Status WithRetryAfter(absl::Status status, absl::Duration after);
+std::optional<absl::Duration> RetryAfterOf(const absl::Status& status);
+
+// Told about the background queue, for metrics. Each may be empty; each runs on the thread named,
+// without the scheduler's lock held.
+struct FitQueueObserver {
+  // On a worker, after a batch: how long each job it ran waited in the queue, and the time the
+  // batch took (its jobs run, stored or skipped).
+  std::function<void(std::span<const absl::Duration> queued, absl::Duration elapsed)> on_batch;
+  // On the appending thread, when Reserve found the queue full: whether room came within the
+  // wait (true) or the append was refused (false).
+  std::function<void(bool admitted)> on_backpressure;
+};
+
+struct FitQueueOptions {
+  // Raw KV bytes the queued and reserved jobs may add up to (0: no bound); see above.
+  uint64_t max_queued_bytes = 0;
+  // Most jobs a worker takes from the background queue at once (at least 1).
+  size_t max_batch = 1;
+  FitQueueObserver observer;
+};
+
+class FitScheduler;
+
+// Room in the background queue for the fits of one append, held from before its turn is stored
+// until Submit queues them or the reservation is destroyed (which frees what was not used).
+// Move-only; must not outlive its scheduler. An empty reservation holds nothing.
+class FitReservation {
+ public:
+  FitReservation() = default;
+  FitReservation(FitReservation&& other) noexcept { *this = std::move(other); }
+  FitReservation& operator=(FitReservation&& other) noexcept;
+  FitReservation(const FitReservation&) = delete;
+  FitReservation& operator=(const FitReservation&) = delete;
+  ~FitReservation() { Release(); }
+
+  size_t jobs() const { return jobs_; }
+  uint64_t bytes() const { return bytes_; }
+
+ private:
+  friend class FitScheduler;
+  void Release();
+
+  FitScheduler* scheduler_ = nullptr;
+  size_t jobs_ = 0;
+  uint64_t bytes_ = 0;
+};
+
 class FitScheduler {
  public:
   // Called after a job's fit is stored, on the thread that stored it: the writer thread when
@@ -75,16 +148,32 @@ class FitScheduler {
   // `store` must outlive the scheduler. num_threads: the workers; with none, Await answers
   // UNAVAILABLE for any fit not stored. max_queued: the bound of the background queue, and
   // separately of the urgent one (ThreadPool). worker_nice: 0 (workers at the process's priority)
-  // to 19; the caller validates it (main.cc refuses other values of --fit_nice).
+  // to 19; the caller validates it (main.cc refuses other values of --fit_nice). queue: the byte
+  // bound, batch size and observer of the background queue.
   FitScheduler(store::Store* store, int num_threads, size_t max_queued,
                StoredCallback on_stored = nullptr, DoneCallback on_done = nullptr,
-               int worker_nice = 0);
+               int worker_nice = 0, FitQueueOptions queue = {});
   FitScheduler(const FitScheduler&) = delete;
   FitScheduler& operator=(const FitScheduler&) = delete;
   ~FitScheduler();
 
-  // Queues the job for a background worker; drops it (logged) when the queue is full. A worker
-  // skips it when its fit is stored, or in flight for an awaiter, by the time it starts.
+  // Room for `jobs` jobs reading `bytes` raw KV bytes in all, at once; nullopt when the queue
+  // (queued jobs plus reservations) has none, or after Shutdown.
+  std::optional<FitReservation> TryReserve(size_t jobs, uint64_t bytes);
+
+  // The same, waiting at most `wait` for the workers to take jobs from the queue. Told to the
+  // observer (on_backpressure). RESOURCE_EXHAUSTED when the queue is still full: the message says
+  // how full (jobs and bytes, naming --fit_queue and --fit_queue_mb) and how long it waited, and
+  // carries a retry hint (WithRetryAfter: the wait, at least one second). UNAVAILABLE after
+  // Shutdown.
+  absl::StatusOr<FitReservation> Reserve(size_t jobs, uint64_t bytes, absl::Duration wait);
+
+  // Queues the job for a background worker under one job of `reservation` (never refused, the
+  // room was held for it); an empty reservation queues it as Submit(job) does. A worker skips it
+  // when its fit is stored, or in flight for an awaiter, by the time it starts.
+  void Submit(FitJob job, FitReservation& reservation);
+
+  // Queues the job without a reservation; drops it (logged) when the queue is full.
   void Submit(FitJob job);
 
   // Returns once the job's fit is stored: at once when it already is; otherwise it waits, at most
@@ -112,13 +201,35 @@ class FitScheduler {
 
   // Jobs queued for the workers and not yet started, both the background ones and those queued
   // by Await.
-  size_t queued() const { return pool_.queued(); }
+  size_t queued() const;
+
+  // Raw KV bytes the queued background jobs will read (the byte bound counts these plus the
+  // reserved room).
+  uint64_t queued_bytes() const;
+
+  // Reserve calls waiting for room now.
+  size_t waiting_for_room() const;
 
  private:
   using JobId = std::tuple<std::string, std::string, uint32_t, std::string>;
   struct InFlight;
+  struct Queued {
+    FitJob job;
+    uint64_t bytes = 0;
+    absl::Time since;  // When Submit queued it.
+  };
+  friend class FitReservation;
 
   static JobId IdOf(const FitJob& job);
+  // Whether `jobs` more jobs of `bytes` fit beside the queued and reserved ones.
+  bool HasRoom(size_t jobs, uint64_t bytes) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Frees room a reservation held and did not use.
+  void Release(size_t jobs, uint64_t bytes);
+  // Queues `item` (mu_ held by the caller) and starts a drain when fewer than num_threads_ run.
+  void Enqueue(Queued item) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // On a worker: takes a batch from the background queue, runs it, then queues itself again while
+  // jobs are left (so awaited fits, in the pool's urgent lane, go between batches).
+  void Drain();
   // On a worker, for a Submit()ted job: runs it unless it is in flight already.
   void RunBackground(const FitJob& job);
   // On a worker: computes and stores the job's fit unless it is stored, records the outcome in
@@ -139,6 +250,18 @@ class FitScheduler {
   std::map<JobId, std::shared_ptr<InFlight>> in_flight_ ABSL_GUARDED_BY(mu_);
   std::map<JobId, absl::Status> failed_ ABSL_GUARDED_BY(mu_);
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
+  // The background queue, oldest first, and what it and the reservations hold.
+  std::deque<Queued> queue_ ABSL_GUARDED_BY(mu_);
+  uint64_t queued_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  size_t reserved_jobs_ ABSL_GUARDED_BY(mu_) = 0;
+  size_t waiting_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t reserved_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  // Drain tasks queued on the pool or running: at most num_threads_.
+  int drainers_ ABSL_GUARDED_BY(mu_) = 0;
+  const size_t max_queued_;
+  const uint64_t max_queued_bytes_;
+  const size_t max_batch_;
+  const FitQueueObserver observer_;
   const int num_threads_;
   const int worker_nice_;
   ThreadPool writer_;  // Normal priority; one thread when worker_nice_ > 0, none otherwise.

@@ -1,6 +1,8 @@
 // FitScheduler: background fits run on workers at --fit_nice below the caller; a fit a caller
 // awaits runs on those workers too, ahead of the background ones, never on the caller's thread;
-// awaiters share one run and a wait that runs out leaves nothing behind.
+// awaiters share one run and a wait that runs out leaves nothing behind. The background queue is
+// bounded in jobs and raw bytes, holds appends back (wait, then RESOURCE_EXHAUSTED with nothing
+// stored) and hands workers batches of one method.
 #include "service/fit_scheduler.h"
 
 #include <sys/resource.h>
@@ -9,6 +11,7 @@
 #include <cerrno>
 #include <filesystem>
 #include <memory>
+#include <span>
 #include <string>
 #include <thread>
 #include <utility>
@@ -83,6 +86,51 @@ class GatedFit final : public compressor::Compressor {
   mutable std::vector<std::thread::id> threads_ ABSL_GUARDED_BY(mu_);
 };
 
+// A method whose every Fit (one per layer) takes a permit the test grants, blocking until it has
+// one, so a test can hold a worker inside a chosen job; nothing blocks once it is opened for good.
+class SteppedFit final : public compressor::Compressor {
+ public:
+  explicit SteppedFit(std::string name, compressor::Capabilities caps = {.fits = true})
+      : name_(std::move(name)), caps_(caps) {}
+  compressor::Capabilities capabilities() const override { return caps_; }
+  std::string_view name() const override { return name_; }
+  absl::StatusOr<std::string> Fit(const compressor::LayerView& layer) const override {
+    absl::MutexLock lock(&mu_);
+    ++entered_;
+    const auto permitted = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return permits_ != 0; };
+    mu_.Await(absl::Condition(&permitted));
+    if (permits_ > 0) --permits_;
+    return std::to_string(layer.first_position);
+  }
+  absl::StatusOr<compressor::LayerEntries> Materialize(const compressor::LayerView&,
+                                                       std::string_view, int) const override {
+    return absl::UnimplementedError("only fits");
+  }
+
+  // Lets `fits` more Fit calls through.
+  void Allow(int fits) {
+    absl::MutexLock lock(&mu_);
+    if (permits_ >= 0) permits_ += fits;
+  }
+  void OpenForGood() {
+    absl::MutexLock lock(&mu_);
+    permits_ = -1;
+  }
+  // Returns once `n` Fit calls have started in all.
+  void WaitEntered(int n) const {
+    absl::MutexLock lock(&mu_);
+    const auto reached = [this, n]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return entered_ >= n; };
+    mu_.Await(absl::Condition(&reached));
+  }
+
+ private:
+  const std::string name_;
+  const compressor::Capabilities caps_;
+  mutable absl::Mutex mu_;
+  mutable int permits_ ABSL_GUARDED_BY(mu_) = 0;  // -1: open for good.
+  mutable int entered_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
 class FitSchedulerTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -96,6 +144,9 @@ class FitSchedulerTest : public ::testing::Test {
   }
   void TearDown() override {
     gated_.Open();  // A test that failed half way may have left a worker blocked in Fit.
+    stepped_.OpenForGood();
+    other_.OpenForGood();
+    if (core_method_ != nullptr) core_method_->OpenForGood();
     scheduler_.reset();
     core_.reset();
     store_.reset();
@@ -151,6 +202,55 @@ class FitSchedulerTest : public ::testing::Test {
         });
   }
   FitJob Job(uint32_t turn) { return FitJob{key_, testing::TinySpec(), records_[turn], &gated_}; }
+
+  // Appends turns 0..turns-1 of session "s" (no background fits); records_ holds their records.
+  void AppendTurns(int turns) {
+    Start(/*fit_nice=*/0, /*precompute=*/false);
+    for (int t = 0; t < turns; ++t) Append(t, 16, 16 * t);
+    auto records = store_->ListSegments(key_);
+    ASSERT_TRUE(records.ok()) << records.status();
+    ASSERT_EQ(records->size(), static_cast<size_t>(turns));
+    records_ = std::move(*records);
+  }
+  // A scheduler of the stepped methods whose observer records batches and back-pressure.
+  void MakeScheduler(int num_threads, size_t max_queued, FitQueueOptions queue) {
+    queue.observer.on_batch = [this](std::span<const absl::Duration> queued, absl::Duration) {
+      absl::MutexLock lock(&mu_);
+      batches_.push_back(queued.size());
+    };
+    queue.observer.on_backpressure = [this](bool admitted) {
+      absl::MutexLock lock(&mu_);
+      backpressure_.push_back(admitted);
+    };
+    scheduler_ = std::make_unique<FitScheduler>(
+        store_.get(), num_threads, max_queued, nullptr,
+        [this](const FitJob& job, absl::Duration, const absl::Status& status) {
+          EXPECT_TRUE(status.ok()) << status;
+          absl::MutexLock lock(&mu_);
+          computed_.push_back(job.record.turn());
+          methods_.emplace_back(job.method->name());
+        },
+        /*worker_nice=*/0, std::move(queue));
+  }
+  FitJob Stepped(uint32_t turn, const SteppedFit* method = nullptr) {
+    return FitJob{key_, testing::TinySpec(), records_[turn], method ? method : &stepped_};
+  }
+  // The jobs each batch ran, once `n` batches are reported (after their last job's on_done).
+  std::vector<size_t> Batches(size_t n) {
+    absl::MutexLock lock(&mu_);
+    const auto reached = [this, n]()
+                             ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return batches_.size() >= n; };
+    mu_.Await(absl::Condition(&reached));
+    return batches_;
+  }
+  std::vector<bool> Backpressure() {
+    absl::MutexLock lock(&mu_);
+    return backpressure_;
+  }
+  std::vector<std::string> Methods() {
+    absl::MutexLock lock(&mu_);
+    return methods_;
+  }
   // The turns whose fit the scheduler computed, in the order they finished.
   std::vector<uint32_t> Computed() {
     absl::MutexLock lock(&mu_);
@@ -179,6 +279,13 @@ class FitSchedulerTest : public ::testing::Test {
   std::vector<store::SegmentRecord> records_;
   GatedFit gated_;
   std::vector<uint32_t> computed_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::string> methods_ ABSL_GUARDED_BY(mu_);  // Of computed_, in its order.
+  std::vector<size_t> batches_ ABSL_GUARDED_BY(mu_);       // Jobs run per batch.
+  std::vector<bool> backpressure_ ABSL_GUARDED_BY(mu_);    // Reserve waits: admitted or not.
+  SteppedFit stepped_{"STEP"};
+  SteppedFit other_{"OTHER"};
+  SteppedFit* core_method_ = nullptr;  // Owned by registry_, for the core's tests.
+  std::unique_ptr<compressor::CompressorRegistry> registry_;
   std::unique_ptr<FitScheduler> scheduler_;  // Last: its workers stop before the rest goes.
 };
 
@@ -376,6 +483,208 @@ TEST_F(FitSchedulerTest, ShutdownWakesTheAwaitersOfTheJobsItDrops) {
   EXPECT_TRUE(Stored(0));
   EXPECT_TRUE(absl::IsUnavailable(dropped)) << dropped;
   EXPECT_FALSE(Stored(1));
+}
+
+TEST_F(FitSchedulerTest, TheQueueIsBoundedInRawBytesBesideJobs) {
+  AppendTurns(5);
+  const uint64_t turn_bytes = records_[0].raw_bytes();
+  ASSERT_GT(turn_bytes, 0u);
+  MakeScheduler(/*num_threads=*/1, /*max_queued=*/100, {.max_queued_bytes = 2 * turn_bytes});
+  {
+    // An empty queue takes one append larger than the whole bound; what it holds counts.
+    std::optional<FitReservation> big = scheduler_->TryReserve(3, 3 * turn_bytes);
+    ASSERT_TRUE(big.has_value());
+    EXPECT_EQ(big->jobs(), 3u);
+    EXPECT_FALSE(scheduler_->TryReserve(1, turn_bytes).has_value());
+  }  // Released unused.
+  EXPECT_TRUE(scheduler_->TryReserve(1, turn_bytes).has_value());
+
+  EXPECT_TRUE(absl::IsDeadlineExceeded(scheduler_->Await(Stepped(4), absl::ZeroDuration())));
+  stepped_.WaitEntered(1);  // The one worker holds turn 4.
+  scheduler_->Submit(Stepped(0));
+  scheduler_->Submit(Stepped(1));
+  scheduler_->Submit(Stepped(2));  // Over the byte bound, under the job bound: dropped.
+  EXPECT_EQ(scheduler_->queued(), 2u);
+  EXPECT_EQ(scheduler_->queued_bytes(), 2 * turn_bytes);
+  EXPECT_FALSE(scheduler_->TryReserve(1, 1).has_value());
+  stepped_.OpenForGood();
+  WaitComputed(3);
+  EXPECT_EQ(Computed(), (std::vector<uint32_t>{4, 0, 1}));
+  EXPECT_FALSE(store_->HasFit(key_, 2, "STEP").value_or(true));
+  EXPECT_EQ(scheduler_->queued_bytes(), 0u);
+}
+
+TEST_F(FitSchedulerTest, AReserveWaitsForRoomThenHoldsItForItsJobs) {
+  AppendTurns(3);
+  const uint64_t turn_bytes = records_[0].raw_bytes();
+  MakeScheduler(/*num_threads=*/1, /*max_queued=*/1, {});
+  EXPECT_TRUE(absl::IsDeadlineExceeded(scheduler_->Await(Stepped(2), absl::ZeroDuration())));
+  stepped_.WaitEntered(1);
+  scheduler_->Submit(Stepped(0));  // The queue's one job.
+  ASSERT_FALSE(scheduler_->TryReserve(1, turn_bytes).has_value());
+  absl::StatusOr<FitReservation> room;
+  std::thread append([&] { room = scheduler_->Reserve(1, turn_bytes, absl::InfiniteDuration()); });
+  while (scheduler_->waiting_for_room() == 0) absl::SleepFor(absl::Milliseconds(1));
+  stepped_.OpenForGood();  // The worker takes turn 0 from the queue: room for one.
+  append.join();
+  ASSERT_TRUE(room.ok()) << room.status();
+  EXPECT_EQ(room->jobs(), 1u);
+  scheduler_->Submit(Stepped(1), *room);
+  EXPECT_EQ(room->jobs(), 0u);
+  WaitComputed(3);
+  EXPECT_TRUE(store_->HasFit(key_, 1, "STEP").value_or(false));
+  EXPECT_EQ(Backpressure(), std::vector<bool>{true});
+}
+
+TEST_F(FitSchedulerTest, AReserveThatFindsNoRoomIsRefusedWithHowFullAndARetryHint) {
+  AppendTurns(3);
+  const uint64_t turn_bytes = records_[0].raw_bytes();  // 2,560 bytes
+  MakeScheduler(/*num_threads=*/1, /*max_queued=*/1, {.max_queued_bytes = 10 * turn_bytes});
+  EXPECT_TRUE(absl::IsDeadlineExceeded(scheduler_->Await(Stepped(2), absl::ZeroDuration())));
+  stepped_.WaitEntered(1);
+  scheduler_->Submit(Stepped(0));
+  const absl::StatusOr<FitReservation> room =
+      scheduler_->Reserve(2, 2 * turn_bytes, absl::ZeroDuration());
+  ASSERT_TRUE(absl::IsResourceExhausted(room.status())) << room.status();
+  EXPECT_EQ(room.status().message(),
+            "the compression queue is full: 1 of 1 fits queued (--fit_queue), 3 KiB of 25 KiB of "
+            "raw KV to fit (--fit_queue_mb); this turn's 2 fits (5 KiB) found no room within 0 "
+            "(--fit_backpressure_ms); retry in 1000 ms or later, with backoff");
+  EXPECT_EQ(RetryAfterOf(room.status()), absl::Seconds(1));  // At least a second.
+  EXPECT_EQ(Backpressure(), std::vector<bool>{false});
+  EXPECT_EQ(scheduler_->waiting_for_room(), 0u);
+  EXPECT_EQ(RetryAfterOf(absl::ResourceExhaustedError("no hint")), std::nullopt);
+  EXPECT_EQ(RetryAfterOf(WithRetryAfter(absl::ResourceExhaustedError("x"), absl::Seconds(3))),
+            absl::Seconds(3));
+}
+
+TEST_F(FitSchedulerTest, AWorkerTakesQueuedJobsOfOneMethodInBatchesOfAtMostMaxBatch) {
+  AppendTurns(5);
+  other_.OpenForGood();
+  MakeScheduler(/*num_threads=*/1, /*max_queued=*/16, {.max_batch = 2});
+  EXPECT_TRUE(absl::IsDeadlineExceeded(scheduler_->Await(Stepped(4), absl::ZeroDuration())));
+  stepped_.WaitEntered(1);  // Queued meanwhile, across sessions or not, they wait together.
+  scheduler_->Submit(Stepped(0));
+  scheduler_->Submit(Stepped(1, &other_));
+  scheduler_->Submit(Stepped(2));
+  scheduler_->Submit(Stepped(3));
+  EXPECT_EQ(scheduler_->queued(), 4u);
+  stepped_.OpenForGood();
+  WaitComputed(5);
+  // The oldest job's method, up to two of it in queue order; then the oldest again.
+  EXPECT_EQ(Computed(), (std::vector<uint32_t>{4, 0, 2, 1, 3}));
+  EXPECT_EQ(Methods(), (std::vector<std::string>{"STEP", "STEP", "STEP", "OTHER", "STEP"}));
+  EXPECT_EQ(Batches(3), (std::vector<size_t>{2, 1, 1}));  // The awaited fit is no batch.
+}
+
+TEST_F(FitSchedulerTest, ABatchGivesItsJobsNotStartedBackWhenAFitIsAwaited) {
+  AppendTurns(5);
+  MakeScheduler(/*num_threads=*/1, /*max_queued=*/16, {.max_batch = 8});
+  const int layers = static_cast<int>(testing::TinySpec().num_layers());
+  EXPECT_TRUE(absl::IsDeadlineExceeded(scheduler_->Await(Stepped(4), absl::ZeroDuration())));
+  stepped_.WaitEntered(1);
+  scheduler_->Submit(Stepped(0));
+  scheduler_->Submit(Stepped(1));
+  scheduler_->Submit(Stepped(2));
+  stepped_.Allow(layers);            // Turn 4 finishes; the worker takes the batch {0, 1, 2}.
+  stepped_.WaitEntered(layers + 1);  // and holds turn 0.
+  EXPECT_EQ(scheduler_->queued(), 0u);
+  EXPECT_TRUE(absl::IsDeadlineExceeded(scheduler_->Await(Stepped(3), absl::ZeroDuration())));
+  stepped_.Allow(layers);                // Turn 0 finishes; turns 1 and 2 go back for turn 3.
+  stepped_.WaitEntered(2 * layers + 1);  // Turn 3 runs.
+  EXPECT_EQ(scheduler_->queued(), 2u);
+  stepped_.OpenForGood();
+  WaitComputed(5);
+  EXPECT_EQ(Computed(), (std::vector<uint32_t>{4, 0, 3, 1, 2}));
+  EXPECT_EQ(Batches(2), (std::vector<size_t>{1, 2}));
+}
+
+// The core's back-pressure: a registry of one method that fits (SCORED, which prefers token
+// scores) and a queue of one job that never waits.
+class AppendBackpressureTest : public FitSchedulerTest {
+ protected:
+  void StartCore() {
+    std::vector<std::unique_ptr<compressor::Compressor>> methods;
+    auto method = std::make_unique<SteppedFit>(
+        "SCORED", compressor::Capabilities{.fits = true, .prefers_token_scores = true});
+    core_method_ = method.get();
+    methods.push_back(std::move(method));
+    registry_ = std::make_unique<compressor::CompressorRegistry>(std::move(methods));
+    CoreOptions options;
+    options.fit_threads = 1;
+    options.fit_queue = 1;
+    options.fit_backpressure = absl::ZeroDuration();
+    options.on_fit_done = [this](const FitJob& job, absl::Duration, const absl::Status& status) {
+      EXPECT_TRUE(status.ok()) << status;
+      absl::MutexLock lock(&mu_);
+      computed_.push_back(job.record.turn());
+    };
+    options.on_fit_queue.on_backpressure = [this](bool admitted) {
+      absl::MutexLock lock(&mu_);
+      backpressure_.push_back(admitted);
+    };
+    core_ = std::make_unique<KvMemoryCore>(store_.get(), registry_.get(), options);
+  }
+
+  absl::StatusOr<v1::AppendSegmentResponse> AppendTurn(uint32_t turn, bool scores = false) {
+    SegmentAssembler assembler(Limits{});
+    auto messages = testing::SegmentMessages("s", turn, 16, 16 * turn, 4, testing::TinySpec());
+    if (scores) {
+      messages[0].mutable_header()->set_has_token_scores(true);
+      for (size_t l = 1; l < messages.size(); ++l) {
+        const std::vector<float> s(2 * 16, 1.0f);
+        messages[l].mutable_layer()->set_token_scores(EncodeFromFloat(s, DType::kFloat32));
+      }
+    }
+    for (auto& m : messages) {
+      if (absl::Status added = assembler.Add(std::move(m)); !added.ok()) return added;
+    }
+    absl::StatusOr<AssembledSegment> segment = std::move(assembler).Finish();
+    if (!segment.ok()) return segment.status();
+    return core_->Append("default", std::move(*segment));
+  }
+
+  uint32_t StoredTurns() {
+    absl::StatusOr<store::SessionRecord> session = store_->GetSession(key_);
+    EXPECT_TRUE(session.ok()) << session.status();
+    absl::StatusOr<std::vector<store::SegmentRecord>> segments = store_->ListSegments(key_);
+    EXPECT_TRUE(segments.ok()) << segments.status();
+    EXPECT_EQ(segments.ok() ? segments->size() : 0, session.ok() ? session->num_turns() : 1);
+    return session.ok() ? session->num_turns() : 0;
+  }
+};
+
+TEST_F(AppendBackpressureTest, AnAppendRefusedForAFullQueueStoresNothingAndCanBeRetried) {
+  StartCore();
+  ASSERT_TRUE(AppendTurn(0).ok());
+  core_method_->WaitEntered(1);     // The worker holds turn 0's fit.
+  ASSERT_TRUE(AppendTurn(1).ok());  // Turn 1's fit fills the queue.
+
+  const absl::StatusOr<v1::AppendSegmentResponse> refused = AppendTurn(2);
+  ASSERT_TRUE(absl::IsResourceExhausted(refused.status())) << refused.status();
+  EXPECT_THAT(std::string(refused.status().message()),
+              ::testing::StartsWith("turn 2 of session \"s\" was not stored: the compression "
+                                    "queue is full: 1 of 1 fits queued (--fit_queue)"));
+  EXPECT_EQ(RetryAfterOf(refused.status()), absl::Seconds(1));
+  EXPECT_EQ(StoredTurns(), 2u);
+  EXPECT_EQ(Backpressure(), std::vector<bool>{false});
+
+  // A turn stored already queues nothing, so it is never held back.
+  const absl::StatusOr<v1::AppendSegmentResponse> again = AppendTurn(1);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(again->already_stored());
+
+  // Nor is a turn whose fit is on demand (token scores serve it while raw KV is kept).
+  const absl::StatusOr<v1::AppendSegmentResponse> scored = AppendTurn(2, /*scores=*/true);
+  ASSERT_TRUE(scored.ok()) << scored.status();
+  EXPECT_EQ(StoredTurns(), 3u);
+
+  core_method_->OpenForGood();
+  WaitComputed(2);  // Turn 1's fit left the queue before it ran.
+  const absl::StatusOr<v1::AppendSegmentResponse> retried = AppendTurn(3);
+  ASSERT_TRUE(retried.ok()) << retried.status();
+  EXPECT_EQ(StoredTurns(), 4u);
+  EXPECT_EQ(Backpressure(), std::vector<bool>{false});  // Neither waited.
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 #include "service/grpc_service.h"
 
 #include <memory>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -125,7 +126,14 @@ class KvMemoryService::AppendReactor final
     if (!segment.ok()) return Refuse(segment.status(), header);
     absl::StatusOr<v1::AppendSegmentResponse> ack =
         service_->core_->Append(*tenant, std::move(*segment));
-    if (!ack.ok()) return Refuse(ack.status(), header);
+    if (!ack.ok()) {
+      // gRFC A6's pushback trailer: a client with a retry policy waits this long before retrying.
+      if (const std::optional<absl::Duration> after = RetryAfterOf(ack.status())) {
+        context_->AddTrailingMetadata("grpc-retry-pushback-ms",
+                                      absl::StrCat(absl::ToInt64Milliseconds(*after)));
+      }
+      return Refuse(ack.status(), header);
+    }
     *response_ = std::move(*ack);
     Finish(grpc::Status::OK);
   }

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/log.h"
@@ -25,7 +26,10 @@ KvMemoryCore::KvMemoryCore(store::Store* store, const compressor::CompressorRegi
           [this](const FitJob& job) {
             if (job.method->capabilities().serves_without_raw) ApplyRetention(job.key);
           },
-          options_.on_fit_done, options_.fit_nice) {
+          options_.on_fit_done, options_.fit_nice,
+          FitQueueOptions{.max_queued_bytes = options_.fit_queue_bytes,
+                          .max_batch = options_.fit_batch,
+                          .observer = options_.on_fit_queue}) {
   if (options_.raw_retention.mode == RawRetention::Mode::kAfter &&
       options_.raw_retention.sweep > absl::ZeroDuration()) {
     sweeper_ = std::thread([this] { SweepLoop(); });
@@ -58,6 +62,33 @@ bool KvMemoryCore::FitIsRead(const compressor::Compressor& method,
                         options_.raw_retention.mode == RawRetention::Mode::kKeep);
 }
 
+absl::StatusOr<FitReservation> KvMemoryCore::ReserveFits(const store::SessionKey& key,
+                                                         const store::SegmentRecord& record,
+                                                         size_t jobs) {
+  const uint64_t bytes = jobs * record.raw_bytes();
+  if (std::optional<FitReservation> room = fits_.TryReserve(jobs, bytes)) return *std::move(room);
+  // The queue is full. A turn sent again after it was stored queues nothing: never held back.
+  if (const absl::StatusOr<store::SessionRecord> session = store_->GetSession(key);
+      session.ok() && record.turn() < session->num_turns()) {
+    return FitReservation();
+  }
+  absl::StatusOr<FitReservation> room = fits_.Reserve(jobs, bytes, options_.fit_backpressure);
+  if (room.ok()) return room;
+  Log(LogLevel::kWarning, "append_backpressure",
+      {{"tenant", key.tenant},
+       {"session", key.session_id},
+       {"turn", record.turn()},
+       {"status", room.status().ToString()}});
+  // The same code and retry hint, with the turn it is about.
+  absl::Status refused(room.status().code(),
+                       absl::StrCat("turn ", record.turn(), " of session \"", key.session_id,
+                                    "\" was not stored: ", room.status().message()));
+  room.status().ForEachPayload([&refused](absl::string_view url, const absl::Cord& payload) {
+    refused.SetPayload(url, payload);
+  });
+  return refused;
+}
+
 void KvMemoryCore::SweepLoop() {
   while (!stop_sweeper_.WaitForNotificationWithTimeout(options_.raw_retention.sweep)) {
     absl::StatusOr<std::vector<store::SessionKey>> keys = store_->ListSessionKeys();
@@ -79,12 +110,23 @@ absl::StatusOr<v1::AppendSegmentResponse> KvMemoryCore::Append(std::string_view 
   const uint64_t bytes = record.raw_bytes();
 
   store::SessionKey key{std::string(tenant), h.session_id()};
-  NEXUSKV_ASSIGN_OR_RETURN(store::AppendOutcome outcome,
-                           store_->AppendSegment(key, h.model(), record, segment.layers));
-  if (!outcome.already_stored && options_.precompute_fits) {
+  std::vector<const compressor::Compressor*> fitted;  // The methods whose fits the turn queues.
+  if (options_.precompute_fits) {
     for (std::string_view name : registry_->names()) {
       const compressor::Compressor* method = registry_->Find(name);
-      if (FitIsRead(*method, record)) fits_.Submit(FitJob{key, h.model(), record, method});
+      if (FitIsRead(*method, record)) fitted.push_back(method);
+    }
+  }
+  // Room for the fits before the turn is stored: a refused append stores nothing.
+  FitReservation room;
+  if (!fitted.empty()) {
+    NEXUSKV_ASSIGN_OR_RETURN(room, ReserveFits(key, record, fitted.size()));
+  }
+  NEXUSKV_ASSIGN_OR_RETURN(store::AppendOutcome outcome,
+                           store_->AppendSegment(key, h.model(), record, segment.layers));
+  if (!outcome.already_stored) {
+    for (const compressor::Compressor* method : fitted) {
+      fits_.Submit(FitJob{key, h.model(), record, method}, room);
     }
   }
   if (!outcome.already_stored) ApplyRetention(key);

@@ -36,9 +36,15 @@ namespace nexuskv::service {
 
 struct CoreOptions {
   Limits limits;
-  // Background fit workers and their queue (see FitScheduler).
+  // Background fit workers and their queue (see FitScheduler): at most fit_queue jobs and
+  // fit_queue_bytes of raw KV to read (0: no byte bound), taken by a worker fit_batch at a time.
   int fit_threads = 1;
   size_t fit_queue = 1024;
+  uint64_t fit_queue_bytes = 4096ull << 20;
+  size_t fit_batch = 8;
+  // How long an append whose fits find the queue full waits for room before it is refused with
+  // RESOURCE_EXHAUSTED (and a retry hint); its turn is stored only once the room is held.
+  absl::Duration fit_backpressure = absl::Seconds(2);
   // Nice levels the fit workers run below the RPC threads (0: same priority; at most 19).
   int fit_nice = 0;
   // Compute fits right after each append (true) or only when a GetCache needs them (false).
@@ -55,6 +61,8 @@ struct CoreOptions {
   double merge_share = 0.05;
   // Told about each fit computed (FitScheduler::DoneCallback); for metrics. May be empty.
   FitScheduler::DoneCallback on_fit_done;
+  // Told about the background queue's batches and back-pressure; for metrics. May be empty.
+  FitQueueObserver on_fit_queue;
 };
 
 class KvMemoryCore {
@@ -68,6 +76,12 @@ class KvMemoryCore {
   // Stores a segment validated by the SegmentAssembler (ValidateSegmentHeader, offsets included)
   // durably, schedules its fits and applies the raw retention to the session. Store errors pass
   // through (FAILED_PRECONDITION, ALREADY_EXISTS, RESOURCE_EXHAUSTED, ...).
+  //
+  // Back-pressure: before anything is stored, the turn's background fits get room in the fit
+  // queue, waiting at most fit_backpressure while it is full; then RESOURCE_EXHAUSTED ("the
+  // compression queue is full", with a retry hint: RetryAfterOf) and nothing is stored. A turn
+  // that queues no fit (precompute_fits off, FIT_ON_DEMAND turns) or that is stored already
+  // never waits.
   absl::StatusOr<nexuskv::v1::AppendSegmentResponse> Append(std::string_view tenant,
                                                             AssembledSegment segment);
 
@@ -87,8 +101,9 @@ class KvMemoryCore {
   absl::StatusOr<nexuskv::v1::DeleteSessionResponse> DeleteSession(std::string_view tenant,
                                                                    std::string_view session_id);
 
-  // Background fits queued and not yet started.
+  // Background fits queued and not yet started, and the raw KV bytes they will read.
   size_t queued_fits() const { return fits_.queued(); }
+  uint64_t queued_fit_bytes() const { return fits_.queued_bytes(); }
 
   // Stops background fits and the raw-retention sweeper (GetCache still computes what it needs).
   // Idempotent.
@@ -104,6 +119,10 @@ class KvMemoryCore {
   // is kept (every keep_ratio / max_bytes answer is then a scored selection; a max_tokens one
   // queues the fit through AwaitFits).
   bool FitIsRead(const compressor::Compressor& method, const store::SegmentRecord& record) const;
+  // Room in the fit queue for `jobs` fits of `record` (Append's back-pressure); an empty
+  // reservation when the turn is stored already.
+  absl::StatusOr<FitReservation> ReserveFits(const store::SessionKey& key,
+                                             const store::SegmentRecord& record, size_t jobs);
   // The token scores of the scope's compressed turns, every layer.
   absl::StatusOr<std::vector<compressor::scored::ScoredTurn>> LoadScoredTurns(
       const store::SessionKey& key, const CacheScope& scope) const;

@@ -49,7 +49,16 @@ ABSL_FLAG(int, fit_threads, 1,
           "Background compression workers (at least 1: every fit runs on them, also one a "
           "GetCache waits for).");
 ABSL_FLAG(uint64_t, fit_queue, 1024,
-          "Queued background fits beyond which new ones are dropped until a GetCache needs them.");
+          "Background fits the compression queue holds (at least 1); an append whose fits find "
+          "it full waits --fit_backpressure_ms for room, then fails with RESOURCE_EXHAUSTED.");
+ABSL_FLAG(uint64_t, fit_queue_mb, 4096,
+          "MiB of raw KV the queued background fits may read, all together (0: no bound); an "
+          "empty queue takes any one turn. Beyond it appends wait as for --fit_queue.");
+ABSL_FLAG(uint64_t, fit_batch, 8,
+          "Most queued fits of one method a worker takes at once, across sessions (at least 1).");
+ABSL_FLAG(int64_t, fit_backpressure_ms, 2000,
+          "How long an append waits for room in a full compression queue before it fails with "
+          "RESOURCE_EXHAUSTED and a retry hint; nothing of a refused append is stored.");
 ABSL_FLAG(int, fit_nice, 0,
           "Nice levels the fit workers run below the RPC threads, so fits use the CPU requests "
           "leave idle (0: same priority; at most 19). Every fit runs on these workers, also one "
@@ -155,6 +164,10 @@ absl::StatusOr<ServerOptions> ServerOptionsFromFlags() {
   options.retention_sweep = absl::Seconds(absl::GetFlag(FLAGS_retention_sweep_s));
   options.core.fit_threads = absl::GetFlag(FLAGS_fit_threads);
   options.core.fit_queue = absl::GetFlag(FLAGS_fit_queue);
+  options.core.fit_queue_bytes = absl::GetFlag(FLAGS_fit_queue_mb) << 20;
+  options.core.fit_batch = absl::GetFlag(FLAGS_fit_batch);
+  options.core.fit_backpressure =
+      absl::Milliseconds(std::max<int64_t>(absl::GetFlag(FLAGS_fit_backpressure_ms), 0));
   options.core.precompute_fits = absl::GetFlag(FLAGS_precompute_fits);
   options.core.fit_nice = absl::GetFlag(FLAGS_fit_nice);
   options.core.fit_wait =
@@ -166,6 +179,17 @@ absl::StatusOr<ServerOptions> ServerOptionsFromFlags() {
         "--fit_threads must be at least 1 (every fit runs on the fit workers, also one a "
         "GetCache waits for), got ",
         options.core.fit_threads));
+  }
+  // Without room for one job no append that queues a fit could be stored, and no GetCache could
+  // queue the fit it waits for.
+  if (options.core.fit_queue < 1 || options.core.fit_batch < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--fit_queue and --fit_batch must be at least 1, got ", options.core.fit_queue,
+                     " and ", options.core.fit_batch));
+  }
+  if (absl::GetFlag(FLAGS_fit_queue_mb) > (uint64_t{1} << 43)) {  // Shifted, it must not wrap.
+    return absl::InvalidArgumentError(absl::StrCat("--fit_queue_mb must be at most 2^43, got ",
+                                                   absl::GetFlag(FLAGS_fit_queue_mb)));
   }
   if (options.core.fit_nice < 0 || options.core.fit_nice > 19) {
     return absl::InvalidArgumentError(

@@ -105,7 +105,8 @@ absl::StatusOr<std::unique_ptr<metrics::HttpExporter>> StartMetricsExporter(
     const ServerOptions& options, const metrics::Registry* registry, ServerMetrics& metrics,
     store::Store* store, const KvMemoryCore* core, const HealthWatcher* health) {
   NEXUSKV_RETURN_IF_ERROR(metrics.WatchStore(store));
-  NEXUSKV_RETURN_IF_ERROR(metrics.WatchFitQueue([core] { return core->queued_fits(); }));
+  NEXUSKV_RETURN_IF_ERROR(metrics.WatchFitQueue([core] { return core->queued_fits(); },
+                                                [core] { return core->queued_fit_bytes(); }));
   NEXUSKV_RETURN_IF_ERROR(
       metrics.WatchHealth([health] { return health->serving().value_or(false); }));
   NEXUSKV_ASSIGN_OR_RETURN(std::unique_ptr<metrics::HttpExporter> exporter,
@@ -206,6 +207,7 @@ absl::Status RunServer(const ServerOptions& options) {
   if (!options.metrics_listen.empty()) {
     NEXUSKV_ASSIGN_OR_RETURN(metrics, ServerMetrics::Create(&registry));
     core_options.on_fit_done = metrics->FitObserver();
+    core_options.on_fit_queue = metrics->QueueObserver();
   }
   KvMemoryCore core(store.get(), &compressor::CompressorRegistry::Default(), core_options);
   ThreadPool executor("rpc", options.rpc_threads, options.rpc_queue);

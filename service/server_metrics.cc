@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <set>
+#include <span>
 #include <utility>
 #include <vector>
 
@@ -24,6 +25,12 @@ const std::vector<double> kRpcBuckets = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.0
 // Seconds; a fit is one turn, all layers: milliseconds for small models, seconds for long turns.
 const std::vector<double> kFitBuckets = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                                          1,     2.5,  5,     10,   30,  60,   120};
+
+// Jobs a worker took from the fit queue in one batch (--fit_batch bounds it).
+const std::vector<double> kBatchBuckets = {1, 2, 4, 8, 16, 32, 64};
+// Seconds a background fit waited in the queue: none when the workers keep up, minutes behind.
+const std::vector<double> kQueuedBuckets = {0.001, 0.01, 0.1, 0.5, 1,   2.5, 5,
+                                            10,    30,   60,  120, 300, 600};
 
 // Every "/service/method" path this server serves.
 const std::set<std::string>& KnownPaths() {
@@ -176,6 +183,35 @@ absl::Status ServerMetrics::Register(std::string_view device) {
                               "Time to compute and store one turn's fit, by method and result.",
                               {"method", "result"}, kFitBuckets));
   NEXUSKV_ASSIGN_OR_RETURN(
+      metrics::HistogramFamily * batch_jobs,
+      registry_->AddHistogram("nexuskv_fit_batch_jobs",
+                              "Background fits a worker took from the fit queue in one batch "
+                              "(one method, across sessions) and ran.",
+                              {}, kBatchBuckets));
+  fit_batch_jobs_ = &batch_jobs->With({});
+  NEXUSKV_ASSIGN_OR_RETURN(
+      metrics::HistogramFamily * batch_seconds,
+      registry_->AddHistogram("nexuskv_fit_batch_duration_seconds",
+                              "Time a worker spent on one batch of background fits, all its jobs.",
+                              {}, kFitBuckets));
+  fit_batch_seconds_ = &batch_seconds->With({});
+  NEXUSKV_ASSIGN_OR_RETURN(
+      metrics::HistogramFamily * queued_seconds,
+      registry_->AddHistogram("nexuskv_fit_queued_seconds",
+                              "Time a background fit waited in the fit queue before its batch "
+                              "started.",
+                              {}, kQueuedBuckets));
+  fit_queued_seconds_ = &queued_seconds->With({});
+  NEXUSKV_ASSIGN_OR_RETURN(
+      backpressure_,
+      registry_->AddCounter("nexuskv_fit_queue_backpressure_total",
+                            "Appends that found the fit queue full, by outcome: admitted once "
+                            "room came within --fit_backpressure_ms, or refused with "
+                            "RESOURCE_EXHAUSTED (nothing stored).",
+                            {"result"}));
+  backpressure_->With({"admitted"});  // Both series from the start, at zero.
+  backpressure_->With({"refused"});
+  NEXUSKV_ASSIGN_OR_RETURN(
       metrics::GaugeFamily * device_info,
       registry_->AddGauge("nexuskv_device_info",
                           "The compute device the compressors run on (value always 1).",
@@ -204,11 +240,35 @@ FitScheduler::DoneCallback ServerMetrics::FitObserver() {
   };
 }
 
-absl::Status ServerMetrics::WatchFitQueue(std::function<size_t()> queued) {
-  return registry_->AddGaugeCallback(
+FitQueueObserver ServerMetrics::QueueObserver() {
+  return FitQueueObserver{
+      .on_batch =
+          [this](std::span<const absl::Duration> queued, absl::Duration elapsed) {
+            fit_batch_jobs_->Observe(static_cast<double>(queued.size()));
+            fit_batch_seconds_->Observe(absl::ToDoubleSeconds(elapsed));
+            for (const absl::Duration d : queued) {
+              fit_queued_seconds_->Observe(absl::ToDoubleSeconds(d));
+            }
+          },
+      .on_backpressure =
+          [this](bool admitted) {
+            backpressure_->With({admitted ? "admitted" : "refused"}).Increment();
+          },
+  };
+}
+
+absl::Status ServerMetrics::WatchFitQueue(std::function<size_t()> queued,
+                                          std::function<uint64_t()> bytes) {
+  NEXUSKV_RETURN_IF_ERROR(registry_->AddGaugeCallback(
       "nexuskv_fit_queue_depth", "Background fits queued and not yet started.", {},
       [queued = std::move(queued)] {
         return std::vector<metrics::GaugeSample>{{{}, static_cast<double>(queued())}};
+      }));
+  return registry_->AddGaugeCallback(
+      "nexuskv_fit_queue_bytes",
+      "Raw KV bytes the queued background fits will read (--fit_queue_mb bounds it).", {},
+      [bytes = std::move(bytes)] {
+        return std::vector<metrics::GaugeSample>{{{}, static_cast<double>(bytes())}};
       });
 }
 

@@ -5,6 +5,7 @@
 //   NEXUSKV_ASSIGN_OR_RETURN(std::unique_ptr<ServerMetrics> m, ServerMetrics::Create(&registry));
 //   builder.experimental().SetInterceptorCreators(...m->NewInterceptorFactory()...);
 //   core_options.on_fit_done = m->FitObserver();
+//   core_options.on_fit_queue = m->QueueObserver();
 //   NEXUSKV_RETURN_IF_ERROR(m->WatchStore(store.get()));
 //
 // What it counts, and where:
@@ -12,8 +13,10 @@
 //     GetCache responses: a gRPC server interceptor (no code in the service), so refusals by the
 //     service edge (draining, busy, over the call limit, auth) are counted too.
 //   - Fit time and outcome: FitScheduler reports each computed fit (FitObserver).
-//   - Fit queue depth, RocksDB sizes, sessions and bytes per tenant: read at scrape time from the
-//     fit scheduler and Store::Stats (no data scan).
+//   - The fit queue's batches (jobs, time queued, time per batch) and the appends its
+//     back-pressure held or refused: FitScheduler reports them (QueueObserver).
+//   - Fit queue depth (jobs and bytes), RocksDB sizes, sessions and bytes per tenant: read at
+//     scrape time from the fit scheduler and Store::Stats (no data scan).
 // Method labels are limited to the methods this server serves (others read "other"), so a client
 // cannot grow the label set.
 //
@@ -53,9 +56,13 @@ class ServerMetrics {
   // For FitScheduler (CoreOptions::on_fit_done): records one computed fit.
   FitScheduler::DoneCallback FitObserver();
 
-  // Scrape-time gauges of the store (Store::Stats) and of the fit queue.
+  // For FitScheduler (CoreOptions::on_fit_queue): records batches and back-pressure.
+  FitQueueObserver QueueObserver();
+
+  // Scrape-time gauges of the store (Store::Stats) and of the fit queue: jobs queued and the raw
+  // KV bytes they will read.
   absl::Status WatchStore(store::Store* store);
-  absl::Status WatchFitQueue(std::function<size_t()> queued);
+  absl::Status WatchFitQueue(std::function<size_t()> queued, std::function<uint64_t()> bytes);
   // nexuskv_store_writable: 1 while `serving` (the health watcher's answer), else 0.
   absl::Status WatchHealth(std::function<bool()> serving);
 
@@ -79,6 +86,10 @@ class ServerMetrics {
   metrics::Counter* append_bytes_ = nullptr;
   metrics::Counter* get_cache_bytes_ = nullptr;
   metrics::HistogramFamily* fit_seconds_ = nullptr;
+  metrics::Histogram* fit_batch_jobs_ = nullptr;
+  metrics::Histogram* fit_batch_seconds_ = nullptr;
+  metrics::Histogram* fit_queued_seconds_ = nullptr;
+  metrics::CounterFamily* backpressure_ = nullptr;
 };
 
 }  // namespace nexuskv::service

@@ -64,12 +64,14 @@ TEST(ServerMetricsTest, ScrapeTimeGaugesReadTheStoreAndTheQueue) {
     absl::StatusOr<std::unique_ptr<ServerMetrics>> m = ServerMetrics::Create(&registry);
     ASSERT_TRUE(m.ok()) << m.status();
     size_t queued = 3;
+    uint64_t queued_bytes = 5 << 20;
     bool writable = true;
     ASSERT_TRUE((*m)->WatchStore(store->get()).ok());
-    ASSERT_TRUE((*m)->WatchFitQueue([&] { return queued; }).ok());
+    ASSERT_TRUE((*m)->WatchFitQueue([&] { return queued; }, [&] { return queued_bytes; }).ok());
     ASSERT_TRUE((*m)->WatchHealth([&] { return writable; }).ok());
     std::string text = registry.Exposition();
     EXPECT_THAT(text, HasSubstr("nexuskv_fit_queue_depth 3\n"));
+    EXPECT_THAT(text, HasSubstr("nexuskv_fit_queue_bytes 5242880\n"));
     EXPECT_THAT(text, HasSubstr("nexuskv_store_writable 1\n"));
     EXPECT_THAT(text, HasSubstr("# TYPE nexuskv_rocksdb_live_sst_bytes gauge\n"
                                 "nexuskv_rocksdb_live_sst_bytes 0\n"));
@@ -77,9 +79,11 @@ TEST(ServerMetricsTest, ScrapeTimeGaugesReadTheStoreAndTheQueue) {
     EXPECT_THAT(text, HasSubstr("nexuskv_rocksdb_pending_compaction_bytes 0\n"));
     EXPECT_THAT(text, Not(HasSubstr("nexuskv_tenant_sessions{")));  // No tenant yet.
     queued = 0;
+    queued_bytes = 0;
     writable = false;
     text = registry.Exposition();
     EXPECT_THAT(text, HasSubstr("nexuskv_fit_queue_depth 0\n"));
+    EXPECT_THAT(text, HasSubstr("nexuskv_fit_queue_bytes 0\n"));
     EXPECT_THAT(text, HasSubstr("nexuskv_store_writable 0\n"));
   }
   std::filesystem::remove_all(dir);
