@@ -166,12 +166,13 @@ absl::StatusOr<FitReservation> FitScheduler::Reserve(size_t jobs, uint64_t bytes
   if (waited && observer_.on_backpressure) observer_.on_backpressure(granted);
   if (granted) return reservation;
   const absl::Duration retry = std::max(wait, absl::Seconds(1));
-  return WithRetryAfter(absl::ResourceExhaustedError(absl::StrCat(
-                            "the compression queue is full: ", full, "; this turn's ", jobs,
-                            " fits (", Size(bytes), ") found no room within ",
-                            absl::FormatDuration(wait), " (--fit_backpressure_ms); retry in ",
-                            absl::ToInt64Milliseconds(retry), " ms or later, with backoff")),
-                        retry);
+  return WithRetryAfter(
+      absl::ResourceExhaustedError(
+          absl::StrCat("the compression queue is full: ", full, "; this turn's ", jobs, " fits (",
+                       Size(bytes), ") found no room within ", absl::ToInt64Milliseconds(wait),
+                       " ms (--fit_backpressure_ms); retry in ", absl::ToInt64Milliseconds(retry),
+                       " ms or later, with backoff")),
+      retry);
 }
 
 void FitScheduler::Release(size_t jobs, uint64_t bytes) {

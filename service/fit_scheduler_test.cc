@@ -548,7 +548,7 @@ TEST_F(FitSchedulerTest, AReserveThatFindsNoRoomIsRefusedWithHowFullAndARetryHin
   ASSERT_TRUE(absl::IsResourceExhausted(room.status())) << room.status();
   EXPECT_EQ(room.status().message(),
             "the compression queue is full: 1 of 1 fits queued (--fit_queue), 3 KiB of 25 KiB of "
-            "raw KV to fit (--fit_queue_mb); this turn's 2 fits (5 KiB) found no room within 0 "
+            "raw KV to fit (--fit_queue_mb); this turn's 2 fits (5 KiB) found no room within 0 ms "
             "(--fit_backpressure_ms); retry in 1000 ms or later, with backoff");
   EXPECT_EQ(RetryAfterOf(room.status()), absl::Seconds(1));  // At least a second.
   EXPECT_EQ(Backpressure(), std::vector<bool>{false});

@@ -89,5 +89,29 @@ TEST(ServerMetricsTest, ScrapeTimeGaugesReadTheStoreAndTheQueue) {
   std::filesystem::remove_all(dir);
 }
 
+TEST(ServerMetricsTest, TheFitQueueObserverCountsBatchesTimeQueuedAndBackpressure) {
+  metrics::Registry registry;
+  absl::StatusOr<std::unique_ptr<ServerMetrics>> m = ServerMetrics::Create(&registry);
+  ASSERT_TRUE(m.ok()) << m.status();
+  std::string text = registry.Exposition();
+  EXPECT_THAT(text, HasSubstr("nexuskv_fit_queue_backpressure_total{result=\"refused\"} 0\n"));
+  const FitQueueObserver observer = (*m)->QueueObserver();
+  const absl::Duration queued[] = {absl::Milliseconds(5), absl::Seconds(3), absl::Seconds(7)};
+  observer.on_batch(queued, absl::Milliseconds(40));
+  observer.on_backpressure(true);
+  observer.on_backpressure(false);
+  observer.on_backpressure(false);
+  text = registry.Exposition();
+  EXPECT_THAT(text, HasSubstr("nexuskv_fit_batch_jobs_count 1\n"));
+  EXPECT_THAT(text, HasSubstr("nexuskv_fit_batch_jobs_sum 3\n"));
+  EXPECT_THAT(text, HasSubstr("nexuskv_fit_batch_jobs_bucket{le=\"2\"} 0\n"));
+  EXPECT_THAT(text, HasSubstr("nexuskv_fit_batch_jobs_bucket{le=\"4\"} 1\n"));
+  EXPECT_THAT(text, HasSubstr("nexuskv_fit_batch_duration_seconds_count 1\n"));
+  EXPECT_THAT(text, HasSubstr("nexuskv_fit_queued_seconds_count 3\n"));
+  EXPECT_THAT(text, HasSubstr("nexuskv_fit_queued_seconds_bucket{le=\"5\"} 2\n"));
+  EXPECT_THAT(text, HasSubstr("nexuskv_fit_queue_backpressure_total{result=\"admitted\"} 1\n"));
+  EXPECT_THAT(text, HasSubstr("nexuskv_fit_queue_backpressure_total{result=\"refused\"} 2\n"));
+}
+
 }  // namespace
 }  // namespace nexuskv::service
