@@ -25,6 +25,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -84,6 +85,26 @@ struct LayerTensors {
 };
 
 // TensorKind (keys, values, probe queries) is declared in store/key_codec.h.
+
+// One stored tensor as Store::PinTensor reads it: the payload where the store read it (RocksDB's
+// pinned value), not copied into a string. bytes() stays valid while this object, or one it was
+// moved into, lives.
+class StoredTensor {
+ public:
+  StoredTensor() = default;
+  // Owns `bytes`.
+  explicit StoredTensor(std::string bytes);
+  // Borrows `bytes`, which `owner` keeps alive.
+  StoredTensor(std::string_view bytes, std::shared_ptr<const void> owner)
+      : owner_(std::move(owner)), bytes_(bytes) {}
+
+  std::string_view bytes() const { return bytes_; }
+  size_t size() const { return bytes_.size(); }
+
+ private:
+  std::shared_ptr<const void> owner_;
+  std::string_view bytes_;
+};
 
 struct AppendOutcome {
   bool already_stored = false;  // An identical copy of the turn was already there; nothing written.
@@ -163,6 +184,11 @@ class Store {
   // checksum does not match (the corruption is logged).
   virtual absl::StatusOr<std::string> ReadTensor(const SessionKey& key, uint32_t turn,
                                                  uint32_t layer, TensorKind kind) = 0;
+
+  // ReadTensor without the copy into a string (same checks and errors): for readers that copy
+  // the bytes on into an answer anyway. The default wraps ReadTensor.
+  virtual absl::StatusOr<StoredTensor> PinTensor(const SessionKey& key, uint32_t turn,
+                                                 uint32_t layer, TensorKind kind);
 
   // Stores the per-layer fit results of `method` for one turn in one WriteBatch and adds their
   // size to the session's compressed_bytes. Replaces an earlier fit of the same method. NotFound

@@ -34,6 +34,11 @@ void ExpectAllTensorsEqual(Store& store, const SessionKey& key,
         ASSERT_TRUE(got.ok()) << got.status();
         EXPECT_TRUE(*got == *bytes)
             << "turn " << turn << " layer " << layer << " " << TensorKindName(kind);
+        // The same bytes where RocksDB read them, without the copy into a string.
+        absl::StatusOr<StoredTensor> pinned = store.PinTensor(key, turn, layer, kind);
+        ASSERT_TRUE(pinned.ok()) << pinned.status();
+        EXPECT_TRUE(pinned->bytes() == *bytes)
+            << "pinned: turn " << turn << " layer " << layer << " " << TensorKindName(kind);
       }
     }
   }
@@ -86,6 +91,11 @@ TEST_F(StoreTest, AppendsTurnsAndReadsEveryTensorBackBitIdentical) {
             absl::StatusCode::kNotFound);
   EXPECT_EQ(store_->ReadTensor(kKey, 0, kLayers, TensorKind::kKeys).status().code(),
             absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->PinTensor(kKey, 3, 0, TensorKind::kKeys).status(),
+            store_->ReadTensor(kKey, 3, 0, TensorKind::kKeys).status());
+  // Flushed to blob files, the pinned read holds RocksDB's buffer: still the same bytes.
+  Reopen();
+  ExpectAllTensorsEqual(*store_, kKey, segments);
   EXPECT_EQ(store_->GetSession({"tenant-a", "nope"}).status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(store_->ListSegments({"tenant-a", "nope"}).status().code(),
             absl::StatusCode::kNotFound);
@@ -273,6 +283,7 @@ TEST_F(StoreTest, FlippedByteIsDataLoss) {
   absl::Status status = store_->ReadTensor(kKey, 1, 2, TensorKind::kValues).status();
   EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss);
   EXPECT_THAT(std::string(status.message()), HasSubstr("checksum mismatch"));
+  EXPECT_EQ(store_->PinTensor(kKey, 1, 2, TensorKind::kValues).status(), status);
   EXPECT_EQ(store_->GetFit(kKey, 1, "sonic", 0).status().code(), absl::StatusCode::kDataLoss);
   // Everything else is intact.
   EXPECT_EQ(store_->ReadTensor(kKey, 1, 2, TensorKind::kKeys).value(), segments[1].layers[2].keys);

@@ -237,18 +237,13 @@ absl::StatusOr<std::optional<SegmentRecord>> RocksDbStore::ReadSegmentRecord(con
   return record;
 }
 
-absl::StatusOr<std::optional<std::string>> RocksDbStore::ReadChecksummed(
-    rocksdb::ColumnFamilyHandle* cf, const std::string& key, std::string_view what) {
-  std::string value;
-  const rocksdb::Status status = db_->Get(rocksdb::ReadOptions(), cf, key, &value);
-  if (status.IsNotFound()) return std::nullopt;
+absl::StatusOr<std::string_view> RocksDbStore::CheckedPayload(const rocksdb::Status& status,
+                                                              std::string_view value,
+                                                              std::string_view what) {
   absl::Status read = FromRocksStatus(status, absl::StrCat("read ", Sv(what)));
   if (read.ok()) {
     absl::StatusOr<std::string_view> payload = DecodeChecksummedValue(value);
-    if (payload.ok()) {
-      value.resize(payload->size());
-      return value;
-    }
+    if (payload.ok()) return payload;
     read = absl::DataLossError(absl::StrCat(Sv(what), " is corrupt (", payload.status().message(),
                                             "); delete the session and append it again"));
   }
@@ -259,6 +254,28 @@ absl::StatusOr<std::optional<std::string>> RocksDbStore::ReadChecksummed(
          {"error", std::string(read.message())}});
   }
   return read;
+}
+
+absl::StatusOr<std::optional<std::string>> RocksDbStore::ReadChecksummed(
+    rocksdb::ColumnFamilyHandle* cf, const std::string& key, std::string_view what) {
+  std::string value;
+  const rocksdb::Status status = db_->Get(rocksdb::ReadOptions(), cf, key, &value);
+  if (status.IsNotFound()) return std::nullopt;
+  NEXUSKV_ASSIGN_OR_RETURN(const std::string_view payload, CheckedPayload(status, value, what));
+  value.resize(payload.size());
+  return value;
+}
+
+absl::StatusOr<std::optional<StoredTensor>> RocksDbStore::ReadChecksummedPinned(
+    rocksdb::ColumnFamilyHandle* cf, const std::string& key, std::string_view what) {
+  // A blob value is read into a buffer RocksDB hands over to the slice (no copy); a value in the
+  // memtable or an SST block is copied into or pinned by it, as Get into a string would.
+  auto value = std::make_shared<rocksdb::PinnableSlice>();
+  const rocksdb::Status status = db_->Get(rocksdb::ReadOptions(), cf, key, value.get());
+  if (status.IsNotFound()) return std::nullopt;
+  NEXUSKV_ASSIGN_OR_RETURN(const std::string_view payload,
+                           CheckedPayload(status, value->ToStringView(), what));
+  return StoredTensor(payload, std::move(value));
 }
 
 absl::StatusOr<SessionRecord> RocksDbStore::GetSession(const SessionKey& key) {
@@ -355,21 +372,40 @@ absl::StatusOr<SessionPage> RocksDbStore::ListSessions(std::string_view tenant,
   return page;
 }
 
+std::string RocksDbStore::TensorWhat(const SessionKey& key, uint32_t turn, uint32_t layer,
+                                     TensorKind kind) {
+  return absl::StrCat("the ", Sv(TensorKindName(kind)), " of turn ", turn, ", layer ", layer,
+                      " of session \"", key.session_id, "\"");
+}
+
+absl::Status RocksDbStore::TensorNotStored(std::string_view what) {
+  return absl::NotFoundError(
+      absl::StrCat(Sv(what),
+                   " is not stored; check the session, turn and layer (GetSession lists "
+                   "the stored turns)"));
+}
+
 absl::StatusOr<std::string> RocksDbStore::ReadTensor(const SessionKey& key, uint32_t turn,
                                                      uint32_t layer, TensorKind kind) {
   NEXUSKV_RETURN_IF_ERROR(ValidateSessionKey(key));
-  const std::string what = absl::StrCat("the ", Sv(TensorKindName(kind)), " of turn ", turn,
-                                        ", layer ", layer, " of session \"", key.session_id, "\"");
+  const std::string what = TensorWhat(key, turn, layer, kind);
   NEXUSKV_ASSIGN_OR_RETURN(
       std::optional<std::string> tensor,
       ReadChecksummed(segments_, EncodeTensorKey(key.tenant, key.session_id, turn, layer, kind),
                       what));
-  if (!tensor) {
-    return absl::NotFoundError(
-        absl::StrCat(what,
-                     " is not stored; check the session, turn and layer (GetSession lists "
-                     "the stored turns)"));
-  }
+  if (!tensor) return TensorNotStored(what);
+  return *std::move(tensor);
+}
+
+absl::StatusOr<StoredTensor> RocksDbStore::PinTensor(const SessionKey& key, uint32_t turn,
+                                                     uint32_t layer, TensorKind kind) {
+  NEXUSKV_RETURN_IF_ERROR(ValidateSessionKey(key));
+  const std::string what = TensorWhat(key, turn, layer, kind);
+  NEXUSKV_ASSIGN_OR_RETURN(
+      std::optional<StoredTensor> tensor,
+      ReadChecksummedPinned(segments_,
+                            EncodeTensorKey(key.tenant, key.session_id, turn, layer, kind), what));
+  if (!tensor) return TensorNotStored(what);
   return *std::move(tensor);
 }
 

@@ -74,6 +74,8 @@ class RocksDbStore final : public Store {
                                            uint32_t page_size) override;
   absl::StatusOr<std::string> ReadTensor(const SessionKey& key, uint32_t turn, uint32_t layer,
                                          TensorKind kind) override;
+  absl::StatusOr<StoredTensor> PinTensor(const SessionKey& key, uint32_t turn, uint32_t layer,
+                                         TensorKind kind) override;
   using Store::PutFit;
   absl::Status PutFit(const SessionKey& key, uint32_t turn, std::string_view method,
                       const std::vector<std::string>& per_layer, std::string_view summary) override;
@@ -106,6 +108,18 @@ class RocksDbStore final : public Store {
   absl::StatusOr<std::optional<std::string>> ReadChecksummed(rocksdb::ColumnFamilyHandle* cf,
                                                              const std::string& key,
                                                              std::string_view what);
+  // The same read into a PinnableSlice (RocksDB's buffer, no copy into a string).
+  absl::StatusOr<std::optional<StoredTensor>> ReadChecksummedPinned(rocksdb::ColumnFamilyHandle* cf,
+                                                                    const std::string& key,
+                                                                    std::string_view what);
+  // The payload of `value` as Get returned it with `status`: the read error, or DataLoss (logged)
+  // when the checksum does not match. `status` is not NotFound.
+  absl::StatusOr<std::string_view> CheckedPayload(const rocksdb::Status& status,
+                                                  std::string_view value, std::string_view what);
+  // The tensor's description in errors, and the NotFound for a tensor that is not stored.
+  static std::string TensorWhat(const SessionKey& key, uint32_t turn, uint32_t layer,
+                                TensorKind kind);
+  static absl::Status TensorNotStored(std::string_view what);
   absl::Status Write(rocksdb::WriteBatch& batch, std::string_view context);
   // ResourceExhausted when writing `incoming` bytes would eat into Options::min_free_disk_bytes
   // (or, with use_reserve, leave no headroom at all). Logs a refusal unless `quiet`.

@@ -41,6 +41,23 @@ absl::Status PutRecord(rocksdb::WriteBatch& batch, rocksdb::ColumnFamilyHandle* 
   return FromRocksStatus(batch.Put(cf, key, record.SerializeAsString()), "stage a record");
 }
 
+// At least the bytes an append's WriteBatch grows to, so that it is allocated once: growing it
+// put by put re-copied everything staged so far at each doubling (about one more copy of every
+// payload byte, counted in docs/performance.md).
+size_t AppendBatchBytes(const std::vector<LayerTensors>& layers, const SegmentRecord& record,
+                        const SessionRecord& session) {
+  // Per put: a tag, a column family id, two length varints and a key of two ids (at most 128
+  // characters each) plus fixed fields; 512 bytes is more than enough for all of them.
+  constexpr size_t kPerPut = 512;
+  size_t bytes = 64 + record.ByteSizeLong() + session.ByteSizeLong() + 2 * kPerPut;
+  for (const LayerTensors& t : layers) {
+    for (const std::string* tensor : {&t.keys, &t.values, &t.probe_queries, &t.token_scores}) {
+      bytes += tensor->size() + kChecksumBytes + kPerPut;
+    }
+  }
+  return bytes;
+}
+
 }  // namespace
 
 absl::StatusOr<AppendOutcome> RocksDbStore::AppendSegment(const SessionKey& key,
@@ -132,7 +149,7 @@ absl::StatusOr<AppendOutcome> RocksDbStore::AppendLocked(absl::Mutex& mu, const 
   }
   NEXUSKV_RETURN_IF_ERROR(ReserveTenantUsage(key.tenant, !stored, record.raw_bytes()));
 
-  rocksdb::WriteBatch batch;
+  rocksdb::WriteBatch batch(AppendBatchBytes(layers, record, updated));
   for (uint32_t layer = 0; layer < layers.size(); ++layer) {
     const LayerTensors& tensors = layers[layer];
     const auto put = [&](TensorKind kind, std::string_view bytes) {
