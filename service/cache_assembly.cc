@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "compressor/scored/answer_bytes.h"
 #include "service/internal/layer_loader.h"
 #include "service/lookahead.h"
 #include "service/validation.h"
@@ -15,11 +16,13 @@ namespace nexuskv::service {
 namespace v1 = ::nexuskv::v1;
 using Variant = TurnPlan::Variant;
 
-// One turn's contribution to one layer, already in the output dtype.
+// One turn's contribution to one layer, already in the output dtype. A raw turn's keys and
+// values stay where the store read them (StoredTensor) until Interleave copies them into the
+// answer: one copy from the store's buffer to the layer message.
 struct CacheAssembly::TurnBlock {
   int64_t entries = 0;             // n per kv head.
-  std::string keys;                // [H, n, D]
-  std::string values;              // [H, n, D]
+  store::StoredTensor keys;        // [H, n, D]
+  store::StoredTensor values;      // [H, n, D]
   std::vector<float> bias;         // [H, n]; empty means all zero.
   std::vector<int64_t> positions;  // [H, n]
 };
@@ -35,14 +38,14 @@ absl::StatusOr<CacheAssembly::TurnBlock> CacheAssembly::RawBlock(const TurnPlan&
   TurnBlock block;
   block.entries = turn.record.num_tokens();
   NEXUSKV_ASSIGN_OR_RETURN(
-      block.keys, store_->ReadTensor(key_, turn.record.turn(), layer, store::TensorKind::kKeys));
-  NEXUSKV_ASSIGN_OR_RETURN(block.values, store_->ReadTensor(key_, turn.record.turn(), layer,
-                                                            store::TensorKind::kValues));
+      block.keys, store_->PinTensor(key_, turn.record.turn(), layer, store::TensorKind::kKeys));
+  NEXUSKV_ASSIGN_OR_RETURN(
+      block.values, store_->PinTensor(key_, turn.record.turn(), layer, store::TensorKind::kValues));
   if (plan_.output_dtype != session_dtype_) {
     std::vector<float> scratch(block.keys.size() / DTypeSize(session_dtype_));
-    for (std::string* tensor : {&block.keys, &block.values}) {
-      NEXUSKV_RETURN_IF_ERROR(DecodeToFloat(*tensor, session_dtype_, scratch));
-      *tensor = EncodeFromFloat(scratch, plan_.output_dtype);
+    for (store::StoredTensor* tensor : {&block.keys, &block.values}) {
+      NEXUSKV_RETURN_IF_ERROR(DecodeToFloat(tensor->bytes(), session_dtype_, scratch));
+      *tensor = store::StoredTensor(EncodeFromFloat(scratch, plan_.output_dtype));
     }
   }
   const int64_t heads = plan_.session_model.num_kv_heads();
@@ -57,16 +60,14 @@ absl::StatusOr<CacheAssembly::TurnBlock> CacheAssembly::RawBlock(const TurnPlan&
 }
 
 CacheAssembly::TurnBlock CacheAssembly::Encode(compressor::LayerEntries entries) const {
-  if (plan_.output_dtype == DType::kFloat16) {
-    // Fitted entries may leave float16's range (raw ones never do): saturate, never send inf.
-    for (auto* v : {&entries.keys, &entries.values}) {
-      for (float& x : *v) x = std::clamp(x, -65504.0f, 65504.0f);
-    }
-  }
+  // Fitted entries may leave float16's range (raw ones never do): AppendAnswerEncoded saturates.
+  std::string keys, values;
+  compressor::scored::AppendAnswerEncoded(entries.keys, plan_.output_dtype, &keys);
+  compressor::scored::AppendAnswerEncoded(entries.values, plan_.output_dtype, &values);
   TurnBlock block;
   block.entries = entries.num_entries;
-  block.keys = EncodeFromFloat(entries.keys, plan_.output_dtype);
-  block.values = EncodeFromFloat(entries.values, plan_.output_dtype);
+  block.keys = store::StoredTensor(std::move(keys));
+  block.values = store::StoredTensor(std::move(values));
   block.bias = std::move(entries.bias);
   block.positions = std::move(entries.positions);
   return block;
@@ -113,10 +114,12 @@ absl::StatusOr<CacheAssembly::TurnBlock> CacheAssembly::MethodBlock(
   return Encode(std::move(kept));
 }
 
-absl::StatusOr<std::vector<compressor::LayerEntries>> CacheAssembly::ScoredEntries(uint32_t layer) {
+absl::StatusOr<std::vector<compressor::scored::AnswerEntries>> CacheAssembly::ScoredEntries(
+    uint32_t layer) {
   const compressor::scored::Selection& selection = *plan_.selection;
-  // The stored bytes of every turn the layer reads; the selection decodes only the rows it holds.
-  std::vector<std::string> keys(selection.num_turns()), values(selection.num_turns());
+  // The stored bytes of every turn the layer reads, where the store read them; the selection
+  // copies the rows it keeps into the answer's bytes and decodes only merged runs' rows.
+  std::vector<store::StoredTensor> keys(selection.num_turns()), values(selection.num_turns());
   std::vector<compressor::scored::TurnKv> kv(selection.num_turns());
   for (const TurnPlan& turn : plan_.turns) {
     const size_t u = turn.scored_index;
@@ -125,7 +128,8 @@ absl::StatusOr<std::vector<compressor::LayerEntries>> CacheAssembly::ScoredEntri
     }
     for (auto [kind, bytes] : {std::pair{store::TensorKind::kKeys, &keys[u]},
                                std::pair{store::TensorKind::kValues, &values[u]}}) {
-      absl::StatusOr<std::string> read = store_->ReadTensor(key_, turn.record.turn(), layer, kind);
+      absl::StatusOr<store::StoredTensor> read =
+          store_->PinTensor(key_, turn.record.turn(), layer, kind);
       if (absl::IsNotFound(read.status())) {
         return absl::UnavailableError(absl::StrCat(
             "the raw KV of turn ", turn.record.turn(),
@@ -135,10 +139,11 @@ absl::StatusOr<std::vector<compressor::LayerEntries>> CacheAssembly::ScoredEntri
       NEXUSKV_RETURN_IF_ERROR(read.status());
       *bytes = *std::move(read);
     }
-    kv[u] = {keys[u], values[u], session_dtype_};
+    kv[u] = {keys[u].bytes(), values[u].bytes(), session_dtype_};
   }
-  return selection.BuildLayer(static_cast<int>(layer), kv,
-                              static_cast<int>(plan_.session_model.head_dim()));
+  return selection.BuildAnswerLayer(static_cast<int>(layer), kv,
+                                    static_cast<int>(plan_.session_model.head_dim()),
+                                    plan_.output_dtype);
 }
 
 absl::StatusOr<v1::CacheLayer> CacheAssembly::BuildLayer(uint32_t layer) {
@@ -150,7 +155,7 @@ absl::StatusOr<v1::CacheLayer> CacheAssembly::BuildLayer(uint32_t layer) {
     NEXUSKV_ASSIGN_OR_RETURN(
         lookahead, LoadProbes(*store_, key_, plan_.session_model, *plan_.lookahead, layer));
   }
-  std::vector<compressor::LayerEntries> scored;
+  std::vector<compressor::scored::AnswerEntries> scored;
   if (plan_.selection != nullptr) {
     NEXUSKV_ASSIGN_OR_RETURN(scored, ScoredEntries(layer));
   }
@@ -166,9 +171,16 @@ absl::StatusOr<v1::CacheLayer> CacheAssembly::BuildLayer(uint32_t layer) {
         blocks.push_back(std::move(block));
         break;
       }
-      case Variant::kScored:
-        blocks.push_back(Encode(std::move(scored[turn.scored_index])));
+      case Variant::kScored: {
+        compressor::scored::AnswerEntries& e = scored[turn.scored_index];
+        TurnBlock& block = blocks.emplace_back();
+        block.entries = e.num_entries;
+        block.keys = store::StoredTensor(std::move(e.keys));
+        block.values = store::StoredTensor(std::move(e.values));
+        block.bias = std::move(e.bias);
+        block.positions = std::move(e.positions);
         break;
+      }
       default: {
         NEXUSKV_ASSIGN_OR_RETURN(TurnBlock block, MethodBlock(turn, layer, n, lookahead));
         blocks.push_back(std::move(block));
@@ -189,11 +201,18 @@ v1::CacheLayer CacheAssembly::Interleave(const std::vector<TurnBlock>& blocks,
   std::string& values = *out.mutable_values();
   std::vector<float> bias;
   std::vector<int64_t> positions;
+  // Sized once: appending into strings that grow by doubling re-copied about as many bytes again.
+  int64_t entries = 0;
+  for (const TurnBlock& b : blocks) entries += b.entries;
+  keys.reserve(heads * entries * row);
+  values.reserve(heads * entries * row);
+  positions.reserve(heads * entries);
+  if (has_bias) bias.reserve(heads * entries);
   for (int64_t h = 0; h < heads; ++h) {
     for (const TurnBlock& b : blocks) {
       const size_t offset = h * b.entries * row;
-      keys.append(b.keys, offset, b.entries * row);
-      values.append(b.values, offset, b.entries * row);
+      keys.append(b.keys.bytes().substr(offset, b.entries * row));
+      values.append(b.values.bytes().substr(offset, b.entries * row));
       positions.insert(positions.end(), b.positions.begin() + h * b.entries,
                        b.positions.begin() + (h + 1) * b.entries);
       if (!has_bias) continue;

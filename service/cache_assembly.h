@@ -18,6 +18,7 @@
 
 #include "absl/status/statusor.h"
 #include "compressor/compressor.h"
+#include "compressor/scored/selection.h"
 #include "nexuskv/v1/kv_memory.pb.h"
 #include "service/cache_planner.h"
 #include "store/store.h"
@@ -42,8 +43,8 @@ class CacheAssembly {
   absl::StatusOr<TurnBlock> RawBlock(const TurnPlan& turn, uint32_t layer);
   absl::StatusOr<TurnBlock> MethodBlock(const TurnPlan& turn, uint32_t layer, int64_t entries,
                                         std::span<const float> lookahead);
-  // The layer's entries of every scored turn, by TurnPlan::scored_index.
-  absl::StatusOr<std::vector<compressor::LayerEntries>> ScoredEntries(uint32_t layer);
+  // The layer's entries of every scored turn, by TurnPlan::scored_index, in the output dtype.
+  absl::StatusOr<std::vector<compressor::scored::AnswerEntries>> ScoredEntries(uint32_t layer);
   TurnBlock Encode(compressor::LayerEntries entries) const;
   // The layer message: per kv head, each turn's entries in turn order (keys, values, positions,
   // and the bias when the answer has one, 0 for blocks without).

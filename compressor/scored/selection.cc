@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "compressor/scored/answer_bytes.h"
 #include "compressor/scored/merged_run.h"
 
 namespace nexuskv::compressor::scored {
@@ -227,9 +228,7 @@ bool Selection::ReadsLayer(size_t u, int layer) const {
   return false;
 }
 
-absl::StatusOr<std::vector<LayerEntries>> Selection::BuildLayer(int layer,
-                                                                std::span<const TurnKv> kv,
-                                                                int head_dim) const {
+absl::Status Selection::CheckLayer(int layer, std::span<const TurnKv> kv, int head_dim) const {
   const size_t d = static_cast<size_t>(head_dim);
   if (layer < 0 || layer >= layers_ || kv.size() != turns_.size() || head_dim < 1) {
     return absl::InvalidArgumentError(absl::StrCat("scored selection: layer ", layer, " of ",
@@ -245,9 +244,28 @@ absl::StatusOr<std::vector<LayerEntries>> Selection::BuildLayer(int layer,
           kv[u].values.size(), " value bytes; want ", want, " (", DTypeName(kv[u].dtype), ")"));
     }
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<LayerEntries>> Selection::BuildLayer(int layer,
+                                                                std::span<const TurnKv> kv,
+                                                                int head_dim) const {
+  NEXUSKV_RETURN_IF_ERROR(CheckLayer(layer, kv, head_dim));
   std::vector<LayerEntries> out(turns_.size());
   for (size_t u = 0; u < turns_.size(); ++u) {
     NEXUSKV_ASSIGN_OR_RETURN(out[u], BuildTurn(u, layer, kv, head_dim));
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<AnswerEntries>> Selection::BuildAnswerLayer(int layer,
+                                                                       std::span<const TurnKv> kv,
+                                                                       int head_dim,
+                                                                       DType dtype) const {
+  NEXUSKV_RETURN_IF_ERROR(CheckLayer(layer, kv, head_dim));
+  std::vector<AnswerEntries> out(turns_.size());
+  for (size_t u = 0; u < turns_.size(); ++u) {
+    NEXUSKV_ASSIGN_OR_RETURN(out[u], BuildAnswerTurn(u, layer, kv, head_dim, dtype));
   }
   return out;
 }
@@ -269,18 +287,9 @@ absl::StatusOr<LayerEntries> Selection::BuildTurn(size_t u, int layer, std::span
   return e;
 }
 
-absl::Status Selection::FillHead(size_t u, int layer, int h, std::span<const TurnKv> kv,
-                                 LayerEntries& e) const {
-  const size_t d = static_cast<size_t>(e.head_dim);
+std::vector<std::pair<int64_t, int64_t>> Selection::HeadSlots(size_t u, int layer, int h) const {
   const size_t t = static_cast<size_t>(turns_[u].num_tokens);
-  const size_t n = static_cast<size_t>(e.num_entries);
-  // Row `row` ([D]) of a turn's stored keys or values, decoded into `out`.
-  auto decode = [d](const TurnKv& turn, std::string_view bytes, size_t row, float* out) {
-    const size_t size = d * DTypeSize(turn.dtype);
-    return DecodeToFloat(bytes.substr(row * size, size), turn.dtype, {out, d});
-  };
-  // The head's slots: its padding first, then kept tokens and merged entries by position.
-  std::vector<std::pair<int64_t, int64_t>> slots;  // (position, token i or ~run index)
+  std::vector<std::pair<int64_t, int64_t>> slots;
   for (size_t i = 0; i < t; ++i) {
     if (kept_[u][layer][h * t + i]) slots.push_back({turns_[u].first_position + i, i});
   }
@@ -290,30 +299,102 @@ absl::Status Selection::FillHead(size_t u, int layer, int h, std::span<const Tur
     slots.push_back({turns_[u].first_position + runs[r].tokens.back().i, ~static_cast<int64_t>(r)});
   }
   std::sort(slots.begin(), slots.end());
-  size_t slot = h * n + (n - slots.size());
+  return slots;
+}
+
+// Row `row` ([D]) of a turn's stored keys or values.
+static std::string_view StoredRow(const TurnKv& turn, std::string_view bytes, size_t row,
+                                  size_t d) {
+  const size_t size = d * DTypeSize(turn.dtype);
+  return bytes.substr(row * size, size);
+}
+
+absl::Status Selection::MergeRun(const Run& run, int h, std::span<const TurnKv> kv,
+                                 std::span<float> key, std::span<float> value, float* bias) const {
+  const size_t d = key.size();
   std::vector<float> row_key(d), row_value(d);
+  MergedRun sum(static_cast<int>(d));
+  for (const RunToken& token : run.tokens) {
+    const TurnKv& from = kv[token.u];
+    const size_t row = h * turns_[token.u].num_tokens + token.i;
+    NEXUSKV_RETURN_IF_ERROR(DecodeToFloat(StoredRow(from, from.keys, row, d), from.dtype, row_key));
+    NEXUSKV_RETURN_IF_ERROR(
+        DecodeToFloat(StoredRow(from, from.values, row, d), from.dtype, row_value));
+    sum.Add(row_key, row_value, token.weight);
+  }
+  sum.Finish(key, value, bias);
+  return absl::OkStatus();
+}
+
+absl::Status Selection::FillHead(size_t u, int layer, int h, std::span<const TurnKv> kv,
+                                 LayerEntries& e) const {
+  const size_t d = static_cast<size_t>(e.head_dim);
+  const size_t t = static_cast<size_t>(turns_[u].num_tokens);
+  const size_t n = static_cast<size_t>(e.num_entries);
+  // The head's slots: its padding first, then kept tokens and merged entries by position.
+  const std::vector<std::pair<int64_t, int64_t>> slots = HeadSlots(u, layer, h);
+  const std::vector<Run>& runs = runs_[At(layer, h)];
+  size_t slot = h * n + (n - slots.size());
   for (const auto& [position, what] : slots) {
-    float* key = e.keys.data() + slot * d;
-    float* value = e.values.data() + slot * d;
+    const std::span<float> key(e.keys.data() + slot * d, d);
+    const std::span<float> value(e.values.data() + slot * d, d);
     e.positions[slot] = position;
     if (what >= 0) {
-      NEXUSKV_RETURN_IF_ERROR(decode(kv[u], kv[u].keys, h * t + what, key));
-      NEXUSKV_RETURN_IF_ERROR(decode(kv[u], kv[u].values, h * t + what, value));
+      const size_t row = h * t + what;
+      NEXUSKV_RETURN_IF_ERROR(
+          DecodeToFloat(StoredRow(kv[u], kv[u].keys, row, d), kv[u].dtype, key));
+      NEXUSKV_RETURN_IF_ERROR(
+          DecodeToFloat(StoredRow(kv[u], kv[u].values, row, d), kv[u].dtype, value));
       e.bias[slot] = 0.0f;
     } else {
-      MergedRun sum(e.head_dim);
-      for (const RunToken& token : runs[~what].tokens) {
-        const TurnKv& from = kv[token.u];
-        const size_t row = h * turns_[token.u].num_tokens + token.i;
-        NEXUSKV_RETURN_IF_ERROR(decode(from, from.keys, row, row_key.data()));
-        NEXUSKV_RETURN_IF_ERROR(decode(from, from.values, row, row_value.data()));
-        sum.Add(row_key, row_value, token.weight);
-      }
-      sum.Finish({key, d}, {value, d}, &e.bias[slot]);
+      NEXUSKV_RETURN_IF_ERROR(MergeRun(runs[~what], h, kv, key, value, &e.bias[slot]));
     }
     ++slot;
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<AnswerEntries> Selection::BuildAnswerTurn(size_t u, int layer,
+                                                         std::span<const TurnKv> kv, int head_dim,
+                                                         DType dtype) const {
+  const size_t d = static_cast<size_t>(head_dim);
+  const size_t t = static_cast<size_t>(turns_[u].num_tokens);
+  const size_t n = static_cast<size_t>(entries(u, layer));
+  const size_t row_bytes = d * DTypeSize(dtype);
+  AnswerEntries e;
+  e.num_entries = static_cast<int>(n);
+  e.keys.reserve(heads_ * n * row_bytes);
+  e.values.reserve(heads_ * n * row_bytes);
+  e.positions.assign(heads_ * n, -1);
+  e.bias.assign(heads_ * n, -std::numeric_limits<float>::infinity());
+  std::vector<float> key(d), value(d);
+  for (int h = 0; h < heads_; ++h) {
+    // As FillHead: the padding (zero bytes in every dtype), then the slots in position order.
+    const std::vector<std::pair<int64_t, int64_t>> slots = HeadSlots(u, layer, h);
+    const size_t padding = n - slots.size();
+    e.keys.append(padding * row_bytes, '\0');
+    e.values.append(padding * row_bytes, '\0');
+    size_t slot = h * n + padding;
+    for (const auto& [position, what] : slots) {
+      e.positions[slot] = position;
+      if (what >= 0) {
+        const size_t row = h * t + what;
+        NEXUSKV_RETURN_IF_ERROR(GatherAnswerRow(StoredRow(kv[u], kv[u].keys, row, d), kv[u].dtype,
+                                                dtype, key, &e.keys));
+        NEXUSKV_RETURN_IF_ERROR(GatherAnswerRow(StoredRow(kv[u], kv[u].values, row, d), kv[u].dtype,
+                                                dtype, value, &e.values));
+        e.bias[slot] = 0.0f;
+      } else {
+        NEXUSKV_RETURN_IF_ERROR(
+            MergeRun(runs_[At(layer, h)][~what], h, kv, key, value, &e.bias[slot]));
+        AppendAnswerEncoded(key, dtype, &e.keys);
+        AppendAnswerEncoded(value, dtype, &e.values);
+      }
+      ++slot;
+    }
+  }
+  if (!options_.bias) e.bias.clear();
+  return e;
 }
 
 }  // namespace nexuskv::compressor::scored

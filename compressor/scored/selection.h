@@ -23,6 +23,9 @@
 //     l)). NEXUSKV_ASSIGN_OR_RETURN(std::vector<LayerEntries> entries, selection.BuildLayer(l,
 //     kv));
 //   }
+// An answer uses BuildAnswerLayer instead: the same entries already in the answer's dtype, kept
+// tokens copied from their stored bytes (compressor/scored/answer_bytes.h), not decoded and
+// encoded again.
 //
 // Immutable after Make; thread-safe.
 #ifndef NEXUSKV_COMPRESSOR_SCORED_SELECTION_H_
@@ -30,7 +33,9 @@
 
 #include <cstdint>
 #include <span>
+#include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -73,6 +78,16 @@ struct TurnKv {
   DType dtype = DType::kFloat32;
 };
 
+// A turn's entries of one layer as an answer carries them: LayerEntries with keys and values
+// encoded in the answer's dtype (AppendAnswerEncoded of BuildLayer's floats, byte for byte).
+struct AnswerEntries {
+  int num_entries = 0;             // n per kv head
+  std::string keys;                // [H, n, D] in the answer's dtype
+  std::string values;              // [H, n, D]
+  std::vector<float> bias;         // [H, n]; empty unless SelectionOptions::bias
+  std::vector<int64_t> positions;  // [H, n]
+};
+
 class Selection {
  public:
   // Ranks the turns' scores and decides every count, mask and merged run. InvalidArgument when a
@@ -99,6 +114,12 @@ class Selection {
   absl::StatusOr<std::vector<LayerEntries>> BuildLayer(int layer, std::span<const TurnKv> kv,
                                                        int head_dim) const;
 
+  // BuildLayer's entries encoded in `dtype` as an answer carries them (AppendAnswerEncoded),
+  // byte-identical to encoding BuildLayer's floats; a kept token's rows are copied from kv's
+  // bytes (GatherAnswerRow), only merged entries are computed in float32.
+  absl::StatusOr<std::vector<AnswerEntries>> BuildAnswerLayer(int layer, std::span<const TurnKv> kv,
+                                                              int head_dim, DType dtype) const;
+
  private:
   // A token of a merged run, with its weight (its score, 0 when below 0).
   struct RunToken {
@@ -116,11 +137,20 @@ class Selection {
   void SelectEvenly();
   void PlanRuns(int64_t entries);
   void Count();
+  // A head's entries of turn u in answer order (after its padding): (position, token i), or
+  // (position, ~r) for merged run r.
+  std::vector<std::pair<int64_t, int64_t>> HeadSlots(size_t u, int layer, int h) const;
+  // Merged run `run` of head h, its key and value into [D] each and its bias.
+  absl::Status MergeRun(const Run& run, int h, std::span<const TurnKv> kv, std::span<float> key,
+                        std::span<float> value, float* bias) const;
+  absl::Status CheckLayer(int layer, std::span<const TurnKv> kv, int head_dim) const;
   // Turn u's entries of `layer` (BuildLayer, checked), and one head's of them.
   absl::StatusOr<LayerEntries> BuildTurn(size_t u, int layer, std::span<const TurnKv> kv,
                                          int head_dim) const;
   absl::Status FillHead(size_t u, int layer, int h, std::span<const TurnKv> kv,
                         LayerEntries& e) const;
+  absl::StatusOr<AnswerEntries> BuildAnswerTurn(size_t u, int layer, std::span<const TurnKv> kv,
+                                                int head_dim, DType dtype) const;
   size_t At(int layer, int head) const { return static_cast<size_t>(layer) * heads_ + head; }
 
   std::vector<ScoredTurn> turns_;  // Scores released once planned.
