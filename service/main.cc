@@ -15,6 +15,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
+#include "service/compute_device.h"
 #include "service/config_file.h"
 #include "service/raw_retention.h"
 #include "service/server.h"
@@ -97,6 +98,14 @@ ABSL_FLAG(int, health_check_period_ms, 5000,
           "Milliseconds between checks that the store can write; health is NOT_SERVING while it "
           "cannot (disk reserve hit, read-only disk, RocksDB stopped by a background error).");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error.");
+ABSL_FLAG(std::string, device, "auto",
+          "What the compressors compute on: auto (the GPU when one is usable, else the CPU; the "
+          "log says which and why), cpu, or cuda (the GPU; without a usable one the server "
+          "refuses to start). Answers agree within the documented tolerances.");
+ABSL_FLAG(uint64_t, gpu_memory_mb, 4096,
+          "MiB of GPU memory one compute batch may hold (at least 1; the CPU ignores it). A "
+          "batch that needs more fails with an error naming both sizes; a fit that fails so is "
+          "served by the fallback, as any failed fit.");
 
 ABSL_FLAG(std::string, config, "",
           "YAML file of flag values (name: value per line, docs/api.md); flags on the command "
@@ -220,6 +229,16 @@ absl::StatusOr<ServerOptions> ServerOptionsFromFlags() {
   return options;
 }
 
+// The compressors' backend from --device and --gpu_memory_mb (see service/compute_device.h).
+absl::StatusOr<nexuskv::service::SelectedCompute> ComputeFromFlags() {
+  const uint64_t mb = absl::GetFlag(FLAGS_gpu_memory_mb);
+  if (mb < 1 || mb > (uint64_t{1} << 43)) {  // Shifted to bytes, it must not wrap.
+    return absl::InvalidArgumentError(
+        absl::StrCat("--gpu_memory_mb must be in [1, 2^43], got ", mb));
+  }
+  return nexuskv::service::SelectCompute(absl::GetFlag(FLAGS_device), mb << 20);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -234,7 +253,19 @@ int main(int argc, char** argv) {
     nexuskv::Log(nexuskv::LogLevel::kError, "bad_flag", {{"status", options.status().ToString()}});
     return EXIT_FAILURE;
   }
-  const absl::Status status = nexuskv::service::RunServer(*options);
+  // Chosen before anything is opened: --device=cuda without a GPU refuses to start.
+  absl::StatusOr<nexuskv::service::SelectedCompute> compute = ComputeFromFlags();
+  if (!compute.ok()) {
+    nexuskv::Log(nexuskv::LogLevel::kError,
+                 absl::IsInvalidArgument(compute.status()) ? "bad_flag" : "compute_unavailable",
+                 {{"status", compute.status().ToString()}});
+    return EXIT_FAILURE;
+  }
+  nexuskv::Log(nexuskv::LogLevel::kInfo, "compute_device",
+               {{"backend", compute->name()}, {"detail", compute->description()}});
+  ServerOptions server_options = *options;
+  server_options.compute = &compute->backend();
+  const absl::Status status = nexuskv::service::RunServer(server_options);
   if (!status.ok()) {
     nexuskv::Log(nexuskv::LogLevel::kError, "server_failed", {{"status", status.ToString()}});
     return EXIT_FAILURE;

@@ -116,14 +116,16 @@ absl::StatusOr<std::unique_ptr<metrics::HttpExporter>> StartMetricsExporter(
   return exporter;
 }
 
-void LogStarted(const ServerOptions& options, int port, bool auth) {
+void LogStarted(const ServerOptions& options, int port, bool auth,
+                const compressor::CompressorRegistry& methods,
+                const compressor::ComputeBackend& compute) {
   Log(LogLevel::kInfo, "server_started",
       {{"listen", options.listen},
        {"port", port},
        {"data_dir", options.store.path},
        {"sync_writes", options.store.sync_writes},
-       {"methods",
-        absl::StrJoin(compressor::CompressorRegistry::Default().names(), ",", AppendView)},
+       {"methods", absl::StrJoin(methods.names(), ",", AppendView)},
+       {"compute", compute.name()},
        {"tls", options.tls_cert_file.empty()        ? "off"
                : options.tls_client_ca_file.empty() ? "on"
                                                     : "mutual"},
@@ -201,15 +203,20 @@ absl::Status RunServer(const ServerOptions& options) {
     NEXUSKV_ASSIGN_OR_RETURN(tenants, TenantDirectory::Load(options.auth_tokens_file));
   }
   NEXUSKV_ASSIGN_OR_RETURN(std::unique_ptr<store::Store> store, store::Store::Open(options.store));
+  // The compressors compute on the --device backend.
+  const compressor::ComputeBackend& compute =
+      options.compute != nullptr ? *options.compute : compressor::CpuCompute();
+  const std::unique_ptr<compressor::CompressorRegistry> methods =
+      compressor::CompressorRegistry::Builtin(compute);
   metrics::Registry registry;
   std::unique_ptr<ServerMetrics> metrics;
   CoreOptions core_options = options.core;
   if (!options.metrics_listen.empty()) {
-    NEXUSKV_ASSIGN_OR_RETURN(metrics, ServerMetrics::Create(&registry));
+    NEXUSKV_ASSIGN_OR_RETURN(metrics, ServerMetrics::Create(&registry, compute.name()));
     core_options.on_fit_done = metrics->FitObserver();
     core_options.on_fit_queue = metrics->QueueObserver();
   }
-  KvMemoryCore core(store.get(), &compressor::CompressorRegistry::Default(), core_options);
+  KvMemoryCore core(store.get(), methods.get(), core_options);
   ThreadPool executor("rpc", options.rpc_threads, options.rpc_queue);
   KvMemoryService service(&core, &executor, options.core.limits, tenants.get());
   grpc::HealthCheckServiceInterface* health_service = nullptr;  // Set once the server runs.
@@ -227,7 +234,7 @@ absl::Status RunServer(const ServerOptions& options) {
                            StartGrpcServer(options, credentials, &service, metrics.get(), &port));
   health_service = server->GetHealthCheckService();
   health.Start();  // SERVING when the store can write.
-  LogStarted(options, port, tenants != nullptr);
+  LogStarted(options, port, tenants != nullptr, *methods, compute);
   absl::Notification stop_sweeping;
   std::thread sweeper = StartRetentionSweeper(options, store.get(), &stop_sweeping);
 

@@ -17,6 +17,7 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "compressor/compute/compute.h"
 #include "service/kv_memory_core.h"
 #include "store/store.h"
 
@@ -46,6 +47,9 @@ struct ServerOptions {
   // How often the health service re-checks that the store can write (Store::CheckWritable):
   // NOT_SERVING while it cannot, SERVING again once it can (see health_watcher.h). Must be > 0.
   absl::Duration health_check_period = absl::Seconds(5);
+  // The backend the compressors compute on (--device: SelectCompute, service/compute_device.h),
+  // borrowed: it must outlive RunServer. Null: CpuCompute().
+  const compressor::ComputeBackend* compute = nullptr;
 };
 
 // Errors: the store's Open errors; UNAVAILABLE when the address (or the metrics address) cannot
