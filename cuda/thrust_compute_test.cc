@@ -709,6 +709,22 @@ TEST(ThrustComputeTest, AttendExtremeKeyBias) {
                 /*exact_logits=*/true);
 }
 
+TEST(ThrustComputeTest, SoftmaxAndAttentionOnTheRowsOfAScoredGetCache) {
+  // 20 turns x 1024 tokens (the scored GetCache shape): rows of 20480 columns, longer
+  // than kTokens' largest. Softmax keeps compute.h's weight and log-sum-exp tolerances here too;
+  // peaked logits (N(0, 4^2)) make the row sum the sum of a few large and many small terms.
+  NEXUSKV_GET_DEVICE(dev);
+  Rng rng(102);
+  constexpr int kCols = 20 * 1024;
+  CompareSoftmax(dev, "[6 x 20480] log_sum_exp", rng.Normals(size_t{6} * kCols, 4.0), 6, kCols, {},
+                 true);
+  const Head h = MakeHead(kCols, 128, 8, 2, &rng);
+  const AttentionMassItem mass{.queries = h.Q(), .keys = h.K(), .scale = h.scale};
+  CompareMass(dev, "T=20480 D=128 G=8", {mass}, {h.Shape()});
+  const AttendItem attend{.queries = h.Q(), .keys = h.K(), .values = h.V(), .scale = h.scale};
+  CompareAttend(dev, "T=20480 D=128 G=8", {attend}, {h.Shape()}, true);
+}
+
 // ---------------------------------------------------------------------------------------------
 // ColumnLogSumExp.
 // ---------------------------------------------------------------------------------------------
