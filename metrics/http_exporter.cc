@@ -74,6 +74,12 @@ absl::StatusOr<std::unique_ptr<HttpExporter>> HttpExporter::Start(std::string_vi
   auto exporter = std::unique_ptr<HttpExporter>(new HttpExporter(registry));
   mg_callbacks callbacks;
   std::memset(&callbacks, 0, sizeof(callbacks));
+  // Every request is answered in civetweb's first callback, before it interprets the URI as a
+  // file path: that path formats with printf on civetweb's 100 KiB worker stacks, which a process
+  // linking OpenBLAS (libquadmath hooks printf onto glibc's stack-hungry positional path) and
+  // carrying more static TLS (the CUDA runtime's) overflows; and civetweb 1.15's own 404 page
+  // crashes without a document root. The handler writes with mg_write only (no printf).
+  callbacks.begin_request = &HttpExporter::BeginRequest;
   char error_text[256] = "";
   mg_error_data error{nullptr, error_text, sizeof(error_text)};
   mg_init_data init{&callbacks, exporter.get(), options};
@@ -83,8 +89,6 @@ absl::StatusOr<std::unique_ptr<HttpExporter>> HttpExporter::Start(std::string_vi
                                                ": ", error_text[0] ? error_text : "civetweb failed",
                                                "; is the address local and the port free?"));
   }
-  // Every path comes here: civetweb's own 404 page crashes (civetweb 1.15, no document root).
-  mg_set_request_handler(exporter->context_, "**", &HttpExporter::HandleRequest, exporter.get());
   mg_server_port bound[4];
   const int count = mg_get_server_ports(exporter->context_, 4, bound);
   if (count > 0) exporter->port_ = bound[0].port;
@@ -95,6 +99,10 @@ HttpExporter::~HttpExporter() {
   if (context_ != nullptr) mg_stop(context_);
 }
 
+int HttpExporter::BeginRequest(::mg_connection* connection) {
+  return HandleRequest(connection, mg_get_user_data(mg_get_context(connection)));
+}
+
 int HttpExporter::HandleRequest(::mg_connection* connection, void* self) {
   const mg_request_info* request = mg_get_request_info(connection);
   const bool head = std::strcmp(request->request_method, "HEAD") == 0;
@@ -102,13 +110,15 @@ int HttpExporter::HandleRequest(::mg_connection* connection, void* self) {
   const char* path = request->local_uri != nullptr ? request->local_uri : "";
   if (std::strcmp(path, "/metrics") != 0) {
     Respond(connection, 404, "Not Found", "text/plain", "only /metrics is served here\n", head);
-  } else if (!get && !head) {
-    Respond(connection, 405, "Method Not Allowed", "text/plain", "only GET and HEAD\n", false);
-  } else {
-    Respond(connection, 200, "OK", kExpositionContentType,
-            static_cast<HttpExporter*>(self)->registry_->Exposition(), head);
+    return 404;
   }
-  return 1;  // Handled.
+  if (!get && !head) {
+    Respond(connection, 405, "Method Not Allowed", "text/plain", "only GET and HEAD\n", false);
+    return 405;
+  }
+  Respond(connection, 200, "OK", kExpositionContentType,
+          static_cast<HttpExporter*>(self)->registry_->Exposition(), head);
+  return 200;  // Handled: civetweb sends nothing more and logs this status.
 }
 
 }  // namespace nexuskv::metrics

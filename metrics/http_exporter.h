@@ -43,6 +43,8 @@ class HttpExporter {
 
  private:
   explicit HttpExporter(const Registry* registry) : registry_(registry) {}
+  // civetweb's begin_request callback: answers every request (see Start) and returns its status.
+  static int BeginRequest(::mg_connection* connection);
   static int HandleRequest(::mg_connection* connection, void* self);
 
   const Registry* const registry_;
