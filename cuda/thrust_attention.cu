@@ -139,14 +139,16 @@ NEXUSKV_HD inline float SoftmaxInPlace(float* row, int cols, float weight) {
     for (int c = 0; c < cols; ++c) row[c] = 0.0f;
     return -INFINITY;
   }
-  float sum = 0.0f;
+  // The sum runs in double: one thread adds a whole row in order, and a float32 sum of 20000 terms
+  // drifts past compute.h's tolerance (the CPU sums in SIMD lanes, which drift less).
+  double sum = 0.0;
   for (int c = 0; c < cols; ++c) {
     row[c] = row[c] == -INFINITY ? 0.0f : expf(row[c] - max_logit);
     sum += row[c];
   }
-  const float scale = weight / sum;
+  const float scale = static_cast<float>(weight / sum);
   for (int c = 0; c < cols; ++c) row[c] *= scale;
-  return max_logit + logf(sum);
+  return static_cast<float>(max_logit + log(sum));
 }
 
 // Row (k, r)'s softmax in place; its log-sum-exp into lse (when not null).
