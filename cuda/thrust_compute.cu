@@ -37,8 +37,21 @@ DeviceInfo ProbeDevice(int device) {
 #if NEXUSKV_CUDA_DEVICE_BUILD
   int count = 0;
   cudaError_t error = cudaGetDeviceCount(&count);
+  if (error == cudaErrorNoDevice || error == cudaErrorInsufficientDriver) {
+    // What a machine without an NVIDIA GPU or driver reports (the runtime then finds no driver
+    // it can run on, or none at all).
+    info.description = absl::StrCat(
+        "no CUDA GPU found (no NVIDIA driver or device; the CUDA "
+        "runtime says: ",
+        cudaGetErrorString(error), ")");
+    return info;
+  }
   if (error != cudaSuccess) {
     info.description = absl::StrCat("no usable CUDA device: ", cudaGetErrorString(error));
+    return info;
+  }
+  if (count == 0) {
+    info.description = "no CUDA GPU found (the driver sees none)";
     return info;
   }
   if (device < 0 || device >= count) {

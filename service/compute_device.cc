@@ -1,10 +1,15 @@
 #include "service/compute_device.h"
 
+#include <atomic>
+#include <cstdint>
+#include <memory>
 #include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/log.h"
+#include "compressor/compute/fallback_compute.h"
 
 // Set by service/CMakeLists.txt when the CUDA backend is linked (nexuskv_cuda, or the host twin
 // in a test).
@@ -31,6 +36,21 @@ SelectedCompute Cpu(std::string why) {
 std::string MiB(uint64_t bytes) { return absl::StrFormat("%.0f MiB", bytes / 1048576.0); }
 
 #if NEXUSKV_COMPUTE_DEVICE_CUDA
+// Logs the 1st, 10th, 100th, ... operation the GPU failed and the CPU computed instead.
+void LogFallback(std::string_view op, const absl::Status& error) {
+  static std::atomic<uint64_t> count{0};
+  const uint64_t n = count.fetch_add(1, std::memory_order_relaxed) + 1;
+  uint64_t power = 1;
+  while (power < n) power *= 10;
+  if (power != n) return;
+  Log(LogLevel::kWarning, "compute_fallback",
+      {{"op", op},
+       {"fallbacks", n},
+       {"error", error.ToString()},
+       {"detail",
+        "the GPU failed this operation; the CPU computed it (logged at 1, 10, 100, ...)"}});
+}
+
 // The GPU backend, or why it cannot be used (ProbeDevice's description, or the factory's error).
 absl::StatusOr<SelectedCompute> Gpu(std::string_view device, uint64_t gpu_memory_bytes) {
   const cuda::DeviceInfo info = cuda::ProbeDevice(kDevice);
@@ -38,9 +58,13 @@ absl::StatusOr<SelectedCompute> Gpu(std::string_view device, uint64_t gpu_memory
   absl::StatusOr<std::unique_ptr<compressor::ComputeBackend>> gpu =
       cuda::MakeThrustCompute({.memory_limit_bytes = gpu_memory_bytes, .device = kDevice});
   if (!gpu.ok()) return gpu.status();
-  const compressor::ComputeBackend* backend = gpu->get();
+  // The CPU stands behind the GPU: an operation the device fails (a batch over the bound, memory
+  // it refused, a lost device) runs again on the CPU, so no fit or answer fails for it.
+  auto guarded = std::make_unique<compressor::FallbackCompute>(
+      *std::move(gpu), compressor::CpuCompute(), LogFallback);
+  const compressor::ComputeBackend* backend = guarded.get();
   return SelectedCompute(
-      *std::move(gpu), backend,
+      std::move(guarded), backend,
       absl::StrCat(std::string(backend->name()), " on ", info.description, " (--device=",
                    std::string(device), device == "auto" ? ": a usable GPU was found" : "",
                    "; at most ", MiB(gpu_memory_bytes), " of GPU memory per batch, --gpu_memory_mb",
