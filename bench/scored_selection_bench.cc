@@ -42,7 +42,7 @@ void BM_Select(benchmark::State& state, int layers, int heads) {
   const int tokens = static_cast<int>(state.range(0));
   const std::vector<ScoredTurn> s = MakeSession(layers, heads, 20, tokens);
   const SelectionOptions options{
-      .budget = 20 * tokens / 5, .pad_heads = true, .bias = true, .merge_share = 0.05};
+      .budget = 20 * tokens / 5, .fill_heads = true, .bias = true, .merge_share = 0.05};
   for (auto _ : state) {
     state.PauseTiming();
     std::vector<ScoredTurn> copy = s;  // Make takes the scores

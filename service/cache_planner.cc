@@ -119,16 +119,17 @@ absl::StatusOr<std::shared_ptr<const Selection>> Spend(const CacheScope& scope,
                                                        std::vector<TurnPlan>& turns) {
   const PlannerInputs& in = scope.inputs;
   if (scope.scored) {
-    // max_bytes limits the whole answer, padding included, so only keep_ratio pads.
-    const bool pad = has_bias && in.request.budget().has_keep_ratio();
+    // A biased answer: counts set by each (turn, layer)'s fullest head, filled by every head, and
+    // merged entries; its held entries stay within the budget, so every budget kind has them.
+    const bool fill = has_bias;
     NEXUSKV_ASSIGN_OR_RETURN(
         Selection selection,
         Selection::Make(std::move(loaded.scored_turns), in.session.model().num_layers(),
                         in.session.model().num_kv_heads(),
                         SelectionOptions{.budget = budget,
-                                         .pad_heads = pad,
+                                         .fill_heads = fill,
                                          .bias = has_bias,
-                                         .merge_share = pad ? in.merge_share : 0.0}));
+                                         .merge_share = fill ? in.merge_share : 0.0}));
     for (TurnPlan& turn : turns) {
       if (turn.variant == TurnPlan::Variant::kScored) {
         turn.entries = selection.mean_entries(turn.scored_index);

@@ -114,7 +114,7 @@ TEST(AnswerBytesTest, RefusesARowOfTheWrongSize) {
 
 // A scored layer two ways: BuildLayer's floats encoded for the answer, and BuildAnswerLayer.
 struct Case {
-  bool pad_heads;
+  bool fill_heads;
   double merge_share;
   DType stored;
   DType answer;
@@ -151,8 +151,8 @@ TEST(AnswerBytesTest, AnswerLayerEqualsTheEncodedFloatLayerOnRealBytes) {
     int64_t total = 0;
     for (int64_t t : tokens) total += t;
     SelectionOptions options{.budget = total / 4,
-                             .pad_heads = c.pad_heads,
-                             .bias = c.pad_heads,
+                             .fill_heads = c.fill_heads,
+                             .bias = c.fill_heads,
                              .merge_share = c.merge_share};
     absl::StatusOr<Selection> selection = Selection::Make(turns, layers, heads, options);
     ASSERT_TRUE(selection.ok()) << selection.status();
@@ -194,7 +194,7 @@ TEST(AnswerBytesTest, AnswerLayerEqualsTheEncodedFloatLayerOnRealBytes) {
         const AnswerEntries& a = (*answer)[u];
         SCOPED_TRACE(::testing::Message()
                      << "case " << DTypeName(c.stored) << " -> " << DTypeName(c.answer) << " pad "
-                     << c.pad_heads << " merge " << c.merge_share << ", layer " << l << ", turn "
+                     << c.fill_heads << " merge " << c.merge_share << ", layer " << l << ", turn "
                      << u);
         std::string want_keys, want_values;
         AppendAnswerEncoded(f.keys, c.answer, &want_keys);

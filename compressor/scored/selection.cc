@@ -44,8 +44,8 @@ absl::StatusOr<Selection> Selection::Make(std::vector<ScoredTurn> turns, int num
     return absl::InvalidArgumentError(absl::StrCat("scored selection over ", num_layers,
                                                    " layers and ", num_kv_heads, " kv heads"));
   }
-  if (options.pad_heads && !options.bias) {
-    return absl::InvalidArgumentError("scored selection: padding needs a bias (-inf entries)");
+  if (options.fill_heads && !options.bias) {
+    return absl::InvalidArgumentError("scored selection: merged entries need a bias");
   }
   for (size_t u = 0; u < turns.size(); ++u) {
     const ScoredTurn& t = turns[u];
@@ -70,14 +70,15 @@ absl::StatusOr<Selection> Selection::Make(std::vector<ScoredTurn> turns, int num
   for (const ScoredTurn& t : s.turns_) tokens_per_head += t.num_tokens;
   // Merged entries only replace tokens the budget cannot hold.
   const int64_t merge_entries =
-      options.pad_heads
+      options.fill_heads && options.run_length > 0
           ? std::clamp<int64_t>(std::llround(options.merge_share * options.budget), 0,
                                 std::max<int64_t>(tokens_per_head - options.budget, 0))
           : 0;
-  s.SelectGlobal(options.budget - merge_entries);
-  if (options.pad_heads) {
-    if (options.run_length > 0) s.PlanRuns(merge_entries);
+  if (options.fill_heads) {
+    s.SelectFilled(options.budget - merge_entries);
+    s.PlanRuns(merge_entries);
   } else {
+    s.SelectGlobal(options.budget);
     s.SelectEvenly();
   }
   s.Count();
@@ -147,6 +148,71 @@ void Selection::SelectEvenly() {
   }
 }
 
+void Selection::SelectFilled(int64_t budget) {
+  kept_.clear();
+  int64_t tokens_per_head = 0;
+  for (const ScoredTurn& t : turns_) {
+    tokens_per_head += t.num_tokens;
+    kept_.emplace_back(layers_, std::vector<bool>(heads_ * t.num_tokens, false));
+  }
+  if (budget <= 0) return;
+  if (budget >= tokens_per_head) {
+    for (auto& turn : kept_) {
+      for (auto& layer : turn) layer.assign(layer.size(), true);
+    }
+    return;
+  }
+  // A head's priorities of turn u in layer l.
+  auto head_priority = [&](size_t u, int l, int64_t h, std::vector<float>& out) {
+    const int64_t t = turns_[u].num_tokens;
+    const std::span<const float> head =
+        std::span<const float>(turns_[u].scores[l]).subspan(h * t, t);
+    out.resize(static_cast<size_t>(t));
+    for (int64_t i = 0; i < t; ++i) out[i] = SelectionPriority(head, turns_[u].session_start, i);
+  };
+  // Slot e of (turn u, layer l) is worth the e-th best priority of its fullest head there: holding
+  // e + 1 entries per head lets the head that wants most keep its e-th token, and the others keep
+  // their own next best in the same memory. Slot values fall with e, so the top budget * layers
+  // slots of the whole range (ties in scan order) give each (u, l) a prefix: its count.
+  std::vector<float> slots, priority;
+  slots.reserve(static_cast<size_t>(tokens_per_head) * layers_);
+  for (size_t u = 0; u < turns_.size(); ++u) {
+    const size_t t = static_cast<size_t>(turns_[u].num_tokens);
+    for (int l = 0; l < layers_; ++l) {
+      const size_t first = slots.size();
+      slots.resize(first + t, -std::numeric_limits<float>::infinity());
+      for (int64_t h = 0; h < heads_; ++h) {
+        head_priority(u, l, h, priority);
+        std::sort(priority.begin(), priority.end(), std::greater<float>());
+        for (size_t e = 0; e < t; ++e) slots[first + e] = std::max(slots[first + e], priority[e]);
+      }
+    }
+  }
+  const int64_t want = budget * layers_;
+  std::vector<float> ranked = slots;
+  std::nth_element(ranked.begin(), ranked.begin() + (want - 1), ranked.end(),
+                   std::greater<float>());
+  const float threshold = ranked[want - 1];
+  int64_t ties = want;
+  for (float v : slots) ties -= v > threshold;
+  size_t at = 0;
+  for (size_t u = 0; u < turns_.size(); ++u) {
+    const size_t t = static_cast<size_t>(turns_[u].num_tokens);
+    for (int l = 0; l < layers_; ++l) {
+      int64_t count = 0;
+      for (size_t e = 0; e < t; ++e, ++at) {
+        const float v = slots[at];
+        if (v > threshold || (v == threshold && ties-- > 0)) ++count;
+      }
+      for (int64_t h = 0; h < heads_; ++h) {
+        head_priority(u, l, h, priority);
+        const std::vector<bool> top = TopMask(priority, count);
+        std::copy(top.begin(), top.end(), kept_[u][l].begin() + h * t);
+      }
+    }
+  }
+}
+
 void Selection::PlanRuns(int64_t entries) {
   if (entries <= 0) return;
   struct Evicted {
@@ -181,7 +247,9 @@ void Selection::PlanRuns(int64_t entries) {
         runs.back().tokens.back().weight = evicted[j].score;
       }
       for (Run& run : runs) {
-        run.owner = run.tokens.back().u;
+        // Held by the last turn, so that every head of a layer holds its runs in one place and
+        // no head is padded for another's (positions still say where each run ends).
+        run.owner = static_cast<uint32_t>(turns_.size() - 1);
         run_scores.clear();
         for (const RunToken& token : run.tokens) run_scores.push_back(token.weight);
         const std::vector<double> weights = MergeWeights(run_scores);
@@ -296,7 +364,8 @@ std::vector<std::pair<int64_t, int64_t>> Selection::HeadSlots(size_t u, int laye
   const std::vector<Run>& runs = runs_[At(layer, h)];
   for (size_t r = 0; r < runs.size(); ++r) {
     if (runs[r].owner != u) continue;
-    slots.push_back({turns_[u].first_position + runs[r].tokens.back().i, ~static_cast<int64_t>(r)});
+    const RunToken& last = runs[r].tokens.back();  // The run's position: its last token's.
+    slots.push_back({turns_[last.u].first_position + last.i, ~static_cast<int64_t>(r)});
   }
   std::sort(slots.begin(), slots.end());
   return slots;

@@ -7,13 +7,20 @@
 //   1. One ranking of every (layer, kv head, token) score of those turns (O(n) selection) spends
 //      the budget; the session's first kSinkTokens tokens (its attention sinks) outrank every
 //      score. Ties at the threshold go to the earlier (turn, layer, head, token).
-//   2. A biased answer (`pad_heads`) gives each kv head its own count and pads every head of a
-//      layer up to the fullest one with entries no query attends to (key and value 0, bias -inf,
-//      position -1, first in the turn). A share of its budget (`merge_share`) goes to merged
-//      entries: each stands for a run of up to `run_length` of the best evicted tokens of one head
-//      (over all the turns, history order) with their score-weighted mean key and value and bias
-//      log(run length), and is held by the turn of the run's last token, at that token's position.
+//   2. A biased answer (`fill_heads`) holds, in each (turn, layer), the count its fullest head
+//      wants: slots are ranked by the fullest head's priority at each rank, so the budget pays for
+//      the memory every head holds (what an engine holding one count per layer and turn holds),
+//      and every head fills those slots with its own best tokens instead of padding. A share of
+//      its budget (`merge_share`) goes to merged entries: each stands for a run of up to
+//      `run_length` of the best evicted tokens of one head (over all the turns, history order) with
+//      their score-weighted mean key and value and bias log(run length), at the position of the
+//      run's last token; the last turn holds every head's runs. A head with fewer runs than
+//      another (too few evicted tokens) is padded there with entries no query attends to (key and
+//      value 0, bias -inf, position -1, first in the turn).
 //   3. Otherwise every kv head of a layer keeps the layer's mean count, each its own best tokens.
+// Either way the entries held per kv head, summed over turns and averaged over layers, are at most
+// the budget: selection moves memory between layers (a layer whose heads attend widely gets more),
+// never beyond the total.
 // Selection is planned once (Make) from the scores; building a layer reads only the raw KV.
 //
 //   NEXUSKV_ASSIGN_OR_RETURN(Selection selection,
@@ -60,12 +67,12 @@ struct SelectionOptions {
   // Entries per kv head and layer to spend over all the turns together (the sum over turns, as
   // Compressor::Allocate gets it). At least the total: every token is kept.
   int64_t budget = 0;
-  // Per-head counts padded to the layer's fullest head, and merged entries (a biased answer with a
-  // keep_ratio budget). False: the same count in every head of a layer.
-  bool pad_heads = false;
-  // Whether LayerEntries::bias is set (0 for kept tokens); required by pad_heads.
+  // Counts set by each (turn, layer)'s fullest head and filled by every head, and merged entries
+  // (a biased answer). False: every head keeps the mean count of a per-token ranking.
+  bool fill_heads = false;
+  // Whether LayerEntries::bias is set (0 for kept tokens); required by fill_heads.
   bool bias = false;
-  // Share of a padded budget that goes to merged entries; 0 turns them off.
+  // Share of a fill_heads budget that goes to merged entries; 0 turns them off.
   double merge_share = 0.0;
   int run_length = kMergeRunLength;
 };
@@ -128,13 +135,14 @@ class Selection {
     float weight;
   };
   struct Run {
-    uint32_t owner;  // The turn holding the entry: that of the run's last token.
+    uint32_t owner;  // The turn holding the entry: the last one.
     std::vector<RunToken> tokens;
   };
 
   Selection() = default;
   void SelectGlobal(int64_t budget);
   void SelectEvenly();
+  void SelectFilled(int64_t budget);
   void PlanRuns(int64_t entries);
   void Count();
   // A head's entries of turn u in answer order (after its padding): (position, token i), or

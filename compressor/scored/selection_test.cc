@@ -1,5 +1,6 @@
-// Scored selection: one ranking over every (layer, kv head, token), the sinks always kept, heads
-// padded or even, merged entries for the best evicted tokens.
+// Scored selection: one ranking over the whole range, the sinks always kept, counts set by each
+// (turn, layer)'s fullest head and filled by every head, or even; merged entries for the best
+// evicted tokens; the budget held.
 #include "compressor/scored/selection.h"
 
 #include <algorithm>
@@ -112,35 +113,36 @@ TEST(SelectionTest, TheSessionsFirstTokensAreAlwaysKept) {
   EXPECT_TRUE((*built)[0].bias.empty()) << "no bias asked for";
 }
 
-TEST(SelectionTest, EachHeadKeepsItsOwnCountPaddedToTheFullestHead) {
-  const std::vector<int64_t> tokens = {10};
+TEST(SelectionTest, EveryHeadFillsTheCountItsFullestHeadWants) {
+  const std::vector<int64_t> tokens = {10, 10};
   std::vector<ScoredTurn> turns = Turns(tokens, 1, 2, 0.0f);
-  for (int i = 0; i < 8; ++i) turns[0].scores[0][10 + i] = 1.0f + i;  // head 1 reads 8 tokens
-  absl::StatusOr<Selection> padded =
-      Selection::Make(turns, 1, 2, {.budget = 4, .pad_heads = true, .bias = true});
-  ASSERT_TRUE(padded.ok()) << padded.status();
-  EXPECT_EQ(padded->entries(0, 0), 8);
-  EXPECT_EQ(padded->mean_entries(0), 4);
+  for (int i = 0; i < 8; ++i) turns[1].scores[0][10 + i] = 1.0f + i;  // turn 1, head 1: 8 tokens
+  turns[0].scores[0][3] = 0.5f;                                       // turn 0, head 0: one
+  // Budget 4 per head: slots are worth the fullest head's score at each rank, 8 7 6 5 ... in turn
+  // 1 and 0.5 0 ... in turn 0, so turn 1 holds 4 entries per head and turn 0 none. Head 1 keeps
+  // its 4 best; head 0, which ties everywhere there, fills the same 4 slots with its first tokens.
+  absl::StatusOr<Selection> s =
+      Selection::Make(turns, 1, 2, {.budget = 4, .fill_heads = true, .bias = true});
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->entries(0, 0), 0);
+  EXPECT_EQ(s->entries(1, 0), 4);
+  EXPECT_EQ(s->mean_entries(1), 4);
   const Kv kv = Identity(tokens, 2);
-  std::vector<LayerEntries> built = *padded->BuildLayer(0, kv.spans, 1);
-  const LayerEntries& e = built[0];
-  EXPECT_THAT(Positions(e, 0), ElementsAre(-1, -1, -1, -1, -1, -1, -1, -1));
-  EXPECT_THAT(Positions(e, 1), ElementsAre(0, 1, 2, 3, 4, 5, 6, 7));
-  EXPECT_EQ(e.bias[0], -kInf);
-  EXPECT_EQ(e.bias[8], 0.0f);
-  EXPECT_EQ(e.keys[0], 0.0f);
-  EXPECT_EQ(e.keys[8 + 3], 13.0f);
-  EXPECT_EQ(e.values[8 + 3], -13.0f);
+  const std::vector<LayerEntries> built = *s->BuildLayer(0, kv.spans, 1);
+  EXPECT_EQ(built[0].num_entries, 0);
+  const LayerEntries& e = built[1];
+  EXPECT_THAT(Positions(e, 0), ElementsAre(10, 11, 12, 13));
+  EXPECT_THAT(Positions(e, 1), ElementsAre(14, 15, 16, 17));
+  EXPECT_THAT(e.bias, ElementsAre(0, 0, 0, 0, 0, 0, 0, 0)) << "no padding";
+  EXPECT_EQ(e.keys[4 + 3], 117.0f);
+  EXPECT_EQ(e.values[4 + 3], -117.0f);
 
-  // Even: every head keeps the layer's mean (4), each its own best; head 0 ties everywhere and
-  // keeps its first 4.
+  // Even: every head keeps the mean count of a per-token ranking (turn 1: 4 for head 1, 0 for
+  // head 0, and turn 0's one token; means rounded down), each its own best.
   absl::StatusOr<Selection> even = Selection::Make(turns, 1, 2, {.budget = 4, .bias = true});
   ASSERT_TRUE(even.ok());
-  EXPECT_EQ(even->entries(0, 0), 4);
-  built = *even->BuildLayer(0, kv.spans, 1);
-  EXPECT_THAT(Positions(built[0], 0), ElementsAre(0, 1, 2, 3));
-  EXPECT_THAT(Positions(built[0], 1), ElementsAre(4, 5, 6, 7));
-  EXPECT_THAT(built[0].bias, ElementsAre(0, 0, 0, 0, 0, 0, 0, 0));
+  EXPECT_EQ(even->entries(0, 0), 0);
+  EXPECT_EQ(even->entries(1, 0), 4);
 }
 
 TEST(SelectionTest, MergedEntriesStandForTheBestEvictedTokensOfEveryTurnInHistoryOrder) {
@@ -148,31 +150,33 @@ TEST(SelectionTest, MergedEntriesStandForTheBestEvictedTokensOfEveryTurnInHistor
   std::vector<ScoredTurn> turns = Turns(tokens, 1, 2, 1.0f);  // head 1: every score ties
   turns[0].scores[0] = {9, 1, 8, 5, 0, 4, 1, 1, 1, 1, 1, 1};
   turns[1].scores[0] = {3, 7, 2, 6, 0, 0, 1, 1, 1, 1, 1, 1};
-  // Budget 4: 3 merged entries (share 0.75), 1 per head spent by score: head 0 keeps tokens 0 and
-  // 2 of turn 0 (9 and 8), head 1 none. Head 0 evicts 1, 3, 4, 5 of turn 0 and all of turn 1; the
-  // 6 best of them (7, 6, 5, 4, 3, 2) in history order, in runs of 2, one run per turn boundary.
+  // Budget 4: 3 merged entries (share 0.75) and 1 slot, worth 9 in turn 0 (head 0's best), so
+  // each head keeps one token of turn 0. Head 0's 6 best evicted tokens (8, 5, 4 of turn 0; 3, 7,
+  // 6 of turn 1) in history order make 3 runs of 2; head 1's (all tied) are its first 6. The last
+  // turn holds every run, at the position of its last token.
   absl::StatusOr<Selection> s = Selection::Make(
       turns, 1, 2,
-      {.budget = 4, .pad_heads = true, .bias = true, .merge_share = 0.75, .run_length = 2});
+      {.budget = 4, .fill_heads = true, .bias = true, .merge_share = 0.75, .run_length = 2});
   ASSERT_TRUE(s.ok()) << s.status();
-  EXPECT_EQ(s->entries(0, 0), 3);  // head 0: 2 kept + 1 run; head 1: 3 runs
-  EXPECT_EQ(s->entries(1, 0), 2);  // head 0: 2 runs; head 1: padding
+  EXPECT_EQ(s->entries(0, 0), 1);
+  EXPECT_EQ(s->entries(1, 0), 3);
   const Kv kv = Identity(tokens, 2);
   const std::vector<LayerEntries> built = *s->BuildLayer(0, kv.spans, 1);
   const LayerEntries& t0 = built[0];
-  EXPECT_THAT(Positions(t0, 0), ElementsAre(0, 2, 5));
-  EXPECT_THAT(t0.keys, ElementsAre(0.0f, 2.0f, (5 * 3.0f + 4 * 5.0f) / 9,  // head 0
-                                   10.5f, 12.5f, 14.5f));                  // head 1: even means
-  EXPECT_THAT(t0.values[2], -t0.keys[2]);
-  EXPECT_FLOAT_EQ(t0.bias[2], std::log(2.0f));
-  EXPECT_EQ(t0.bias[0], 0.0f);
-  EXPECT_THAT(Positions(t0, 1), ElementsAre(1, 3, 5));
+  EXPECT_THAT(Positions(t0, 0), ElementsAre(0));
+  EXPECT_THAT(Positions(t0, 1), ElementsAre(0));
+  EXPECT_THAT(t0.keys, ElementsAre(0.0f, 10.0f));
+  EXPECT_THAT(t0.bias, ElementsAre(0.0f, 0.0f));
   const LayerEntries& t1 = built[1];
-  EXPECT_THAT(Positions(t1, 0), ElementsAre(7, 9));
-  EXPECT_FLOAT_EQ(t1.keys[0], (3 * 100.0f + 7 * 101.0f) / 10);
-  EXPECT_FLOAT_EQ(t1.keys[1], (2 * 102.0f + 6 * 103.0f) / 8);
-  EXPECT_THAT(Positions(t1, 1), ElementsAre(-1, -1));
-  EXPECT_EQ(t1.bias[2], -kInf);
+  EXPECT_THAT(Positions(t1, 0), ElementsAre(3, 6, 9));
+  EXPECT_THAT(Positions(t1, 1), ElementsAre(2, 4, 6));
+  EXPECT_FLOAT_EQ(t1.keys[0], (8 * 2.0f + 5 * 3.0f) / 13);
+  EXPECT_FLOAT_EQ(t1.keys[1], (4 * 5.0f + 3 * 100.0f) / 7);
+  EXPECT_FLOAT_EQ(t1.keys[2], (7 * 101.0f + 6 * 103.0f) / 13);
+  EXPECT_THAT(std::vector<float>(t1.keys.begin() + 3, t1.keys.end()),
+              ElementsAre(11.5f, 13.5f, 62.5f));
+  EXPECT_FLOAT_EQ(t1.values[0], -t1.keys[0]);
+  for (float b : t1.bias) EXPECT_FLOAT_EQ(b, std::log(2.0f));
 }
 
 TEST(SelectionTest, ARunReachingBackReadsTheEarlierTurnThatHoldsNothing) {
@@ -182,7 +186,7 @@ TEST(SelectionTest, ARunReachingBackReadsTheEarlierTurnThatHoldsNothing) {
   // 1 merged entry of run 8 over the 7 evicted tokens ... its last token is in turn 1.
   absl::StatusOr<Selection> s = Selection::Make(
       turns, 1, 1,
-      {.budget = 2, .pad_heads = true, .bias = true, .merge_share = 0.5, .run_length = 8});
+      {.budget = 2, .fill_heads = true, .bias = true, .merge_share = 0.5, .run_length = 8});
   ASSERT_TRUE(s.ok()) << s.status();
   EXPECT_EQ(s->entries(0, 0), 0);
   EXPECT_TRUE(s->ReadsLayer(0, 0)) << "turn 0's tokens are in turn 1's merged entry";
@@ -195,46 +199,72 @@ TEST(SelectionTest, ARunReachingBackReadsTheEarlierTurnThatHoldsNothing) {
   EXPECT_FLOAT_EQ(built[1].bias[0], std::log(7.0f));
 }
 
-// The kept set against a full sort of every (priority, scan order) on random scores with ties.
-TEST(SelectionTest, KeepsExactlyWhatAFullSortKeeps) {
+// The kept set against a reference built by sorting: every (turn, layer) slot ranked by its
+// fullest head's priority at that rank (ties in scan order), the top budget * layers slots giving
+// each (turn, layer) its count, every head keeping its best that many (ties to the earlier
+// token); on random scores with ties. The entries held stay within the budget.
+TEST(SelectionTest, KeepsExactlyWhatASortOfTheSlotsKeeps) {
   std::mt19937 rng(7);
   std::uniform_int_distribution<int> level(0, 6);
   const std::vector<int64_t> tokens = {9, 3, 12};
   const int layers = 3, heads = 2;
+  const auto priority = [](const ScoredTurn& t, int l, int h, int64_t i) {
+    return t.session_start && i < kSinkTokens ? 3e38f : t.scores[l][h * t.num_tokens + i];
+  };
   for (int trial = 0; trial < 20; ++trial) {
     std::vector<ScoredTurn> turns = Turns(tokens, layers, heads, 0.0f, trial % 2 == 0);
-    std::vector<std::tuple<float, int, size_t, int, int, int64_t>> all;  // (-p, scan, u, l, h, i)
+    for (ScoredTurn& t : turns) {
+      for (auto& layer : t.scores) {
+        for (float& x : layer) x = 0.5f * level(rng);
+      }
+    }
+    std::vector<std::tuple<float, int, size_t, int>> slots;  // (-value, scan, u, l)
     int scan = 0;
     for (size_t u = 0; u < tokens.size(); ++u) {
       for (int l = 0; l < layers; ++l) {
+        std::vector<float> fullest(tokens[u], -kInf);
         for (int h = 0; h < heads; ++h) {
-          for (int64_t i = 0; i < tokens[u]; ++i) {
-            float& x = turns[u].scores[l][h * tokens[u] + i];
-            x = 0.5f * level(rng);
-            const bool sink = turns[u].session_start && i < kSinkTokens;
-            all.push_back({sink ? -3e38f : -x, scan++, u, l, h, i});
+          std::vector<float> p;
+          for (int64_t i = 0; i < tokens[u]; ++i) p.push_back(priority(turns[u], l, h, i));
+          std::sort(p.begin(), p.end(), std::greater<float>());
+          for (int64_t e = 0; e < tokens[u]; ++e) fullest[e] = std::max(fullest[e], p[e]);
+        }
+        for (float v : fullest) slots.push_back({-v, scan++, u, l});
+      }
+    }
+    std::sort(slots.begin(), slots.end());
+    for (int64_t budget : {1, 5, 11, 23, 24}) {
+      absl::StatusOr<Selection> s = Selection::Make(
+          turns, layers, heads, {.budget = budget, .fill_heads = true, .bias = true});
+      ASSERT_TRUE(s.ok()) << s.status();
+      std::vector<std::vector<int64_t>> count(tokens.size(), std::vector<int64_t>(layers, 0));
+      const size_t take = std::min<size_t>(slots.size(), budget * layers);
+      for (size_t j = 0; j < take; ++j) ++count[std::get<2>(slots[j])][std::get<3>(slots[j])];
+      std::vector<std::tuple<size_t, int, int, int64_t>> want, got;
+      int64_t held = 0;
+      for (size_t u = 0; u < tokens.size(); ++u) {
+        for (int l = 0; l < layers; ++l) {
+          held += s->entries(u, l);
+          for (int h = 0; h < heads; ++h) {
+            std::vector<std::pair<float, int64_t>> order;  // (-priority, token)
+            for (int64_t i = 0; i < tokens[u]; ++i)
+              order.push_back({-priority(turns[u], l, h, i), i});
+            std::sort(order.begin(), order.end());
+            for (int64_t j = 0; j < count[u][l]; ++j) {
+              want.push_back({u, l, h, turns[u].first_position + order[j].second});
+            }
           }
         }
       }
-    }
-    std::sort(all.begin(), all.end());
-    for (int64_t budget : {1, 5, 11, 23, 24}) {
-      absl::StatusOr<Selection> s = Selection::Make(
-          turns, layers, heads, {.budget = budget, .pad_heads = true, .bias = true});
-      ASSERT_TRUE(s.ok()) << s.status();
-      std::vector<std::tuple<size_t, int, int, int64_t>> want, got;
-      const size_t take = std::min<size_t>(all.size(), budget * heads * layers);
-      for (size_t j = 0; j < take; ++j) {
-        const auto& [p, order, u, l, h, i] = all[j];
-        want.push_back({u, l, h, turns[u].first_position + i});
-      }
+      EXPECT_LE(held, budget * layers) << "trial " << trial << " budget " << budget;
       for (int l = 0; l < layers; ++l) {
         const Kv kv = Identity(tokens, heads);
         const std::vector<LayerEntries> built = *s->BuildLayer(l, kv.spans, 1);
         for (size_t u = 0; u < tokens.size(); ++u) {
           for (int h = 0; h < heads; ++h) {
             for (int64_t position : Positions(built[u], h)) {
-              if (position >= 0) got.push_back({u, l, h, position});
+              EXPECT_GE(position, 0) << "a filled selection pads nothing";
+              got.push_back({u, l, h, position});
             }
           }
         }
@@ -246,14 +276,49 @@ TEST(SelectionTest, KeepsExactlyWhatAFullSortKeeps) {
   }
 }
 
+// Merged entries included, a biased selection holds at most the budget (entries per kv head,
+// summed over turns, averaged over layers), and never pads.
+TEST(SelectionTest, ABiasedSelectionHoldsTheBudget) {
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<float> score(0.0f, 1.0f);
+  const std::vector<int64_t> tokens = {40, 7, 25, 31};
+  const int layers = 4, heads = 3;
+  for (int trial = 0; trial < 10; ++trial) {
+    std::vector<ScoredTurn> turns = Turns(tokens, layers, heads, 0.0f, true);
+    for (ScoredTurn& t : turns) {
+      for (auto& layer : t.scores) {
+        for (float& x : layer) x = std::pow(score(rng), 1.0f + 4.0f * (trial % 3));
+      }
+    }
+    for (int64_t budget : {3, 10, 20, 51, 102, 103}) {
+      absl::StatusOr<Selection> s =
+          Selection::Make(turns, layers, heads,
+                          {.budget = budget, .fill_heads = true, .bias = true, .merge_share = 0.1});
+      ASSERT_TRUE(s.ok()) << s.status();
+      int64_t held = 0;
+      for (size_t u = 0; u < tokens.size(); ++u) {
+        for (int l = 0; l < layers; ++l) held += s->entries(u, l);
+      }
+      EXPECT_LE(held, std::min<int64_t>(budget, 103) * layers) << "budget " << budget;
+      for (int l = 0; l < layers; ++l) {
+        const Kv kv = Identity(tokens, heads);
+        for (const LayerEntries& e : *s->BuildLayer(l, kv.spans, 1)) {
+          for (float b : e.bias) EXPECT_GT(b, -kInf) << "budget " << budget;
+        }
+      }
+    }
+  }
+}
+
 TEST(SelectionTest, RefusesScoresOfTheWrongShapeAndLayersOfTheWrongSize) {
   std::vector<ScoredTurn> turns = Turns({4}, 2, 2, 1.0f);
   turns[0].scores[1].pop_back();
   absl::StatusOr<Selection> bad = Selection::Make(turns, 2, 2, {.budget = 2});
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(bad.status().message(), HasSubstr("turn 0 of 4 tokens"));
-  EXPECT_FALSE(Selection::Make(Turns({4}, 2, 2, 1.0f), 2, 2, {.budget = 2, .pad_heads = true}).ok())
-      << "padding needs a bias";
+  EXPECT_FALSE(
+      Selection::Make(Turns({4}, 2, 2, 1.0f), 2, 2, {.budget = 2, .fill_heads = true}).ok())
+      << "merged entries need a bias";
   absl::StatusOr<Selection> s = Selection::Make(Turns({4}, 2, 2, 1.0f), 2, 2, {.budget = 2});
   ASSERT_TRUE(s.ok());
   Kv kv = Identity({4}, 2);
