@@ -32,6 +32,25 @@ std::vector<bool> TopMask(const std::vector<float>& priority, int64_t take) {
   return mask;
 }
 
+// The `want` highest of some values (want in [1, values.size()]), taken in scan order: Take(v) is
+// called once per value in the order they were given and says whether v is among them (ties at
+// the threshold go to the first ones). O(n).
+class Cut {
+ public:
+  Cut(std::vector<float> values, int64_t want) {
+    std::nth_element(values.begin(), values.begin() + (want - 1), values.end(),
+                     std::greater<float>());
+    threshold_ = values[want - 1];
+    ties_ = want;
+    for (float v : values) ties_ -= v > threshold_;
+  }
+  bool Take(float v) { return v > threshold_ || (v == threshold_ && ties_-- > 0); }
+
+ private:
+  float threshold_ = 0.0f;
+  int64_t ties_ = 0;
+};
+
 }  // namespace
 
 float SelectionPriority(std::span<const float> head_scores, bool session_start, int64_t i) {
@@ -66,8 +85,7 @@ absl::StatusOr<Selection> Selection::Make(std::vector<ScoredTurn> turns, int num
   s.heads_ = num_kv_heads;
   s.options_ = options;
   s.runs_.assign(static_cast<size_t>(num_layers) * num_kv_heads, {});
-  int64_t tokens_per_head = 0;
-  for (const ScoredTurn& t : s.turns_) tokens_per_head += t.num_tokens;
+  const int64_t tokens_per_head = s.TokensPerHead();
   // Merged entries only replace tokens the budget cannot hold.
   const int64_t merge_entries =
       options.fill_heads && options.run_length > 0
@@ -86,21 +104,38 @@ absl::StatusOr<Selection> Selection::Make(std::vector<ScoredTurn> turns, int num
   return s;
 }
 
-void Selection::SelectGlobal(int64_t budget) {
+int64_t Selection::TokensPerHead() const {
+  int64_t tokens = 0;
+  for (const ScoredTurn& t : turns_) tokens += t.num_tokens;
+  return tokens;
+}
+
+bool Selection::StartKept(int64_t budget) {
   kept_.clear();
-  int64_t tokens_per_head = 0;
   for (const ScoredTurn& t : turns_) {
-    tokens_per_head += t.num_tokens;
     kept_.emplace_back(layers_, std::vector<bool>(heads_ * t.num_tokens, false));
   }
-  if (budget <= 0) return;
-  if (budget >= tokens_per_head) {
+  if (budget <= 0) return false;
+  if (budget >= TokensPerHead()) {
     for (auto& turn : kept_) {
       for (auto& layer : turn) layer.assign(layer.size(), true);
     }
-    return;
+    return false;
   }
-  // The want-th highest priority; everything above it is kept, ties at it in scan order.
+  return true;
+}
+
+void Selection::HeadPriority(size_t u, int layer, int64_t h, std::vector<float>& out) const {
+  const int64_t t = turns_[u].num_tokens;
+  const std::span<const float> head =
+      std::span<const float>(turns_[u].scores[layer]).subspan(h * t, t);
+  out.resize(static_cast<size_t>(t));
+  for (int64_t i = 0; i < t; ++i) out[i] = SelectionPriority(head, turns_[u].session_start, i);
+}
+
+void Selection::SelectGlobal(int64_t budget) {
+  if (!StartKept(budget)) return;
+  // The budget's highest priorities; ties at the threshold in scan order.
   auto for_each = [&](auto&& visit) {
     for (size_t u = 0; u < turns_.size(); ++u) {
       const int64_t t = turns_[u].num_tokens;
@@ -116,15 +151,11 @@ void Selection::SelectGlobal(int64_t budget) {
     }
   };
   std::vector<float> all;
-  all.reserve(static_cast<size_t>(tokens_per_head) * heads_ * layers_);
+  all.reserve(static_cast<size_t>(TokensPerHead()) * heads_ * layers_);
   for_each([&](size_t, int, int64_t, float p) { all.push_back(p); });
-  const int64_t want = budget * heads_ * layers_;
-  std::nth_element(all.begin(), all.begin() + (want - 1), all.end(), std::greater<float>());
-  const float threshold = all[want - 1];
-  int64_t ties = want;
-  for (float p : all) ties -= p > threshold;
+  Cut cut(std::move(all), budget * heads_ * layers_);
   for_each([&](size_t u, int l, int64_t j, float p) {
-    if (p > threshold || (p == threshold && ties-- > 0)) kept_[u][l][j] = true;
+    if (cut.Take(p)) kept_[u][l][j] = true;
   });
 }
 
@@ -134,13 +165,9 @@ void Selection::SelectEvenly() {
     for (int l = 0; l < layers_; ++l) {
       std::vector<bool>& kept = kept_[u][l];
       const int64_t n = std::count(kept.begin(), kept.end(), true) / heads_;
-      std::vector<float> priority(static_cast<size_t>(t));
+      std::vector<float> priority;
       for (int64_t h = 0; h < heads_; ++h) {
-        const std::span<const float> head =
-            std::span<const float>(turns_[u].scores[l]).subspan(h * t, t);
-        for (int64_t i = 0; i < t; ++i) {
-          priority[i] = SelectionPriority(head, turns_[u].session_start, i);
-        }
+        HeadPriority(u, l, h, priority);
         const std::vector<bool> top = TopMask(priority, n);
         std::copy(top.begin(), top.end(), kept.begin() + h * t);
       }
@@ -149,63 +176,34 @@ void Selection::SelectEvenly() {
 }
 
 void Selection::SelectFilled(int64_t budget) {
-  kept_.clear();
-  int64_t tokens_per_head = 0;
-  for (const ScoredTurn& t : turns_) {
-    tokens_per_head += t.num_tokens;
-    kept_.emplace_back(layers_, std::vector<bool>(heads_ * t.num_tokens, false));
-  }
-  if (budget <= 0) return;
-  if (budget >= tokens_per_head) {
-    for (auto& turn : kept_) {
-      for (auto& layer : turn) layer.assign(layer.size(), true);
-    }
-    return;
-  }
-  // A head's priorities of turn u in layer l.
-  auto head_priority = [&](size_t u, int l, int64_t h, std::vector<float>& out) {
-    const int64_t t = turns_[u].num_tokens;
-    const std::span<const float> head =
-        std::span<const float>(turns_[u].scores[l]).subspan(h * t, t);
-    out.resize(static_cast<size_t>(t));
-    for (int64_t i = 0; i < t; ++i) out[i] = SelectionPriority(head, turns_[u].session_start, i);
-  };
+  if (!StartKept(budget)) return;
   // Slot e of (turn u, layer l) is worth the e-th best priority of its fullest head there: holding
   // e + 1 entries per head lets the head that wants most keep its e-th token, and the others keep
   // their own next best in the same memory. Slot values fall with e, so the top budget * layers
   // slots of the whole range (ties in scan order) give each (u, l) a prefix: its count.
   std::vector<float> slots, priority;
-  slots.reserve(static_cast<size_t>(tokens_per_head) * layers_);
+  slots.reserve(static_cast<size_t>(TokensPerHead()) * layers_);
   for (size_t u = 0; u < turns_.size(); ++u) {
     const size_t t = static_cast<size_t>(turns_[u].num_tokens);
     for (int l = 0; l < layers_; ++l) {
       const size_t first = slots.size();
       slots.resize(first + t, -std::numeric_limits<float>::infinity());
       for (int64_t h = 0; h < heads_; ++h) {
-        head_priority(u, l, h, priority);
+        HeadPriority(u, l, h, priority);
         std::sort(priority.begin(), priority.end(), std::greater<float>());
         for (size_t e = 0; e < t; ++e) slots[first + e] = std::max(slots[first + e], priority[e]);
       }
     }
   }
-  const int64_t want = budget * layers_;
-  std::vector<float> ranked = slots;
-  std::nth_element(ranked.begin(), ranked.begin() + (want - 1), ranked.end(),
-                   std::greater<float>());
-  const float threshold = ranked[want - 1];
-  int64_t ties = want;
-  for (float v : slots) ties -= v > threshold;
+  Cut cut(slots, budget * layers_);
   size_t at = 0;
   for (size_t u = 0; u < turns_.size(); ++u) {
     const size_t t = static_cast<size_t>(turns_[u].num_tokens);
     for (int l = 0; l < layers_; ++l) {
       int64_t count = 0;
-      for (size_t e = 0; e < t; ++e, ++at) {
-        const float v = slots[at];
-        if (v > threshold || (v == threshold && ties-- > 0)) ++count;
-      }
+      for (size_t e = 0; e < t; ++e, ++at) count += cut.Take(slots[at]);
       for (int64_t h = 0; h < heads_; ++h) {
-        head_priority(u, l, h, priority);
+        HeadPriority(u, l, h, priority);
         const std::vector<bool> top = TopMask(priority, count);
         std::copy(top.begin(), top.end(), kept_[u][l].begin() + h * t);
       }

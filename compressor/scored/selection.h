@@ -140,6 +140,12 @@ class Selection {
   };
 
   Selection() = default;
+  int64_t TokensPerHead() const;
+  // Sizes kept_ with nothing kept; keeps everything when the budget holds every token. Whether a
+  // choice is left to make.
+  bool StartKept(int64_t budget);
+  // Head h's priorities of turn u in `layer` (SelectionPriority of each token) into `out`.
+  void HeadPriority(size_t u, int layer, int64_t h, std::vector<float>& out) const;
   void SelectGlobal(int64_t budget);
   void SelectEvenly();
   void SelectFilled(int64_t budget);
