@@ -57,6 +57,7 @@ ABSL_FLAG(double, bytes_per_case_mib, 384,
 ABSL_FLAG(bool, sync_writes, true, "fsync the WAL per turn (server flag and the RocksDB anchor).");
 ABSL_FLAG(std::string, server_flags, "",
           "Extra comma-separated flags for the nexuskv-server this tool starts.");
+ABSL_FLAG(std::string, server_bin, "", "The server binary to start; empty: the build's own.");
 
 namespace nexuskv::bench {
 namespace {
@@ -156,6 +157,7 @@ std::unique_ptr<client::Client> MakeClient(const std::string& target) {
 
 absl::StatusOr<double> RunNexuskv(const Turns& t, const std::string& case_id) {
   testing::ServerProcessOptions options;
+  if (!absl::GetFlag(FLAGS_server_bin).empty()) options.binary = absl::GetFlag(FLAGS_server_bin);
   options.extra_flags = {absl::StrCat("--sync_writes=", absl::GetFlag(FLAGS_sync_writes)),
                          "--precompute_fits=false", "--log_level=warning"};
   for (const std::string& f : std::vector<std::string>(
