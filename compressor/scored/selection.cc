@@ -93,13 +93,23 @@ absl::StatusOr<Selection> Selection::Make(std::vector<ScoredTurn> turns, int num
                                 std::max<int64_t>(tokens_per_head - options.budget, 0))
           : 0;
   if (options.fill_heads) {
-    s.SelectFilled(options.budget - merge_entries);
-    s.PlanRuns(merge_entries);
+    // A merged entry is held by the turn of its run's last token, which differs from head to head:
+    // the heads of a (turn, layer) with fewer runs there are padded, and the padding is paid from
+    // the slots. When a pass overruns the budget, the next gives up as many slots (rarely a third).
+    int64_t slots = options.budget - merge_entries;
+    for (int pass = 0;; ++pass) {
+      s.SelectFilled(slots);
+      s.PlanRuns(merge_entries);
+      s.Count();
+      const int64_t over = s.Held() - options.budget * num_layers;
+      if (over <= 0 || slots <= 0 || pass == 7) break;
+      slots -= (over + num_layers - 1) / num_layers;
+    }
   } else {
     s.SelectGlobal(options.budget);
     s.SelectEvenly();
+    s.Count();
   }
-  s.Count();
   for (ScoredTurn& t : s.turns_) t.scores = {};
   return s;
 }
@@ -212,6 +222,7 @@ void Selection::SelectFilled(int64_t budget) {
 }
 
 void Selection::PlanRuns(int64_t entries) {
+  runs_.assign(static_cast<size_t>(layers_) * heads_, {});
   if (entries <= 0) return;
   struct Evicted {
     float score;
@@ -245,9 +256,7 @@ void Selection::PlanRuns(int64_t entries) {
         runs.back().tokens.back().weight = evicted[j].score;
       }
       for (Run& run : runs) {
-        // Held by the last turn, so that every head of a layer holds its runs in one place and
-        // no head is padded for another's (positions still say where each run ends).
-        run.owner = static_cast<uint32_t>(turns_.size() - 1);
+        run.owner = run.tokens.back().u;
         run_scores.clear();
         for (const RunToken& token : run.tokens) run_scores.push_back(token.weight);
         const std::vector<double> weights = MergeWeights(run_scores);
@@ -280,6 +289,14 @@ void Selection::Count() {
     }
     mean_entries_[u] = (real + layers_ / 2) / layers_;
   }
+}
+
+int64_t Selection::Held() const {
+  int64_t held = 0;
+  for (const std::vector<int64_t>& turn : layer_entries_) {
+    for (int64_t n : turn) held += n;
+  }
+  return held;
 }
 
 bool Selection::ReadsLayer(size_t u, int layer) const {

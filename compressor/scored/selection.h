@@ -13,10 +13,11 @@
 //      and every head fills those slots with its own best tokens instead of padding. A share of
 //      its budget (`merge_share`) goes to merged entries: each stands for a run of up to
 //      `run_length` of the best evicted tokens of one head (over all the turns, history order) with
-//      their score-weighted mean key and value and bias log(run length), at the position of the
-//      run's last token; the last turn holds every head's runs. A head with fewer runs than
-//      another (too few evicted tokens) is padded there with entries no query attends to (key and
-//      value 0, bias -inf, position -1, first in the turn).
+//      their score-weighted mean key and value and bias log(run length), held by the turn of the
+//      run's last token at that token's position. Runs end in different turns for different
+//      heads, so a head with fewer runs in a turn than another is padded there with entries no
+//      query attends to (key and value 0, bias -inf, position -1, first in the turn), and that
+//      padding is paid from the slots too (a second selection gives up what the first overran).
 //   3. Otherwise every kv head of a layer keeps the layer's mean count, each its own best tokens.
 // Either way the entries held per kv head, summed over turns and averaged over layers, are at most
 // the budget: selection moves memory between layers (a layer whose heads attend widely gets more),
@@ -107,6 +108,10 @@ class Selection {
   // Entries per kv head that turn u holds in layer l, padding included.
   int64_t entries(size_t u, int layer) const { return layer_entries_[u][layer]; }
 
+  // entries(u, l) summed over every turn and layer: what the answer makes an engine hold per kv
+  // head. At most budget x layers.
+  int64_t Held() const;
+
   // Real entries (kept tokens and merged entries) per kv head of turn u, averaged over heads
   // (rounded down) and layers (rounded to nearest): TurnAllocation.kept_entries.
   int64_t mean_entries(size_t u) const { return mean_entries_[u]; }
@@ -135,7 +140,7 @@ class Selection {
     float weight;
   };
   struct Run {
-    uint32_t owner;  // The turn holding the entry: the last one.
+    uint32_t owner;  // The turn holding the entry: that of the run's last token.
     std::vector<RunToken> tokens;
   };
 

@@ -150,33 +150,36 @@ TEST(SelectionTest, MergedEntriesStandForTheBestEvictedTokensOfEveryTurnInHistor
   std::vector<ScoredTurn> turns = Turns(tokens, 1, 2, 1.0f);  // head 1: every score ties
   turns[0].scores[0] = {9, 1, 8, 5, 0, 4, 1, 1, 1, 1, 1, 1};
   turns[1].scores[0] = {3, 7, 2, 6, 0, 0, 1, 1, 1, 1, 1, 1};
-  // Budget 4: 3 merged entries (share 0.75) and 1 slot, worth 9 in turn 0 (head 0's best), so
-  // each head keeps one token of turn 0. Head 0's 6 best evicted tokens (8, 5, 4 of turn 0; 3, 7,
-  // 6 of turn 1) in history order make 3 runs of 2; head 1's (all tied) are its first 6. The last
-  // turn holds every run, at the position of its last token.
+  // Budget 4: 3 merged entries (share 0.75) and 1 slot. A first pass keeps token 0 of turn 0 in
+  // both heads, but its runs end in different turns for the two heads (turn 0 holds 1 + 2 entries
+  // for head 1, turn 1 two for head 0): 5 held, one over. The second pass gives the slot up: every
+  // token is evicted, and each head's 6 best in history order make 3 runs of 2 (head 0: 9 8 | 5 4
+  // of turn 0 | 7 6 of turn 1; head 1, all tied: its first 6, all in turn 0). Held: 3 + 1.
   absl::StatusOr<Selection> s = Selection::Make(
       turns, 1, 2,
       {.budget = 4, .fill_heads = true, .bias = true, .merge_share = 0.75, .run_length = 2});
   ASSERT_TRUE(s.ok()) << s.status();
-  EXPECT_EQ(s->entries(0, 0), 1);
-  EXPECT_EQ(s->entries(1, 0), 3);
+  EXPECT_EQ(s->entries(0, 0), 3);
+  EXPECT_EQ(s->entries(1, 0), 1);
+  EXPECT_EQ(s->Held(), 4);
   const Kv kv = Identity(tokens, 2);
   const std::vector<LayerEntries> built = *s->BuildLayer(0, kv.spans, 1);
   const LayerEntries& t0 = built[0];
-  EXPECT_THAT(Positions(t0, 0), ElementsAre(0));
-  EXPECT_THAT(Positions(t0, 1), ElementsAre(0));
-  EXPECT_THAT(t0.keys, ElementsAre(0.0f, 10.0f));
-  EXPECT_THAT(t0.bias, ElementsAre(0.0f, 0.0f));
+  EXPECT_THAT(Positions(t0, 0), ElementsAre(-1, 2, 5));  // padding first
+  EXPECT_THAT(Positions(t0, 1), ElementsAre(1, 3, 5));
+  EXPECT_EQ(t0.bias[0], -kInf);
+  EXPECT_EQ(t0.keys[0], 0.0f);
+  EXPECT_FLOAT_EQ(t0.keys[1], (9 * 0.0f + 8 * 2.0f) / 17);
+  EXPECT_FLOAT_EQ(t0.keys[2], (5 * 3.0f + 4 * 5.0f) / 9);
+  EXPECT_FLOAT_EQ(t0.values[2], -t0.keys[2]);
+  EXPECT_THAT(std::vector<float>(t0.keys.begin() + 3, t0.keys.end()),
+              ElementsAre(10.5f, 12.5f, 14.5f));
+  for (int k = 1; k < 6; ++k) EXPECT_FLOAT_EQ(t0.bias[k], std::log(2.0f));
   const LayerEntries& t1 = built[1];
-  EXPECT_THAT(Positions(t1, 0), ElementsAre(3, 6, 9));
-  EXPECT_THAT(Positions(t1, 1), ElementsAre(2, 4, 6));
-  EXPECT_FLOAT_EQ(t1.keys[0], (8 * 2.0f + 5 * 3.0f) / 13);
-  EXPECT_FLOAT_EQ(t1.keys[1], (4 * 5.0f + 3 * 100.0f) / 7);
-  EXPECT_FLOAT_EQ(t1.keys[2], (7 * 101.0f + 6 * 103.0f) / 13);
-  EXPECT_THAT(std::vector<float>(t1.keys.begin() + 3, t1.keys.end()),
-              ElementsAre(11.5f, 13.5f, 62.5f));
-  EXPECT_FLOAT_EQ(t1.values[0], -t1.keys[0]);
-  for (float b : t1.bias) EXPECT_FLOAT_EQ(b, std::log(2.0f));
+  EXPECT_THAT(Positions(t1, 0), ElementsAre(9));
+  EXPECT_FLOAT_EQ(t1.keys[0], (7 * 101.0f + 6 * 103.0f) / 13);
+  EXPECT_THAT(Positions(t1, 1), ElementsAre(-1));
+  EXPECT_EQ(t1.bias[1], -kInf);
 }
 
 TEST(SelectionTest, ARunReachingBackReadsTheEarlierTurnThatHoldsNothing) {
@@ -276,8 +279,8 @@ TEST(SelectionTest, KeepsExactlyWhatASortOfTheSlotsKeeps) {
   }
 }
 
-// Merged entries included, a biased selection holds at most the budget (entries per kv head,
-// summed over turns, averaged over layers), and never pads.
+// Merged entries and their padding included, a biased selection holds at most the budget (entries
+// per kv head, summed over turns, averaged over layers).
 TEST(SelectionTest, ABiasedSelectionHoldsTheBudget) {
   std::mt19937 rng(11);
   std::uniform_real_distribution<float> score(0.0f, 1.0f);
@@ -295,17 +298,19 @@ TEST(SelectionTest, ABiasedSelectionHoldsTheBudget) {
           Selection::Make(turns, layers, heads,
                           {.budget = budget, .fill_heads = true, .bias = true, .merge_share = 0.1});
       ASSERT_TRUE(s.ok()) << s.status();
-      int64_t held = 0;
+      int64_t held = 0, built = 0;
       for (size_t u = 0; u < tokens.size(); ++u) {
         for (int l = 0; l < layers; ++l) held += s->entries(u, l);
       }
+      EXPECT_EQ(held, s->Held());
       EXPECT_LE(held, std::min<int64_t>(budget, 103) * layers) << "budget " << budget;
       for (int l = 0; l < layers; ++l) {
         const Kv kv = Identity(tokens, heads);
-        for (const LayerEntries& e : *s->BuildLayer(l, kv.spans, 1)) {
-          for (float b : e.bias) EXPECT_GT(b, -kInf) << "budget " << budget;
-        }
+        const absl::StatusOr<std::vector<LayerEntries>> entries = s->BuildLayer(l, kv.spans, 1);
+        ASSERT_TRUE(entries.ok()) << entries.status();
+        for (const LayerEntries& e : *entries) built += e.num_entries;
       }
+      EXPECT_EQ(built, held) << "what the layers carry, padding included";
     }
   }
 }
