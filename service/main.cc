@@ -77,8 +77,8 @@ ABSL_FLAG(uint32_t, raw_keep_recent_turns, 1,
 ABSL_FLAG(int, raw_retention_sweep_s, 60,
           "Seconds between sweeps applying a duration --raw_retention to idle sessions.");
 ABSL_FLAG(double, merge_share, 0.05,
-          "Share of a biased keep_ratio answer spent by token scores that goes to merged entries, "
-          "each standing for a run of evicted tokens (0: none; at most 0.5).");
+          "Share of a biased answer spent by token scores that goes to merged entries, each "
+          "standing for a run of evicted tokens (0: none; at most 0.5).");
 ABSL_FLAG(int, rpc_threads, 8, "Threads for blocking RPC work (RocksDB, cache assembly).");
 ABSL_FLAG(int, shutdown_grace_s, 20, "Seconds in-flight RPCs get to finish on SIGTERM/SIGINT.");
 ABSL_FLAG(std::string, tls_cert_file, "",
