@@ -96,9 +96,10 @@ absl::StatusOr<Selection> Selection::Make(std::vector<ScoredTurn> turns, int num
     // A merged entry is held by the turn of its run's last token, which differs from head to head:
     // the heads of a (turn, layer) with fewer runs there are padded, and the padding is paid from
     // the slots. When a pass overruns the budget, the next gives up as many slots (rarely a third).
+    const std::vector<float> slot_values = s.FilledSlots();
     int64_t slots = options.budget - merge_entries;
     for (int pass = 0;; ++pass) {
-      s.SelectFilled(slots);
+      s.SelectFilled(slot_values, slots);
       s.PlanRuns(merge_entries);
       s.Count();
       const int64_t over = s.Held() - options.budget * num_layers;
@@ -185,8 +186,7 @@ void Selection::SelectEvenly() {
   }
 }
 
-void Selection::SelectFilled(int64_t budget) {
-  if (!StartKept(budget)) return;
+std::vector<float> Selection::FilledSlots() const {
   // Slot e of (turn u, layer l) is worth the e-th best priority of its fullest head there: holding
   // e + 1 entries per head lets the head that wants most keep its e-th token, and the others keep
   // their own next best in the same memory. Slot values fall with e, so the top budget * layers
@@ -205,6 +205,12 @@ void Selection::SelectFilled(int64_t budget) {
       }
     }
   }
+  return slots;
+}
+
+void Selection::SelectFilled(const std::vector<float>& slots, int64_t budget) {
+  if (!StartKept(budget)) return;
+  std::vector<float> priority;
   Cut cut(slots, budget * layers_);
   size_t at = 0;
   for (size_t u = 0; u < turns_.size(); ++u) {

@@ -153,7 +153,10 @@ class Selection {
   void HeadPriority(size_t u, int layer, int64_t h, std::vector<float>& out) const;
   void SelectGlobal(int64_t budget);
   void SelectEvenly();
-  void SelectFilled(int64_t budget);
+  // Every (turn, layer) slot's value, in scan order (turn, layer, rank): the fullest head's
+  // priority at that rank.
+  std::vector<float> FilledSlots() const;
+  void SelectFilled(const std::vector<float>& slots, int64_t budget);
   void PlanRuns(int64_t entries);
   void Count();
   // A head's entries of turn u in answer order (after its padding): (position, token i), or
