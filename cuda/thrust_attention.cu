@@ -235,11 +235,6 @@ struct ColumnLse {
   }
 };
 
-template <typename T>
-DeviceVector<T> ToDevice(const std::vector<T>& host) {
-  return DeviceVector<T>(host.begin(), host.end());
-}
-
 // Device copies of a batch's metadata and index-space offsets.
 struct DeviceBatch {
   explicit DeviceBatch(const Batch& batch)
@@ -268,10 +263,10 @@ absl::Status ThrustBackend::Softmax(std::span<float> logits, int rows, int cols,
     t.t = cols;
     batch.Add(t, !causal.empty(), false);
     const DeviceBatch d(batch);
-    DeviceVector<float> d_logits(logits.begin(), logits.end());
+    DeviceVector<float> d_logits = ToDevice(std::span<const float>(logits));
     // The finite-logit rule first, then the causal mask as -infinity.
     const int32_t* d_causal = nullptr;
-    DeviceVector<int32_t> causal_copy(causal.begin(), causal.end());
+    DeviceVector<int32_t> causal_copy = ToDevice(causal);
     if (!causal.empty()) d_causal = Raw(causal_copy);
     float* x = Raw(d_logits);
     ForEach(static_cast<int64_t>(logits.size()), ClampAndMask{x, d_causal, cols});

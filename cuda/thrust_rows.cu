@@ -353,11 +353,6 @@ struct Encode {
   }
 };
 
-template <typename T>
-DeviceVector<T> ToDevice(const std::vector<T>& host) {
-  return DeviceVector<T>(host.begin(), host.end());
-}
-
 }  // namespace
 
 absl::Status ThrustBackend::WeightedKMeans(std::span<const compressor::KMeansItem> items,
@@ -493,8 +488,8 @@ absl::Status ThrustBackend::TopK(std::span<const float> scores, std::span<const 
     const int rows = static_cast<int>(k.size());
     std::vector<int64_t> out_starts(k.size() + 1, 0);
     for (size_t r = 0; r < k.size(); ++r) out_starts[r + 1] = out_starts[r] + k[r];
-    const DeviceVector<float> d_scores(scores.begin(), scores.end());
-    const DeviceVector<int64_t> d_row_starts(row_starts.begin(), row_starts.end());
+    const DeviceVector<float> d_scores = ToDevice(scores);
+    const DeviceVector<int64_t> d_row_starts = ToDevice(row_starts);
     const DeviceVector<int64_t> d_out_starts = ToDevice(out_starts);
     DeviceVector<uint64_t> key(n), pick(picked);
     DeviceVector<uint32_t> offset(n), result(picked);
@@ -593,7 +588,7 @@ absl::Status ThrustBackend::DecodeToFloat(std::span<const std::byte> src, DType 
   NEXUSKV_RETURN_IF_ERROR(CheckFits(kOp, src.size() + dst.size() * 4));
   return Guard(kOp, [&]() -> absl::Status {
     const uint8_t* bytes = reinterpret_cast<const uint8_t*>(src.data());
-    const DeviceVector<uint8_t> d_src(bytes, bytes + src.size());
+    const DeviceVector<uint8_t> d_src = ToDevice(std::span<const uint8_t>(bytes, src.size()));
     DeviceVector<float> d_dst(dst.size());
     ForEach(static_cast<int64_t>(dst.size()), Decode{Raw(d_src), dtype, Raw(d_dst)});
     CopyOut(d_dst, dst);
@@ -608,7 +603,7 @@ absl::Status ThrustBackend::EncodeFromFloat(std::span<const float> src, DType dt
   if (src.empty()) return absl::OkStatus();
   NEXUSKV_RETURN_IF_ERROR(CheckFits(kOp, src.size() * 4 + dst.size()));
   return Guard(kOp, [&]() -> absl::Status {
-    const DeviceVector<float> d_src(src.begin(), src.end());
+    const DeviceVector<float> d_src = ToDevice(src);
     DeviceVector<uint8_t> d_dst(dst.size());
     ForEach(static_cast<int64_t>(src.size()), Encode{Raw(d_src), dtype, Raw(d_dst)});
     thrust::copy(d_dst.begin(), d_dst.end(), reinterpret_cast<uint8_t*>(dst.data()));

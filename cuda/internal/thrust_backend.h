@@ -121,6 +121,19 @@ struct Packed {
   DeviceVector<int64_t> starts;
 };
 
+// A device copy of host memory. An empty range gives an empty vector without calling Thrust's copy,
+// which dereferences the first element of a range even when it is empty (UBSan: a null
+// reference).
+template <typename T>
+DeviceVector<T> ToDevice(std::span<const T> host) {
+  if (host.empty()) return DeviceVector<T>();
+  return DeviceVector<T>(host.data(), host.data() + host.size());
+}
+template <typename T>
+DeviceVector<T> ToDevice(const std::vector<T>& host) {
+  return ToDevice(std::span<const T>(host));
+}
+
 // Packs get(item) (a std::span<const T>) of every item with one host-to-device copy.
 template <typename T, typename Item, typename Get>
 Packed<T> Pack(std::span<const Item> items, Get get) {
@@ -134,14 +147,15 @@ Packed<T> Pack(std::span<const Item> items, Get get) {
     const std::span<const T> part = get(items[k]);
     std::copy(part.begin(), part.end(), staging.begin() + packed.host_starts[k]);
   }
-  packed.data = staging;
-  packed.starts = packed.host_starts;
+  packed.data = ToDevice(staging);
+  packed.starts = ToDevice(packed.host_starts);
   return packed;
 }
 
 // Copies a device vector into a host span of the same size.
 template <typename T>
 void CopyOut(const DeviceVector<T>& from, std::span<T> to) {
+  if (from.empty()) return;
   thrust::copy(from.begin(), from.end(), to.data());
 }
 
