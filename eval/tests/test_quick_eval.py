@@ -53,10 +53,14 @@ def test_every_configuration_has_a_row_or_a_reason(results):
             # exceeded (rounding per turn aside), and every method spends it.
             assert row["kept_ratio"] <= float(ratio) + 0.01, (key, row["kept_ratio"])
             assert abs(row["kept_ratio"] - float(ratio)) < 0.03, (key, row["kept_ratio"])
-    # What an answer sends over what it keeps: padding only where a biased answer is spent by
-    # token scores (each head its own count); the server's other answers send what they keep (a
-    # bias-free SONIC answer's kept_entries round each turn's mean over layers).
-    assert summary["sonic@0.2"]["wire"] > 1.1
+    # What an answer sends over what it keeps: a biased answer spent by token scores pads only a
+    # head whose merged entries end in another turn than its neighbours', and pays for it inside
+    # the budget, so what it sends (kept x wire) stays within the ratio; the server's other answers
+    # send what they keep (a bias-free SONIC answer's kept_entries round each turn's mean over
+    # layers).
+    biased = summary["sonic@0.2"]
+    assert 1.0 <= biased["wire"] < 1.1, biased["wire"]
+    assert biased["kept_ratio"] * biased["wire"] <= 0.2 + 0.01, biased
     for key in ("sonic-nobias@0.2", "h2o@0.5", "streaming_llm@0.2", "snapkv@0.5"):
         assert abs(summary[key]["wire"] - 1.0) < 0.01, (key, summary[key]["wire"])
     # Every server method and every kvpress press runs.
