@@ -43,9 +43,9 @@ TEST(ComputeDeviceTest, AutoUsesTheGpuWhenThereIsOneAndSaysWhyNot) {
         refused.substr(prefix.size(), refused.find("; start with") - prefix.size());
     EXPECT_EQ(chosen->description(), "cpu (--device=auto: " + why + "; the CPU computes)");
     if (!BuildHasCudaBackend()) {
-      EXPECT_THAT(chosen->description(),
-                  HasSubstr("this build has no CUDA backend (nvcc was not found at configure "
-                            "time)"));
+      // Why: nvcc was not found, or the build was configured with NEXUSKV_CUDA=OFF (the
+      // sanitizer trees).
+      EXPECT_THAT(chosen->description(), HasSubstr("this build has no CUDA backend ("));
     }
   } else {
     // A machine with a GPU: auto and cuda agree.
@@ -65,10 +65,8 @@ TEST(ComputeDeviceTest, CudaWithoutAGpuRefusesToStartSayingWhatToDo) {
               HasSubstr("; start with --device=cpu, or --device=auto to use a GPU only when one "
                         "is present"));
   if (!BuildHasCudaBackend()) {
-    EXPECT_EQ(cuda.status().message(),
-              "--device=cuda but this build has no CUDA backend (nvcc was not found at configure "
-              "time); start with --device=cpu, or --device=auto to use a GPU only when one is "
-              "present");
+    EXPECT_THAT(std::string(cuda.status().message()),
+                StartsWith("--device=cuda but this build has no CUDA backend ("));
   }
 }
 
