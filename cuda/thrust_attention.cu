@@ -19,19 +19,6 @@ namespace nexuskv::cuda::internal {
 
 namespace {
 
-using Index = thrust::counting_iterator<int64_t>;
-
-template <typename F>
-void ForEach(int64_t n, F f) {
-  if (n > 0) thrust::for_each(thrust::device, Index(0), Index(n), f);
-}
-
-NEXUSKV_HD inline float Finite(float x) {
-  x = x > FLT_MAX ? FLT_MAX : x;
-  x = x < -FLT_MAX ? -FLT_MAX : x;
-  return x == x ? x : -FLT_MAX;
-}
-
 // One item of an attention batch, with where each of its parts starts in the packed buffers.
 struct AttnMeta {
   int64_t query = 0, key = 0, value = 0;  // packed floats

@@ -24,22 +24,6 @@ namespace nexuskv::cuda::internal {
 
 namespace {
 
-using compressor::ConstMatrix;
-using compressor::FiniteLogit;
-using Index = thrust::counting_iterator<int64_t>;
-
-// Runs f(i) for i in [0, n) on the device.
-template <typename F>
-void ForEach(int64_t n, F f) {
-  if (n > 0) thrust::for_each(thrust::device, Index(0), Index(n), f);
-}
-
-NEXUSKV_HD inline float FiniteLogitHD(float x) {
-  x = x > FLT_MAX ? FLT_MAX : x;
-  x = x < -FLT_MAX ? -FLT_MAX : x;
-  return x == x ? x : -FLT_MAX;
-}
-
 NEXUSKV_HD inline double ClampDouble(double x) {
   return x > double{FLT_MAX} ? double{FLT_MAX} : (x < -double{FLT_MAX} ? -double{FLT_MAX} : x);
 }
@@ -91,7 +75,7 @@ struct Assign {
       const float* c = cent + t.centroid + static_cast<int64_t>(j) * t.d;
       float dot = 0.0f;
       for (int x = 0; x < t.d; ++x) dot += p[x] * c[x];
-      const float score = FiniteLogitHD(dot - half_norm[centroid_starts[k] + j]);
+      const float score = Finite(dot - half_norm[centroid_starts[k] + j]);
       if (score > best_score) {
         best_score = score;
         best = static_cast<uint32_t>(j);
@@ -167,8 +151,8 @@ struct Gram {
     double g = 0.0, b = 0.0;
     for (int r = 0; r < t.r; ++r) {
       const float* row = rows + t.row + static_cast<int64_t>(r) * t.d;
-      const double qi = t.scale * static_cast<double>(FiniteLogitHD(row[i]));
-      g += qi * (t.scale * static_cast<double>(FiniteLogitHD(row[j])));
+      const double qi = t.scale * static_cast<double>(Finite(row[i]));
+      g += qi * (t.scale * static_cast<double>(Finite(row[j])));
       b += qi;
     }
     gram[e] = g;
@@ -421,6 +405,7 @@ absl::Status ThrustBackend::WeightedKMeans(std::span<const compressor::KMeansIte
       // Members grouped by centroid, member order kept within a group.
       thrust::sequence(thrust::device, sorted.begin(), sorted.end());
       thrust::stable_sort_by_key(thrust::device, key.begin(), key.end(), sorted.begin());
+      using Index = thrust::counting_iterator<int64_t>;
       thrust::lower_bound(thrust::device, key.begin(), key.end(), Index(0),
                           Index(total_centroids + 1), group_start.begin());
       ForEach(centroid_floats,

@@ -11,7 +11,11 @@
 
 #include <thrust/copy.h>
 #include <thrust/device_vector.h>
+#include <thrust/execution_policy.h>
+#include <thrust/for_each.h>
+#include <thrust/iterator/counting_iterator.h>
 
+#include <cfloat>
 #include <cstddef>
 #include <cstdint>
 #include <exception>
@@ -92,6 +96,20 @@ T* Raw(DeviceVector<T>& v) {
 template <typename T>
 const T* Raw(const DeviceVector<T>& v) {
   return thrust::raw_pointer_cast(v.data());
+}
+
+// Runs f(i) for i in [0, n) on the device: one launch over a batch's whole index space.
+template <typename F>
+void ForEach(int64_t n, F f) {
+  using Index = thrust::counting_iterator<int64_t>;
+  if (n > 0) thrust::for_each(thrust::device, Index(0), Index(n), f);
+}
+
+// compute.h's finite-logit rule (FiniteLogit) for device code, which cannot call the host inline.
+NEXUSKV_HD inline float Finite(float x) {
+  x = x > FLT_MAX ? FLT_MAX : x;
+  x = x < -FLT_MAX ? -FLT_MAX : x;
+  return x == x ? x : -FLT_MAX;
 }
 
 // The item k of a packed batch that element `index` belongs to: starts[k] <= index <
