@@ -10,6 +10,16 @@
 # fails. This is what CI runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A full run writes about 12 GiB here (build/, build-fuzz/, .venv, Go's cache) and pip unpacks wheels
+# in $TMPDIR; a run that starts short of space fails a quarter of an hour in, so say so now.
+need_kib=$((16 * 1024 * 1024))
+for dir in . "${TMPDIR:-/tmp}"; do
+  free_kib=$(df -Pk "$dir" | awk 'NR == 2 { print $4 }')
+  if ((free_kib < need_kib)); then
+    echo "test: only $((free_kib / 1024 / 1024)) GiB free in $(realpath "$dir"); a full run needs 16 GiB. Free some space and rerun." >&2
+    exit 1
+  fi
+done
 start=$SECONDS
 lap=$SECONDS
 declare -a timings

@@ -14,6 +14,7 @@
 #include <tuple>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -260,14 +261,17 @@ TEST(HealthTest, NotServingWhileTheDiskReserveIsHitServingOnceSpaceReturns) {
   ASSERT_TRUE(Append(*stub, TurnMessages("health-1", 0, 8, 0)).ok());
 
   const std::string ballast = (tmp / absl::StrCat("nexuskv-health-ballast-", ::getpid())).string();
+  // Removed on every way out: a failed assertion below must not leave 3 GiB behind in /tmp (it
+  // once did, and filled the disk of the next CI run).
+  absl::Cleanup remove_ballast = [&ballast] {
+    std::error_code ignored;
+    std::filesystem::remove(ballast, ignored);
+  };
   const int fd = ::open(ballast.c_str(), O_CREAT | O_WRONLY | O_TRUNC, 0600);
   ASSERT_GE(fd, 0);
   const int allocated = ::posix_fallocate(fd, 0, 3 * kGiB);
   ::close(fd);
-  if (allocated != 0) {
-    std::filesystem::remove(ballast);
-    GTEST_SKIP() << "posix_fallocate of the ballast failed: " << allocated;
-  }
+  if (allocated != 0) GTEST_SKIP() << "posix_fallocate of the ballast failed: " << allocated;
   EXPECT_EQ(AwaitHealth(*health, HealthCheckResponse::NOT_SERVING, absl::Seconds(10)),
             HealthCheckResponse::NOT_SERVING);
   const grpc::Status refused = Append(*stub, TurnMessages("health-1", 1, 8, 8));
@@ -277,7 +281,7 @@ TEST(HealthTest, NotServingWhileTheDiskReserveIsHitServingOnceSpaceReturns) {
   ASSERT_TRUE(scrape.ok()) << scrape.status();
   EXPECT_EQ((*scrape)["nexuskv_store_writable"], 0);
 
-  std::filesystem::remove(ballast);
+  std::move(remove_ballast).Invoke();
   EXPECT_EQ(AwaitHealth(*health, HealthCheckResponse::SERVING, absl::Seconds(10)),
             HealthCheckResponse::SERVING);
   EXPECT_TRUE(Append(*stub, TurnMessages("health-1", 1, 8, 8)).ok());
