@@ -74,6 +74,7 @@ FitScheduler::FitScheduler(store::Store* store, int num_threads, size_t max_queu
       max_queued_(max_queued),
       max_queued_bytes_(queue.max_queued_bytes),
       max_batch_(std::max<size_t>(queue.max_batch, 1)),
+      max_deferred_(queue.max_deferred),
       observer_(std::move(queue.observer)),
       num_threads_(num_threads),
       worker_nice_(worker_nice),
@@ -90,6 +91,7 @@ void FitScheduler::Shutdown() {
     absl::MutexLock lock(&mu_);
     shut_down_ = true;  // No Await claims a job from here on; Reserve waiters wake and give up.
     queue_.clear();     // Background jobs have no awaiters (an awaited job is in the pool).
+    deferred_.clear();
     queued_bytes_ = 0;
   }
   pool_.ShutdownNow();  // Drops the queued jobs; waits for the running ones, which finish theirs.
@@ -210,31 +212,65 @@ void FitScheduler::Submit(FitJob job) {
   Enqueue(Queued{std::move(job), bytes, absl::Now()});
 }
 
+void FitScheduler::Defer(FitJob job) {
+  bool dropped_oldest = false;
+  {
+    absl::MutexLock lock(&mu_);
+    if (shut_down_) return;
+    const uint64_t bytes = job.record.raw_bytes();
+    deferred_.push_back(Queued{std::move(job), bytes, absl::Now()});
+    if (deferred_.size() > max_deferred_) {  // With max_deferred_ 0, the job just deferred.
+      const FitJob& oldest = deferred_.front().job;
+      Log(LogLevel::kWarning, "fit_deferred_dropped",
+          {{"session", oldest.key.session_id},
+           {"turn", oldest.record.turn()},
+           {"method", oldest.method->name()},
+           {"action", "computed when a GetCache awaits it"}});
+      deferred_.pop_front();
+      dropped_oldest = true;
+    }
+    if (!deferred_.empty()) StartDrain();
+  }
+  if (observer_.on_defer) observer_.on_defer(dropped_oldest);
+}
+
 void FitScheduler::Enqueue(Queued item) {
   queued_bytes_ += item.bytes;
   queue_.push_back(std::move(item));
+  StartDrain();
+}
+
+void FitScheduler::StartDrain() {
   if (drainers_ >= num_threads_) return;  // Each running drain queues itself again.
   ++drainers_;
   // The pool's lock is taken under mu_ (never the other way round: its tasks run unlocked).
   if (!pool_.TrySchedule([this] { Drain(); })) --drainers_;
 }
 
+void FitScheduler::TakeBatch(std::deque<Queued>& from, std::vector<Queued>& batch) {
+  if (from.empty()) return;
+  // The oldest job's method, then the next jobs of that method in queue order.
+  const compressor::Compressor* method = from.front().job.method;
+  for (auto it = from.begin(); it != from.end() && batch.size() < max_batch_;) {
+    if (it->job.method != method) {
+      ++it;
+      continue;
+    }
+    batch.push_back(std::move(*it));
+    it = from.erase(it);
+  }
+}
+
 void FitScheduler::Drain() {
   std::vector<Queued> batch;
+  bool from_queue = true;  // Taken from queue_ (whose bytes are counted), else from deferred_.
   {
     absl::MutexLock lock(&mu_);
-    if (!queue_.empty()) {
-      // The oldest job's method, then the next jobs of that method in queue order.
-      const compressor::Compressor* method = queue_.front().job.method;
-      for (auto it = queue_.begin(); it != queue_.end() && batch.size() < max_batch_;) {
-        if (it->job.method != method) {
-          ++it;
-          continue;
-        }
-        queued_bytes_ -= std::min(it->bytes, queued_bytes_);
-        batch.push_back(std::move(*it));
-        it = queue_.erase(it);
-      }
+    TakeBatch(queue_, batch);
+    for (const Queued& item : batch) queued_bytes_ -= std::min(item.bytes, queued_bytes_);
+    if (batch.empty()) {
+      from_queue = false;
+      TakeBatch(deferred_, batch);
     }
   }
   const absl::Time start = absl::Now();
@@ -246,8 +282,12 @@ void FitScheduler::Drain() {
       absl::MutexLock lock(&mu_);
       if (shut_down_) break;
       for (size_t j = batch.size(); j > i; --j) {
-        queued_bytes_ += batch[j - 1].bytes;
-        queue_.push_front(std::move(batch[j - 1]));
+        if (from_queue) {
+          queued_bytes_ += batch[j - 1].bytes;
+          queue_.push_front(std::move(batch[j - 1]));
+        } else {
+          deferred_.push_front(std::move(batch[j - 1]));
+        }
       }
       break;
     }
@@ -261,7 +301,7 @@ void FitScheduler::Drain() {
   if (!waited.empty() && observer_.on_batch) observer_.on_batch(waited, absl::Now() - start);
   {
     absl::MutexLock lock(&mu_);
-    if (queue_.empty() || shut_down_) {
+    if ((queue_.empty() && deferred_.empty()) || shut_down_) {
       --drainers_;
       return;
     }
@@ -334,6 +374,11 @@ uint64_t FitScheduler::queued_bytes() const {
 size_t FitScheduler::waiting_for_room() const {
   absl::MutexLock lock(&mu_);
   return waiting_;
+}
+
+size_t FitScheduler::deferred() const {
+  absl::MutexLock lock(&mu_);
+  return deferred_.size();
 }
 
 std::optional<absl::Status> FitScheduler::LastFailure(const store::SessionKey& key, uint32_t turn,

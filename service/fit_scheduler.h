@@ -21,6 +21,13 @@
 // caps the backlog of KV to decode and fit (what a device backend stages per batch), and an empty
 // queue takes any one append however large, so no turn is refused for its size alone.
 //
+// Deferred fits: an append that finds the queue full may instead store its turn at once and hand
+// its jobs to Defer(), which keeps them in a second list the workers take from only while the
+// background queue is empty (FitQueueOptions::max_deferred jobs; beyond it the oldest deferred job
+// is dropped and logged, and a GetCache that needs its fit still gets it by Await). The list holds
+// records, not tensors, and is bounded in jobs only: under sustained overload the tier keeps every
+// turn and sheds compression, which a GetCache makes up on demand or serves by its fallback.
+//
 // Batches: a worker takes up to FitQueueOptions::max_batch queued jobs of one method at once (the
 // oldest job's method, in queue order), across sessions, and reports them (on_batch). The
 // compressor still fits them one turn after another; when an awaited fit is queued the worker
@@ -98,6 +105,8 @@ struct FitQueueObserver {
   // On the appending thread, when Reserve found the queue full: whether room came within the
   // wait (true) or the append was refused (false).
   std::function<void(bool admitted)> on_backpressure;
+  // On the appending thread, after Defer: whether it dropped the oldest deferred job to make room.
+  std::function<void(bool dropped_oldest)> on_defer;
 };
 
 struct FitQueueOptions {
@@ -105,6 +114,9 @@ struct FitQueueOptions {
   uint64_t max_queued_bytes = 0;
   // Most jobs a worker takes from the background queue at once (at least 1).
   size_t max_batch = 1;
+  // Jobs the deferred list holds at most (0: Defer drops every job, as Submit does on a full
+  // queue).
+  size_t max_deferred = 0;
   FitQueueObserver observer;
 };
 
@@ -176,6 +188,10 @@ class FitScheduler {
   // Queues the job without a reservation; drops it (logged) when the queue is full.
   void Submit(FitJob job);
 
+  // Keeps the job for the workers to run once the background queue is empty (see "Deferred fits"
+  // above); never waits. Told to the observer (on_defer).
+  void Defer(FitJob job);
+
   // Returns once the job's fit is stored: at once when it already is; otherwise it waits, at most
   // `wait`, for a worker to compute it (joining a run already in flight, or queuing the job ahead
   // of the background ones). Never computes on the calling thread.
@@ -210,6 +226,9 @@ class FitScheduler {
   // Reserve calls waiting for room now.
   size_t waiting_for_room() const;
 
+  // Deferred jobs not yet started.
+  size_t deferred() const;
+
  private:
   using JobId = std::tuple<std::string, std::string, uint32_t, std::string>;
   struct InFlight;
@@ -227,6 +246,11 @@ class FitScheduler {
   void Release(size_t jobs, uint64_t bytes);
   // Queues `item` (mu_ held by the caller) and starts a drain when fewer than num_threads_ run.
   void Enqueue(Queued item) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Starts a drain when fewer than num_threads_ run.
+  void StartDrain() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Moves up to max_batch_ jobs of the first job's method out of `from` into `batch`.
+  void TakeBatch(std::deque<Queued>& from, std::vector<Queued>& batch)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // On a worker: takes a batch from the background queue, runs it, then queues itself again while
   // jobs are left (so awaited fits, in the pool's urgent lane, go between batches).
   void Drain();
@@ -256,11 +280,14 @@ class FitScheduler {
   size_t reserved_jobs_ ABSL_GUARDED_BY(mu_) = 0;
   size_t waiting_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t reserved_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  // Deferred jobs, oldest first; taken only while queue_ is empty.
+  std::deque<Queued> deferred_ ABSL_GUARDED_BY(mu_);
   // Drain tasks queued on the pool or running: at most num_threads_.
   int drainers_ ABSL_GUARDED_BY(mu_) = 0;
   const size_t max_queued_;
   const uint64_t max_queued_bytes_;
   const size_t max_batch_;
+  const size_t max_deferred_;
   const FitQueueObserver observer_;
   const int num_threads_;
   const int worker_nice_;

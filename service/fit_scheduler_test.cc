@@ -1,8 +1,9 @@
 // FitScheduler: background fits run on workers at --fit_nice below the caller; a fit a caller
 // awaits runs on those workers too, ahead of the background ones, never on the caller's thread;
 // awaiters share one run and a wait that runs out leaves nothing behind. The background queue is
-// bounded in jobs and raw bytes, holds appends back (wait, then RESOURCE_EXHAUSTED with nothing
-// stored) and hands workers batches of one method.
+// bounded in jobs and raw bytes; a full one defers an append's fits (its turn stored, the fits run
+// once the queue is empty) or holds the append back (wait, then RESOURCE_EXHAUSTED with nothing
+// stored); it hands workers batches of one method.
 #include "service/fit_scheduler.h"
 
 #include <sys/resource.h>
@@ -222,6 +223,10 @@ class FitSchedulerTest : public ::testing::Test {
       absl::MutexLock lock(&mu_);
       backpressure_.push_back(admitted);
     };
+    queue.observer.on_defer = [this](bool dropped_oldest) {
+      absl::MutexLock lock(&mu_);
+      deferrals_.push_back(dropped_oldest);
+    };
     scheduler_ = std::make_unique<FitScheduler>(
         store_.get(), num_threads, max_queued, nullptr,
         [this](const FitJob& job, absl::Duration, const absl::Status& status) {
@@ -246,6 +251,10 @@ class FitSchedulerTest : public ::testing::Test {
   std::vector<bool> Backpressure() {
     absl::MutexLock lock(&mu_);
     return backpressure_;
+  }
+  std::vector<bool> Deferrals() {
+    absl::MutexLock lock(&mu_);
+    return deferrals_;
   }
   std::vector<std::string> Methods() {
     absl::MutexLock lock(&mu_);
@@ -282,6 +291,7 @@ class FitSchedulerTest : public ::testing::Test {
   std::vector<std::string> methods_ ABSL_GUARDED_BY(mu_);  // Of computed_, in its order.
   std::vector<size_t> batches_ ABSL_GUARDED_BY(mu_);       // Jobs run per batch.
   std::vector<bool> backpressure_ ABSL_GUARDED_BY(mu_);    // Reserve waits: admitted or not.
+  std::vector<bool> deferrals_ ABSL_GUARDED_BY(mu_);       // Defer calls: dropped the oldest?
   SteppedFit stepped_{"STEP"};
   SteppedFit other_{"OTHER"};
   SteppedFit* core_method_ = nullptr;  // Owned by registry_, for the core's tests.
@@ -558,6 +568,29 @@ TEST_F(FitSchedulerTest, AReserveThatFindsNoRoomIsRefusedWithHowFullAndARetryHin
             absl::Seconds(3));
 }
 
+TEST_F(FitSchedulerTest, DeferredJobsRunOnlyWhileTheQueueIsEmptyAndTheOldestGoesBeyondTheBound) {
+  AppendTurns(5);
+  MakeScheduler(/*num_threads=*/1, /*max_queued=*/10, {.max_deferred = 2});
+  EXPECT_TRUE(absl::IsDeadlineExceeded(scheduler_->Await(Stepped(4), absl::ZeroDuration())));
+  stepped_.WaitEntered(1);  // The one worker holds turn 4.
+  scheduler_->Defer(Stepped(0));
+  scheduler_->Defer(Stepped(1));
+  scheduler_->Defer(Stepped(2));  // Over max_deferred: turn 0, the oldest, is dropped.
+  scheduler_->Submit(Stepped(3));
+  EXPECT_EQ(scheduler_->deferred(), 2u);
+  EXPECT_EQ(scheduler_->queued(), 1u);  // Deferred jobs are not the queue's, nor its bytes.
+  EXPECT_EQ(scheduler_->queued_bytes(), records_[3].raw_bytes());
+  EXPECT_EQ(Deferrals(), (std::vector<bool>{false, false, true}));
+  stepped_.OpenForGood();
+  WaitComputed(4);
+  // The queued turn 3 first, though deferred later than turns 1 and 2.
+  EXPECT_EQ(Computed(), (std::vector<uint32_t>{4, 3, 1, 2}));
+  EXPECT_EQ(scheduler_->deferred(), 0u);
+  EXPECT_FALSE(store_->HasFit(key_, 0, "STEP").value_or(true));
+  // What was dropped is still fitted when awaited.
+  EXPECT_TRUE(scheduler_->Await(Stepped(0), absl::InfiniteDuration()).ok());
+}
+
 TEST_F(FitSchedulerTest, AWorkerTakesQueuedJobsOfOneMethodInBatchesOfAtMostMaxBatch) {
   AppendTurns(5);
   other_.OpenForGood();
@@ -599,11 +632,11 @@ TEST_F(FitSchedulerTest, ABatchGivesItsJobsNotStartedBackWhenAFitIsAwaited) {
   EXPECT_EQ(Batches(2), (std::vector<size_t>{1, 2}));
 }
 
-// The core's back-pressure: a registry of one method that fits (SCORED, which prefers token
+// The core on a full queue: a registry of one method that fits (SCORED, which prefers token
 // scores) and a queue of one job that never waits.
 class AppendBackpressureTest : public FitSchedulerTest {
  protected:
-  void StartCore() {
+  void StartCore(CoreOptions::WhenFitQueueFull when_full) {
     std::vector<std::unique_ptr<compressor::Compressor>> methods;
     auto method = std::make_unique<SteppedFit>(
         "SCORED", compressor::Capabilities{.fits = true, .prefers_token_scores = true});
@@ -614,6 +647,7 @@ class AppendBackpressureTest : public FitSchedulerTest {
     options.fit_threads = 1;
     options.fit_queue = 1;
     options.fit_backpressure = absl::ZeroDuration();
+    options.fit_queue_full = when_full;
     options.on_fit_done = [this](const FitJob& job, absl::Duration, const absl::Status& status) {
       EXPECT_TRUE(status.ok()) << status;
       absl::MutexLock lock(&mu_);
@@ -654,8 +688,34 @@ class AppendBackpressureTest : public FitSchedulerTest {
   }
 };
 
+TEST_F(AppendBackpressureTest, AnAppendThatFindsTheQueueFullIsStoredAndItsFitRunsLater) {
+  StartCore(CoreOptions::WhenFitQueueFull::kDefer);
+  ASSERT_TRUE(AppendTurn(0).ok());
+  core_method_->WaitEntered(1);     // The worker holds turn 0's fit.
+  ASSERT_TRUE(AppendTurn(1).ok());  // Turn 1's fit fills the queue.
+  const absl::StatusOr<v1::AppendSegmentResponse> deferred = AppendTurn(2);
+  ASSERT_TRUE(deferred.ok()) << deferred.status();
+  EXPECT_EQ(deferred->num_turns(), 3u);
+  EXPECT_EQ(StoredTurns(), 3u);
+  EXPECT_EQ(core_->deferred_fits(), 1u);
+  EXPECT_EQ(core_->queued_fits(), 1u);
+  EXPECT_TRUE(Backpressure().empty());  // Nothing waited.
+
+  // A turn stored already defers nothing.
+  const absl::StatusOr<v1::AppendSegmentResponse> again = AppendTurn(2);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(again->already_stored());
+  EXPECT_EQ(core_->deferred_fits(), 1u);
+
+  core_method_->OpenForGood();
+  WaitComputed(3);  // Turn 2's deferred fit runs once the queue is empty.
+  EXPECT_EQ(Computed(), (std::vector<uint32_t>{0, 1, 2}));
+  EXPECT_TRUE(store_->HasFit(key_, 2, "SCORED").value_or(false));
+  EXPECT_EQ(core_->deferred_fits(), 0u);
+}
+
 TEST_F(AppendBackpressureTest, AnAppendRefusedForAFullQueueStoresNothingAndCanBeRetried) {
-  StartCore();
+  StartCore(CoreOptions::WhenFitQueueFull::kRefuse);
   ASSERT_TRUE(AppendTurn(0).ok());
   core_method_->WaitEntered(1);     // The worker holds turn 0's fit.
   ASSERT_TRUE(AppendTurn(1).ok());  // Turn 1's fit fills the queue.

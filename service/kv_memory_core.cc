@@ -29,6 +29,7 @@ KvMemoryCore::KvMemoryCore(store::Store* store, const compressor::CompressorRegi
           options_.on_fit_done, options_.fit_nice,
           FitQueueOptions{.max_queued_bytes = options_.fit_queue_bytes,
                           .max_batch = options_.fit_batch,
+                          .max_deferred = options_.fit_deferred,
                           .observer = options_.on_fit_queue}) {
   if (options_.raw_retention.mode == RawRetention::Mode::kAfter &&
       options_.raw_retention.sweep > absl::ZeroDuration()) {
@@ -62,18 +63,18 @@ bool KvMemoryCore::FitIsRead(const compressor::Compressor& method,
                         options_.raw_retention.mode == RawRetention::Mode::kKeep);
 }
 
-absl::StatusOr<FitReservation> KvMemoryCore::ReserveFits(const store::SessionKey& key,
-                                                         const store::SegmentRecord& record,
-                                                         size_t jobs) {
+absl::StatusOr<std::optional<FitReservation>> KvMemoryCore::ReserveFits(
+    const store::SessionKey& key, const store::SegmentRecord& record, size_t jobs) {
   const uint64_t bytes = jobs * record.raw_bytes();
-  if (std::optional<FitReservation> room = fits_.TryReserve(jobs, bytes)) return *std::move(room);
+  if (std::optional<FitReservation> room = fits_.TryReserve(jobs, bytes)) return room;
+  if (options_.fit_queue_full == CoreOptions::WhenFitQueueFull::kDefer) return std::nullopt;
   // The queue is full. A turn sent again after it was stored queues nothing: never held back.
   if (const absl::StatusOr<store::SessionRecord> session = store_->GetSession(key);
       session.ok() && record.turn() < session->num_turns()) {
-    return FitReservation();
+    return std::optional<FitReservation>(FitReservation());
   }
   absl::StatusOr<FitReservation> room = fits_.Reserve(jobs, bytes, options_.fit_backpressure);
-  if (room.ok()) return room;
+  if (room.ok()) return std::optional<FitReservation>(*std::move(room));
   Log(LogLevel::kWarning, "append_backpressure",
       {{"tenant", key.tenant},
        {"session", key.session_id},
@@ -117,8 +118,9 @@ absl::StatusOr<v1::AppendSegmentResponse> KvMemoryCore::Append(std::string_view 
       if (FitIsRead(*method, record)) fitted.push_back(method);
     }
   }
-  // Room for the fits before the turn is stored: a refused append stores nothing.
-  FitReservation room;
+  // Room for the fits before the turn is stored: a refused append stores nothing. No room
+  // (nullopt) means the fits are deferred.
+  std::optional<FitReservation> room = FitReservation();
   if (!fitted.empty()) {
     NEXUSKV_ASSIGN_OR_RETURN(room, ReserveFits(key, record, fitted.size()));
   }
@@ -126,7 +128,12 @@ absl::StatusOr<v1::AppendSegmentResponse> KvMemoryCore::Append(std::string_view 
                            store_->AppendSegment(key, h.model(), record, segment.layers));
   if (!outcome.already_stored) {
     for (const compressor::Compressor* method : fitted) {
-      fits_.Submit(FitJob{key, h.model(), record, method}, room);
+      FitJob job{key, h.model(), record, method};
+      if (room.has_value()) {
+        fits_.Submit(std::move(job), *room);
+      } else {
+        fits_.Defer(std::move(job));
+      }
     }
   }
   if (!outcome.already_stored) ApplyRetention(key);

@@ -14,6 +14,7 @@
 #define NEXUSKV_SERVICE_KV_MEMORY_CORE_H_
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -42,8 +43,13 @@ struct CoreOptions {
   size_t fit_queue = 1024;
   uint64_t fit_queue_bytes = 4096ull << 20;
   size_t fit_batch = 8;
-  // How long an append whose fits find the queue full waits for room before it is refused with
-  // RESOURCE_EXHAUSTED (and a retry hint); its turn is stored only once the room is held.
+  // What an append whose fits find the queue full does. kDefer: stores its turn at once and
+  // defers its fits (FitScheduler::Defer; at most fit_deferred of them are kept, oldest dropped
+  // first, and a GetCache fits a dropped one on demand). kRefuse: waits fit_backpressure for room,
+  // then is refused with RESOURCE_EXHAUSTED (and a retry hint), storing nothing.
+  enum class WhenFitQueueFull { kDefer, kRefuse };
+  WhenFitQueueFull fit_queue_full = WhenFitQueueFull::kDefer;
+  size_t fit_deferred = 16384;
   absl::Duration fit_backpressure = absl::Seconds(2);
   // Nice levels the fit workers run below the RPC threads (0: same priority; at most 19).
   int fit_nice = 0;
@@ -77,7 +83,8 @@ class KvMemoryCore {
   // durably, schedules its fits and applies the raw retention to the session. Store errors pass
   // through (FAILED_PRECONDITION, ALREADY_EXISTS, RESOURCE_EXHAUSTED, ...).
   //
-  // Back-pressure: before anything is stored, the turn's background fits get room in the fit
+  // A full fit queue: with fit_queue_full kDefer (the default) the turn is stored and its fits are
+  // deferred. With kRefuse, before anything is stored, the turn's background fits get room in the
   // queue, waiting at most fit_backpressure while it is full; then RESOURCE_EXHAUSTED ("the
   // compression queue is full", with a retry hint: RetryAfterOf) and nothing is stored. A turn
   // that queues no fit (precompute_fits off, FIT_ON_DEMAND turns) or that is stored already
@@ -104,6 +111,7 @@ class KvMemoryCore {
   // Background fits queued and not yet started, and the raw KV bytes they will read.
   size_t queued_fits() const { return fits_.queued(); }
   uint64_t queued_fit_bytes() const { return fits_.queued_bytes(); }
+  size_t deferred_fits() const { return fits_.deferred(); }
 
   // Stops background fits and the raw-retention sweeper (GetCache still computes what it needs).
   // Idempotent.
@@ -119,10 +127,12 @@ class KvMemoryCore {
   // is kept (every keep_ratio / max_bytes answer is then a scored selection; a max_tokens one
   // queues the fit through AwaitFits).
   bool FitIsRead(const compressor::Compressor& method, const store::SegmentRecord& record) const;
-  // Room in the fit queue for `jobs` fits of `record` (Append's back-pressure); an empty
-  // reservation when the turn is stored already.
-  absl::StatusOr<FitReservation> ReserveFits(const store::SessionKey& key,
-                                             const store::SegmentRecord& record, size_t jobs);
+  // Room in the fit queue for `jobs` fits of `record`: an empty reservation when the turn is
+  // stored already; on a full queue, nullopt (defer the fits) or Append's back-pressure, by
+  // fit_queue_full.
+  absl::StatusOr<std::optional<FitReservation>> ReserveFits(const store::SessionKey& key,
+                                                            const store::SegmentRecord& record,
+                                                            size_t jobs);
   // The token scores of the scope's compressed turns, every layer.
   absl::StatusOr<std::vector<compressor::scored::ScoredTurn>> LoadScoredTurns(
       const store::SessionKey& key, const CacheScope& scope) const;

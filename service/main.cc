@@ -50,16 +50,25 @@ ABSL_FLAG(int, fit_threads, 1,
           "Background compression workers (at least 1: every fit runs on them, also one a "
           "GetCache waits for).");
 ABSL_FLAG(uint64_t, fit_queue, 1024,
-          "Background fits the compression queue holds (at least 1); an append whose fits find "
-          "it full waits --fit_backpressure_ms for room, then fails with RESOURCE_EXHAUSTED.");
+          "Background fits the compression queue holds (at least 1); what an append whose fits "
+          "find it full does is --fit_queue_full's.");
 ABSL_FLAG(uint64_t, fit_queue_mb, 4096,
           "MiB of raw KV the queued background fits may read, all together (0: no bound); an "
-          "empty queue takes any one turn. Beyond it appends wait as for --fit_queue.");
+          "empty queue takes any one turn. Beyond it the queue is full, as for --fit_queue.");
+ABSL_FLAG(std::string, fit_queue_full, "defer",
+          "What an append whose fits find the compression queue full does. defer: store the turn "
+          "and defer its fits until the queue is empty (at most --fit_deferred of them; a GetCache "
+          "fits a turn on demand). refuse: wait --fit_backpressure_ms for room, then fail with "
+          "RESOURCE_EXHAUSTED, storing nothing.");
+ABSL_FLAG(uint64_t, fit_deferred, 16384,
+          "Deferred fits kept at most (--fit_queue_full=defer); beyond it the oldest is dropped "
+          "and logged, and a GetCache that needs it fits it on demand.");
 ABSL_FLAG(uint64_t, fit_batch, 8,
           "Most queued fits of one method a worker takes at once, across sessions (at least 1).");
 ABSL_FLAG(int64_t, fit_backpressure_ms, 2000,
-          "How long an append waits for room in a full compression queue before it fails with "
-          "RESOURCE_EXHAUSTED and a retry hint; nothing of a refused append is stored.");
+          "With --fit_queue_full=refuse: how long an append waits for room in a full compression "
+          "queue before it fails with RESOURCE_EXHAUSTED and a retry hint; nothing of a refused "
+          "append is stored.");
 ABSL_FLAG(int, fit_nice, 0,
           "Nice levels the fit workers run below the RPC threads, so fits use the CPU requests "
           "leave idle (0: same priority; at most 19). Every fit runs on these workers, also one "
@@ -177,6 +186,15 @@ absl::StatusOr<ServerOptions> ServerOptionsFromFlags() {
   options.core.fit_batch = absl::GetFlag(FLAGS_fit_batch);
   options.core.fit_backpressure =
       absl::Milliseconds(std::max<int64_t>(absl::GetFlag(FLAGS_fit_backpressure_ms), 0));
+  options.core.fit_deferred = absl::GetFlag(FLAGS_fit_deferred);
+  if (const std::string full = absl::GetFlag(FLAGS_fit_queue_full); full == "defer") {
+    options.core.fit_queue_full = nexuskv::service::CoreOptions::WhenFitQueueFull::kDefer;
+  } else if (full == "refuse") {
+    options.core.fit_queue_full = nexuskv::service::CoreOptions::WhenFitQueueFull::kRefuse;
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--fit_queue_full must be defer or refuse, got \"", full, "\""));
+  }
   options.core.precompute_fits = absl::GetFlag(FLAGS_precompute_fits);
   options.core.fit_nice = absl::GetFlag(FLAGS_fit_nice);
   options.core.fit_wait =

@@ -106,7 +106,8 @@ absl::StatusOr<std::unique_ptr<metrics::HttpExporter>> StartMetricsExporter(
     store::Store* store, const KvMemoryCore* core, const HealthWatcher* health) {
   NEXUSKV_RETURN_IF_ERROR(metrics.WatchStore(store));
   NEXUSKV_RETURN_IF_ERROR(metrics.WatchFitQueue([core] { return core->queued_fits(); },
-                                                [core] { return core->queued_fit_bytes(); }));
+                                                [core] { return core->queued_fit_bytes(); },
+                                                [core] { return core->deferred_fits(); }));
   NEXUSKV_RETURN_IF_ERROR(
       metrics.WatchHealth([health] { return health->serving().value_or(false); }));
   NEXUSKV_ASSIGN_OR_RETURN(std::unique_ptr<metrics::HttpExporter> exporter,

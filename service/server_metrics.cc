@@ -212,6 +212,14 @@ absl::Status ServerMetrics::Register(std::string_view device) {
   backpressure_->With({"admitted"});  // Both series from the start, at zero.
   backpressure_->With({"refused"});
   NEXUSKV_ASSIGN_OR_RETURN(
+      deferred_, registry_->AddCounter("nexuskv_fit_deferred_total",
+                                       "Fits deferred by appends that found the fit queue full "
+                                       "(--fit_queue_full=defer), and deferred fits dropped beyond "
+                                       "--fit_deferred (a GetCache fits those on demand).",
+                                       {"event"}));
+  deferred_->With({"deferred"});
+  deferred_->With({"dropped"});
+  NEXUSKV_ASSIGN_OR_RETURN(
       metrics::GaugeFamily * device_info,
       registry_->AddGauge("nexuskv_device_info",
                           "The compute device the compressors run on (value always 1).",
@@ -254,21 +262,34 @@ FitQueueObserver ServerMetrics::QueueObserver() {
           [this](bool admitted) {
             backpressure_->With({admitted ? "admitted" : "refused"}).Increment();
           },
+      .on_defer =
+          [this](bool dropped_oldest) {
+            deferred_->With({"deferred"}).Increment();
+            if (dropped_oldest) deferred_->With({"dropped"}).Increment();
+          },
   };
 }
 
 absl::Status ServerMetrics::WatchFitQueue(std::function<size_t()> queued,
-                                          std::function<uint64_t()> bytes) {
+                                          std::function<uint64_t()> bytes,
+                                          std::function<size_t()> deferred) {
   NEXUSKV_RETURN_IF_ERROR(registry_->AddGaugeCallback(
       "nexuskv_fit_queue_depth", "Background fits queued and not yet started.", {},
       [queued = std::move(queued)] {
         return std::vector<metrics::GaugeSample>{{{}, static_cast<double>(queued())}};
       }));
-  return registry_->AddGaugeCallback(
+  NEXUSKV_RETURN_IF_ERROR(registry_->AddGaugeCallback(
       "nexuskv_fit_queue_bytes",
       "Raw KV bytes the queued background fits will read (--fit_queue_mb bounds it).", {},
       [bytes = std::move(bytes)] {
         return std::vector<metrics::GaugeSample>{{{}, static_cast<double>(bytes())}};
+      }));
+  return registry_->AddGaugeCallback(
+      "nexuskv_fit_deferred_depth",
+      "Deferred fits not yet started; the workers take them while the fit queue is empty "
+      "(--fit_deferred bounds it).",
+      {}, [deferred = std::move(deferred)] {
+        return std::vector<metrics::GaugeSample>{{{}, static_cast<double>(deferred())}};
       });
 }
 

@@ -56,13 +56,14 @@ class ServerMetrics {
   // For FitScheduler (CoreOptions::on_fit_done): records one computed fit.
   FitScheduler::DoneCallback FitObserver();
 
-  // For FitScheduler (CoreOptions::on_fit_queue): records batches and back-pressure.
+  // For FitScheduler (CoreOptions::on_fit_queue): records batches, back-pressure and deferrals.
   FitQueueObserver QueueObserver();
 
-  // Scrape-time gauges of the store (Store::Stats) and of the fit queue: jobs queued and the raw
-  // KV bytes they will read.
+  // Scrape-time gauges of the store (Store::Stats) and of the fit queue: jobs queued, the raw KV
+  // bytes they will read, and the deferred jobs.
   absl::Status WatchStore(store::Store* store);
-  absl::Status WatchFitQueue(std::function<size_t()> queued, std::function<uint64_t()> bytes);
+  absl::Status WatchFitQueue(std::function<size_t()> queued, std::function<uint64_t()> bytes,
+                             std::function<size_t()> deferred);
   // nexuskv_store_writable: 1 while `serving` (the health watcher's answer), else 0.
   absl::Status WatchHealth(std::function<bool()> serving);
 
@@ -90,6 +91,7 @@ class ServerMetrics {
   metrics::Histogram* fit_batch_seconds_ = nullptr;
   metrics::Histogram* fit_queued_seconds_ = nullptr;
   metrics::CounterFamily* backpressure_ = nullptr;
+  metrics::CounterFamily* deferred_ = nullptr;
 };
 
 }  // namespace nexuskv::service

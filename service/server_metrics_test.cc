@@ -65,13 +65,17 @@ TEST(ServerMetricsTest, ScrapeTimeGaugesReadTheStoreAndTheQueue) {
     ASSERT_TRUE(m.ok()) << m.status();
     size_t queued = 3;
     uint64_t queued_bytes = 5 << 20;
+    size_t deferred = 7;
     bool writable = true;
     ASSERT_TRUE((*m)->WatchStore(store->get()).ok());
-    ASSERT_TRUE((*m)->WatchFitQueue([&] { return queued; }, [&] { return queued_bytes; }).ok());
+    ASSERT_TRUE((*m)->WatchFitQueue([&] { return queued; }, [&] { return queued_bytes; },
+                                    [&] { return deferred; })
+                    .ok());
     ASSERT_TRUE((*m)->WatchHealth([&] { return writable; }).ok());
     std::string text = registry.Exposition();
     EXPECT_THAT(text, HasSubstr("nexuskv_fit_queue_depth 3\n"));
     EXPECT_THAT(text, HasSubstr("nexuskv_fit_queue_bytes 5242880\n"));
+    EXPECT_THAT(text, HasSubstr("nexuskv_fit_deferred_depth 7\n"));
     EXPECT_THAT(text, HasSubstr("nexuskv_store_writable 1\n"));
     EXPECT_THAT(text, HasSubstr("# TYPE nexuskv_rocksdb_live_sst_bytes gauge\n"
                                 "nexuskv_rocksdb_live_sst_bytes 0\n"));
@@ -101,6 +105,8 @@ TEST(ServerMetricsTest, TheFitQueueObserverCountsBatchesTimeQueuedAndBackpressur
   observer.on_backpressure(true);
   observer.on_backpressure(false);
   observer.on_backpressure(false);
+  observer.on_defer(false);
+  observer.on_defer(true);
   text = registry.Exposition();
   EXPECT_THAT(text, HasSubstr("nexuskv_fit_batch_jobs_count 1\n"));
   EXPECT_THAT(text, HasSubstr("nexuskv_fit_batch_jobs_sum 3\n"));
@@ -111,6 +117,8 @@ TEST(ServerMetricsTest, TheFitQueueObserverCountsBatchesTimeQueuedAndBackpressur
   EXPECT_THAT(text, HasSubstr("nexuskv_fit_queued_seconds_bucket{le=\"5\"} 2\n"));
   EXPECT_THAT(text, HasSubstr("nexuskv_fit_queue_backpressure_total{result=\"admitted\"} 1\n"));
   EXPECT_THAT(text, HasSubstr("nexuskv_fit_queue_backpressure_total{result=\"refused\"} 2\n"));
+  EXPECT_THAT(text, HasSubstr("nexuskv_fit_deferred_total{event=\"deferred\"} 2\n"));
+  EXPECT_THAT(text, HasSubstr("nexuskv_fit_deferred_total{event=\"dropped\"} 1\n"));
 }
 
 }  // namespace
