@@ -9,7 +9,10 @@ item a dialogue).
 Means over different items (KVzip runs on every 4th item only) are not comparable; the mean of
 per-item differences, with its standard error, is. Dialogues only (needle items are scored on the
 fact, not the reply): KL and top-1 at every keep_ratio both methods have, and on how many items
-the first method is better.
+the first method is better, with the mean held fraction of each (the memory the engine holds,
+eval.report.held_of): compare methods at the same held fraction, not the same ratio asked for.
+To pair two keep_ratios (a method whose answers hold less than asked, against a press at the
+fraction it holds), name them: `sonic@0.2 kvpress:snapkv@0.2`.
 """
 
 from __future__ import annotations
@@ -20,24 +23,32 @@ import math
 from pathlib import Path
 from typing import Any
 
+from eval.report import held_of
+
 
 def paired(run: dict[str, Any], first: str, second: str) -> list[dict[str, Any]]:
     """One row per (keep_ratio, metric): n, both means, the mean difference first - second, its
-    standard error, and the items where `first` is better (lower KL, higher top-1)."""
-    ratios = sorted(
-        {k.partition("@")[2] for k in run["config_keys"] if k.startswith(first + "@")},
-        key=float,
-        reverse=True,
-    )
+    standard error, the items where `first` is better (lower KL, higher top-1), and each one's mean
+    held fraction. `first` and `second` are methods (paired at every keep_ratio of `first`) or
+    both method@ratio (paired at those). The two means are keyed by `first` and `second` as given."""
+    label_a, label_b = first, second
+    if "@" in first and "@" in second:
+        (first, _, ratio_a), (second, _, ratio_b) = first.partition("@"), second.partition("@")
+        ratio_pairs = [(ratio_a, ratio_b)]
+    else:
+        ratios = {k.partition("@")[2] for k in run["config_keys"] if k.startswith(first + "@")}
+        ratio_pairs = [(r, r) for r in sorted(ratios, key=float, reverse=True)]
     rows = []
-    for ratio in ratios:
+    for ratio, ratio_b in ratio_pairs:
         for metric, lower_is_better in (("kl", True), ("top1", False)):
             pairs = []
+            helds = []
             for item in run["items"]:
                 results = item["results"]
-                a, b = results.get(f"{first}@{ratio}"), results.get(f"{second}@{ratio}")
+                a, b = results.get(f"{first}@{ratio}"), results.get(f"{second}@{ratio_b}")
                 if item["kind"] == "dialogue" and a and b and metric in a and metric in b:
                     pairs.append((a[metric], b[metric]))
+                    helds.append((held_of(a), held_of(b)))
             if len(pairs) < 2:
                 continue
             n = len(pairs)
@@ -50,11 +61,12 @@ def paired(run: dict[str, Any], first: str, second: str) -> list[dict[str, Any]]
                     "keep_ratio": float(ratio),
                     "metric": metric,
                     "n": n,
-                    first: sum(x for x, _ in pairs) / n,
-                    second: sum(y for _, y in pairs) / n,
+                    label_a: sum(x for x, _ in pairs) / n,
+                    label_b: sum(y for _, y in pairs) / n,
                     "diff": mean,
                     "se": se,
                     "first_better": better,
+                    "held": (sum(h for h, _ in helds) / n, sum(h for _, h in helds) / n),
                 }
             )
     return rows
@@ -79,12 +91,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     rows = paired(run, args.first, args.second)
     if not rows:
         p.error(f"no dialogue has both {args.first} and {args.second} at one keep_ratio")
-    print(f"| keep_ratio | metric | n | {args.first} | {args.second} | difference | {args.first} better |")
-    print("|---|---|---|---|---|---|---|")
+    first, second = args.first, args.second
+    print(f"| keep_ratio | held | metric | n | {first} | {second} | difference | {first} better |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['keep_ratio']:g} | {r['metric']} | {r['n']} | {r[args.first]:.4f} | {r[args.second]:.4f} "
-            f"| {r['diff']:+.4f} ± {r['se']:.4f} | {r['first_better']} / {r['n']} |"
+            f"| {r['keep_ratio']:g} | {r['held'][0]:.3f} / {r['held'][1]:.3f} | {r['metric']} | {r['n']} "
+            f"| {r[first]:.4f} | {r[second]:.4f} | {r['diff']:+.4f} ± {r['se']:.4f} "
+            f"| {r['first_better']} / {r['n']} |"
         )
     return rows
 

@@ -279,6 +279,8 @@ class Evaluator:
             meta = {
                 "kept_ratio": kept / orig if orig else 1.0,
                 "wire": sent / kept if kept else 1.0,
+                # The history's share the engine holds once it loads the answer, padding included.
+                "held": sent / orig if orig else 1.0,
                 "entries": int(answer.entries_per_layer[0]),
                 "has_bias": bool(answer.has_bias),
                 "fetch_s": time.perf_counter() - t1,
@@ -315,6 +317,9 @@ class Evaluator:
                     continue
                 hk, hv = cap.keys[(name, ratio)], cap.values[(name, ratio)]
                 kept = hk[0].shape[1] / hist_len
+            # What the engine holds: every entry of the press's cache, masked ones too (KVzip keeps
+            # the whole history under a -inf bias, so it holds 1.0 whatever it keeps).
+            held = hk[0].shape[1] / hist_len
             keys = [torch.cat([k, rk], 1) for k, rk in zip(hk, raw_k, strict=True)]
             values = [torch.cat([v, rv], 1) for v, rv in zip(hv, raw_v, strict=True)]
             bias = None
@@ -323,7 +328,13 @@ class Evaluator:
                     torch.cat([b, torch.zeros(b.shape[0], rk.shape[1])], 1)
                     for b, rk in zip(hb, raw_k, strict=True)
                 ]
-            meta = {"kept_ratio": kept, "entries": int(keys[0].shape[1]), "has_bias": False}
+            meta = {
+                "kept_ratio": kept,
+                "held": held,
+                "wire": held / kept if kept else 1.0,
+                "entries": int(keys[0].shape[1]),
+                "has_bias": False,
+            }
             pending.append((key, hf.cache_from_tensors(keys, values, prefix_len, bias=bias), meta))
         timings["presses_s"] = time.perf_counter() - t0
 

@@ -8,7 +8,16 @@ from pathlib import Path
 from typing import Any
 
 # wire: entries the answer sends for the history (padding included) over the entries it keeps.
-METRICS = ("kl", "top1", "dnll", "kept_ratio", "wire")
+# held: the history's share the engine holds once it loads the answer (kept_ratio x wire): the
+# memory a method is compared at.
+METRICS = ("kl", "top1", "dnll", "kept_ratio", "wire", "held")
+
+
+def held_of(result: dict[str, Any]) -> float:
+    """A result's held fraction; runs from before "held" was recorded give kept_ratio x wire."""
+    if "held" in result:
+        return result["held"]
+    return result.get("kept_ratio", math.nan) * result.get("wire", 1.0)
 
 
 def _mean_se(xs: list[float]) -> tuple[float, float]:
@@ -32,7 +41,8 @@ def summarize(records: list[dict[str, Any]], keys: list[str]) -> dict[str, Any]:
         errors = [r["results"][key]["error"] for r in records if "error" in r["results"].get(key, {})]
         row["n"] = len(got)
         for m in METRICS:
-            mean, se = _mean_se([g[m] for g in got if m in g])
+            values = [held_of(g) for g in got] if m == "held" else [g[m] for g in got if m in g]
+            mean, se = _mean_se(values)
             row[m], row[f"{m}_se"] = mean, se
         if got:
             row["max_abs_logprob_diff"] = max(g["max_abs_logprob_diff"] for g in got)
@@ -71,13 +81,13 @@ def markdown_table(results: dict[str, Any]) -> str:
     press_errors: dict[str, str] = results.get("press_errors", {})
     ref = summary.get("_needle_reference")
     lines = [
-        "| method | keep_ratio | kept | KL(full‖method) ↓ | top-1 agree ↑ | ΔNLL ↓ "
+        "| method | keep_ratio | kept | held | KL(full‖method) ↓ | top-1 agree ↑ | ΔNLL ↓ "
         "| needle log p (Δ) | needle hit | n |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     if ref:
         lines.append(
-            f"| full context (reference) | 1 | 1.000 | 0 | 1 | 0 | {_fmt(ref['needle_logp'], 2)} "
+            f"| full context (reference) | 1 | 1.000 | 1.000 | 0 | 1 | 0 | {_fmt(ref['needle_logp'], 2)} "
             f"| {_fmt(ref['needle_hit'], 2)} | {results.get('num_dialogues', '-')} |"
         )
     for key in results["config_keys"]:
@@ -86,13 +96,14 @@ def markdown_table(results: dict[str, Any]) -> str:
         row = summary.get(key, {})
         why = unavailable.get(base) or press_errors.get(name)
         if why and not row.get("n"):
-            lines.append(f"| {name} | {ratio or 1} | - | not available: {why[:90]} | | | | | 0 |")
+            lines.append(f"| {name} | {ratio or 1} | - | - | not available: {why[:90]} | | | | | 0 |")
             continue
         needle = "-"
         if row.get("needle_n"):
             needle = f"{_fmt(row['needle_logp'], 2)} ({row['needle_dlogp']:+.2f})"
         lines.append(
             f"| {name} | {ratio or 1} | {_fmt(row.get('kept_ratio', math.nan))} "
+            f"| {_fmt(row.get('held', math.nan))} "
             f"| {_fmt(row.get('kl', math.nan), 4, row.get('kl_se'))} "
             f"| {_fmt(row.get('top1', math.nan), 3, row.get('top1_se'))} "
             f"| {_fmt(row.get('dnll', math.nan), 4, row.get('dnll_se'))} | {needle} "
@@ -114,7 +125,9 @@ def draw(results: dict[str, Any], path: Path) -> None:
         row = summary.get(key, {})
         if not ratio or not row.get("n"):
             continue
-        series.setdefault(name, []).append((float(ratio), row))
+        # Placed at the memory the engine holds, not at the ratio asked for.
+        held = row.get("held", math.nan)
+        series.setdefault(name, []).append((float(ratio) if math.isnan(held) else held, row))
     fig, axes = plt.subplots(1, 3, figsize=(19, 5))
     panels = (
         ("kl", "mean KL(full ‖ method)", True),
@@ -130,7 +143,7 @@ def draw(results: dict[str, Any], path: Path) -> None:
             style = "-o" if not name.startswith("kvpress:") else "--s"
             n = min(p[1]["n"] for p in pts)
             ax.errorbar(xs, ys, yerr=es, fmt=style, label=f"{name} (n={n})", capsize=3)
-        ax.set_xlabel("keep_ratio (history)")
+        ax.set_xlabel("held fraction of the history (measured from each answer)")
         ax.set_ylabel(label)
         if log:
             ax.set_yscale("log")

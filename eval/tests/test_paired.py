@@ -47,3 +47,30 @@ def test_a_signal_study_is_read_as_dialogues_with_kl_only(tmp_path):
     assert row["metric"] == "kl" and row["n"] == 2
     assert row["diff"] == pytest.approx(((0.1 - 0.3) + (0.2 - 0.1)) / 2)
     assert row["first_better"] == 1
+
+
+def test_two_named_ratios_are_paired_and_each_sides_held_fraction_is_reported():
+    run = {
+        "config_keys": ["a@0.38", "b@0.2", "b@0.38"],
+        "items": [
+            _item(
+                "dialogue",
+                {
+                    "a@0.38": {"kl": 0.1, "top1": 0.9, "kept_ratio": 0.2, "wire": 1.8},  # no "held"
+                    "b@0.38": {"kl": 0.0, "top1": 1.0, "held": 0.38},
+                    "b@0.2": {"kl": 0.3, "top1": 0.8, "held": 0.36},
+                },
+            ),
+            _item(
+                "dialogue",
+                {
+                    "a@0.38": {"kl": 0.2, "top1": 0.8, "held": 0.4},
+                    "b@0.2": {"kl": 0.2, "top1": 0.9, "held": 0.4},
+                },
+            ),
+        ],
+    }
+    kl, _ = paired(run, "a@0.38", "b@0.2")
+    assert kl["n"] == 2 and kl["keep_ratio"] == 0.38
+    assert kl["diff"] == pytest.approx(((0.1 - 0.3) + (0.2 - 0.2)) / 2)
+    assert kl["held"] == pytest.approx(((0.36 + 0.4) / 2, (0.36 + 0.4) / 2))
