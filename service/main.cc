@@ -46,6 +46,10 @@ ABSL_FLAG(uint32_t, purge_interval_s, 10,
           "At most one purge per this many seconds: a delete within it of the last purge leaves "
           "its range to the next one (the next delete after it, or the retention sweep). 0: "
           "every delete purges at once.");
+ABSL_FLAG(double, purge_max_share, 0.1,
+          "Purges take at most this share of the wall time: after a purge that took d, the next "
+          "waits d x (1 / share - 1) after it ends, and --purge_interval_s. A purge rewrites most "
+          "live blobs, so its time grows with the data held. 1: the interval alone.");
 ABSL_FLAG(int, fit_threads, 1,
           "Background compression workers (at least 1: every fit runs on them, also one a "
           "GetCache waits for).");
@@ -179,6 +183,7 @@ absl::StatusOr<ServerOptions> ServerOptionsFromFlags() {
   options.store.default_session_ttl_seconds = absl::GetFlag(FLAGS_default_session_ttl_s);
   options.store.purge_on_delete = absl::GetFlag(FLAGS_purge_on_delete);
   options.store.purge_interval_seconds = absl::GetFlag(FLAGS_purge_interval_s);
+  options.store.purge_max_share = absl::GetFlag(FLAGS_purge_max_share);
   options.retention_sweep = absl::Seconds(absl::GetFlag(FLAGS_retention_sweep_s));
   options.core.fit_threads = absl::GetFlag(FLAGS_fit_threads);
   options.core.fit_queue = absl::GetFlag(FLAGS_fit_queue);
@@ -217,6 +222,11 @@ absl::StatusOr<ServerOptions> ServerOptionsFromFlags() {
   if (absl::GetFlag(FLAGS_fit_queue_mb) > (uint64_t{1} << 43)) {  // Shifted, it must not wrap.
     return absl::InvalidArgumentError(absl::StrCat("--fit_queue_mb must be at most 2^43, got ",
                                                    absl::GetFlag(FLAGS_fit_queue_mb)));
+  }
+  // 0 would never purge again after the first; above 1 means nothing.
+  if (!(options.store.purge_max_share > 0.0 && options.store.purge_max_share <= 1.0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--purge_max_share must be in (0, 1], got ", options.store.purge_max_share));
   }
   if (options.core.fit_nice < 0 || options.core.fit_nice > 19) {
     return absl::InvalidArgumentError(

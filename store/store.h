@@ -67,6 +67,10 @@ struct Options {
   // every file overlapping the range and rewrites the live blobs they reference, which under a
   // steady stream of deletes took most of the CPU (docs/performance.md). 0: every delete purges.
   uint32_t purge_interval_seconds = 0;
+  // Purges take at most this share of the wall time: after one that took d the next waits at
+  // least d x (1 / share - 1) after it ends, as well as the interval. A purge rewrites most live
+  // blobs, so its time grows with the data held (internal/purge_pacing.h). 1: the interval alone.
+  double purge_max_share = 1.0;
 };
 
 // Which session a call is about. Both parts must be valid ids (see key_codec.h): 1..128 characters

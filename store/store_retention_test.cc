@@ -107,5 +107,24 @@ TEST_F(StoreRetentionTest, PurgesWithinTheIntervalWaitForTheNextOne) {
   EXPECT_FALSE(DataFilesContain(secret));
 }
 
+TEST_F(StoreRetentionTest, APurgeThatTookLongHoldsTheNextBackBeyondTheInterval) {
+  options_.purge_interval_seconds = 0;  // By the interval alone every delete would purge.
+  options_.purge_max_share = 1e-6;      // A purge of 1 ms asks for 1,000 s before the next.
+  Reopen();
+  const std::string secret = "nexuskv-paced-purge-secret-0123456789abcdef-0123456789abcdef";
+  for (const std::string session : {"first", "second"}) {
+    TestSegment segment = MakeSegment(0, 0, 4, 2, 11);
+    segment.layers[0].keys.replace(0, secret.size(), secret);
+    ASSERT_TRUE(Append({"t", session}, segment).ok());
+  }
+  Reopen();
+  ASSERT_TRUE(store_->DeleteSession({"t", "first"}).ok());   // purges at once
+  ASSERT_TRUE(store_->DeleteSession({"t", "second"}).ok());  // paced: deferred
+  EXPECT_TRUE(DataFilesContain(secret)) << "the second purge waits for the first's share";
+  ASSERT_TRUE(store_->FlushPurges().ok());
+  Reopen();
+  EXPECT_FALSE(DataFilesContain(secret));
+}
+
 }  // namespace
 }  // namespace nexuskv::store::testing

@@ -155,9 +155,11 @@ class RocksDbStore final : public Store {
   absl::Status LoadTenantUsage();
   // Compacts [begin, end) in every column family, forcing blob garbage collection.
   absl::Status Purge(const std::string& begin, const std::string& end);
-  // Purge [begin, end) with what is pending now, or add it to the pending range when the last
-  // purge is more recent than Options::purge_interval_seconds.
+  // Purge [begin, end) with what is pending now, or add it to the pending range when the next
+  // purge may not start yet (Options::purge_interval_seconds, Options::purge_max_share).
   absl::Status PurgeOrDefer(const std::string& begin, const std::string& end);
+  // Purge, timed: sets when the next may start (NextPurgeAt) and logs how long it took.
+  absl::Status PacedPurge(const std::string& begin, const std::string& end, absl::Time started);
 
   const Options options_;
   std::unique_ptr<rocksdb::DB> db_;
@@ -175,7 +177,7 @@ class RocksDbStore final : public Store {
   absl::Mutex purge_mu_;
   std::string pending_begin_ ABSL_GUARDED_BY(purge_mu_);
   std::string pending_end_ ABSL_GUARDED_BY(purge_mu_);  // empty: nothing pending
-  absl::Time last_purge_ ABSL_GUARDED_BY(purge_mu_) = absl::InfinitePast();
+  absl::Time next_purge_ ABSL_GUARDED_BY(purge_mu_) = absl::InfinitePast();
 };
 
 }  // namespace nexuskv::store::internal

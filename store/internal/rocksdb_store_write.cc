@@ -10,6 +10,7 @@
 #include "common/log.h"
 #include "common/status_macros.h"
 #include "store/internal/absl_compat.h"
+#include "store/internal/purge_pacing.h"
 #include "store/internal/rocksdb_status.h"
 #include "store/internal/rocksdb_store.h"
 #include "store/internal/segment_rules.h"
@@ -280,17 +281,37 @@ absl::StatusOr<DeleteOutcome> RocksDbStore::DeleteLocked(absl::Mutex& mu, const 
 
 absl::Status RocksDbStore::PurgeOrDefer(const std::string& begin, const std::string& end) {
   std::string from, to;
+  absl::Time now;
   {
     absl::MutexLock lock(&purge_mu_);
     if (pending_end_.empty() || begin < pending_begin_) pending_begin_ = begin;
     if (pending_end_.empty() || end > pending_end_) pending_end_ = end;
-    const absl::Time now = absl::Now();
-    if (now - last_purge_ < absl::Seconds(options_.purge_interval_seconds)) return absl::OkStatus();
-    last_purge_ = now;
+    now = absl::Now();
+    if (now < next_purge_) return absl::OkStatus();
+    // Until this purge ends and paces the next, the interval alone holds later deletes back.
+    next_purge_ = now + absl::Seconds(options_.purge_interval_seconds);
     from = std::exchange(pending_begin_, std::string());
     to = std::exchange(pending_end_, std::string());
   }
-  return Purge(from, to);
+  return PacedPurge(from, to, now);
+}
+
+absl::Status RocksDbStore::PacedPurge(const std::string& begin, const std::string& end,
+                                      absl::Time started) {
+  absl::Status status = Purge(begin, end);
+  const absl::Duration took = absl::Now() - started;
+  absl::Time next;
+  {
+    absl::MutexLock lock(&purge_mu_);
+    next = NextPurgeAt(started, took, absl::Seconds(options_.purge_interval_seconds),
+                       options_.purge_max_share);
+    next_purge_ = std::max(next_purge_, next);
+  }
+  Log(LogLevel::kInfo, "purge",
+      {{"took_ms", absl::ToInt64Milliseconds(took)},
+       {"next_in_s", std::max(0.0, absl::ToDoubleSeconds(next - absl::Now()))},
+       {"ok", status.ok()}});
+  return status;
 }
 
 absl::Status RocksDbStore::FlushPurges() {
@@ -298,11 +319,10 @@ absl::Status RocksDbStore::FlushPurges() {
   {
     absl::MutexLock lock(&purge_mu_);
     if (pending_end_.empty()) return absl::OkStatus();
-    last_purge_ = absl::Now();
     from = std::exchange(pending_begin_, std::string());
     to = std::exchange(pending_end_, std::string());
   }
-  return Purge(from, to);
+  return PacedPurge(from, to, absl::Now());
 }
 
 absl::Status RocksDbStore::Purge(const std::string& begin, const std::string& end) {
