@@ -24,6 +24,13 @@ class StoreRetentionTest : public StoreTest {
     }
     return false;
   }
+
+  // Appends turn 0 of `session` (4 tokens, seed `seed`) with `secret` at the start of its keys.
+  void AppendSecret(const std::string& session, const std::string& secret, uint32_t seed) {
+    TestSegment segment = MakeSegment(0, 0, 4, 2, seed);
+    segment.layers[0].keys.replace(0, secret.size(), secret);
+    ASSERT_TRUE(Append({"t", session}, segment).ok());
+  }
 };
 
 TEST_F(StoreRetentionTest, SessionsExpireAfterTheirTtlAndAppendsExtendIt) {
@@ -78,11 +85,7 @@ TEST_F(StoreRetentionTest, PurgesWithinTheIntervalWaitForTheNextOne) {
   options_.purge_interval_seconds = 3600;
   Reopen();
   const std::string secret = "nexuskv-deferred-purge-secret-0123456789abcdef-0123456789abcdef";
-  for (const std::string session : {"first", "second"}) {
-    TestSegment segment = MakeSegment(0, 0, 4, 2, 7);
-    segment.layers[0].keys.replace(0, secret.size(), secret);
-    ASSERT_TRUE(Append({"t", session}, segment).ok());
-  }
+  for (const std::string session : {"first", "second"}) AppendSecret(session, secret, 7);
   Reopen();
   ASSERT_TRUE(store_->DeleteSession({"t", "first"}).ok());   // the first purge runs at once
   ASSERT_TRUE(store_->DeleteSession({"t", "second"}).ok());  // within the hour: deferred
@@ -95,11 +98,7 @@ TEST_F(StoreRetentionTest, PurgesWithinTheIntervalWaitForTheNextOne) {
   EXPECT_FALSE(DataFilesContain(secret));
 
   // A clean close runs what is pending.
-  for (const std::string session : {"third", "fourth"}) {
-    TestSegment segment = MakeSegment(0, 0, 4, 2, 9);
-    segment.layers[0].keys.replace(0, secret.size(), secret);
-    ASSERT_TRUE(Append({"t", session}, segment).ok());
-  }
+  for (const std::string session : {"third", "fourth"}) AppendSecret(session, secret, 9);
   Reopen();
   ASSERT_TRUE(store_->DeleteSession({"t", "third"}).ok());
   ASSERT_TRUE(store_->DeleteSession({"t", "fourth"}).ok());
@@ -112,11 +111,7 @@ TEST_F(StoreRetentionTest, APurgeThatTookLongHoldsTheNextBackBeyondTheInterval) 
   options_.purge_max_share = 1e-6;      // A purge of 1 ms asks for 1,000 s before the next.
   Reopen();
   const std::string secret = "nexuskv-paced-purge-secret-0123456789abcdef-0123456789abcdef";
-  for (const std::string session : {"first", "second"}) {
-    TestSegment segment = MakeSegment(0, 0, 4, 2, 11);
-    segment.layers[0].keys.replace(0, secret.size(), secret);
-    ASSERT_TRUE(Append({"t", session}, segment).ok());
-  }
+  for (const std::string session : {"first", "second"}) AppendSecret(session, secret, 11);
   Reopen();
   ASSERT_TRUE(store_->DeleteSession({"t", "first"}).ok());   // purges at once
   ASSERT_TRUE(store_->DeleteSession({"t", "second"}).ok());  // paced: deferred
