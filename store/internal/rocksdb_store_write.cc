@@ -316,13 +316,17 @@ absl::Status RocksDbStore::PacedPurge(const std::string& begin, const std::strin
 
 absl::Status RocksDbStore::FlushPurges() {
   std::string from, to;
+  absl::Time now;
   {
     absl::MutexLock lock(&purge_mu_);
     if (pending_end_.empty()) return absl::OkStatus();
+    now = absl::Now();
+    // As in PurgeOrDefer: deletes during this purge wait for it to pace the next.
+    next_purge_ = std::max(next_purge_, now + absl::Seconds(options_.purge_interval_seconds));
     from = std::exchange(pending_begin_, std::string());
     to = std::exchange(pending_end_, std::string());
   }
-  return PacedPurge(from, to, absl::Now());
+  return PacedPurge(from, to, now);
 }
 
 absl::Status RocksDbStore::Purge(const std::string& begin, const std::string& end) {
