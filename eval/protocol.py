@@ -8,7 +8,7 @@ Segments s_0..s_n (s_0 the system message, s_n the final assistant reply, s_{n-1
   3. Append every prefix segment to nexuskv (float32 keys/values [H, T, D] per layer, probes = P of
      the segment's queries spread evenly over it, or its last P with probe_placement "last"), one
      turn per segment, with token scores (hf.turn_scores: a repeat of the segment on the cache as
-     it ends) unless token_scores is off.
+     it ends; or hf.prefill_scores: the segment's own prefill attention) unless token_scores is off.
   4. For each method and keep_ratio: GetCache(keep_ratio, keep_recent_turns=1), so the last user turn
      comes back raw and the ratio applies to the history; build the cache with nexuskv.hf and
      teacher-force the same reply at positions next_position..
@@ -58,7 +58,10 @@ class EvalConfig:
     probe_placement: str = "spread"  # "spread": evenly over the segment; "last": its last queries
     keep_recent_turns: int = 1
     sonic_nobias: bool = True  # also SONIC with bias_mode NONE: what the bias contributes
-    token_scores: bool = True  # each turn sent with hf.turn_scores (one more prefill of the turn)
+    token_scores: bool = True  # each turn sent with token scores
+    # "repeat": hf.turn_scores (one more prefill of the turn); "prefill": hf.prefill_scores (the
+    # turn's own prefill attention, no extra forward).
+    token_signal: str = "repeat"
     kvzip_every: int = 1  # KVzip (2-3 extra prefills) on every k-th dialogue only
     batch: int = 8  # resumed caches continued per forward
 
@@ -112,17 +115,26 @@ def compare(
 
 
 def scores_per_turn(
-    model: Any, cache: Any, turns: list[list[int]], prompt_ids: list[int]
+    model: Any,
+    cache: Any,
+    turns: list[list[int]],
+    prompt_ids: list[int],
+    recorder: hf.QueryRecorder | None = None,
 ) -> list[list[torch.Tensor]]:
-    """hf.turn_scores of every turn, as a worker gets them when each turn ends: turns are the ids of
-    consecutive segments from position 0, all in `cache`, which is left as it was. One copy of the
-    cache, walked from the newest turn back (each crop only drops what later turns used)."""
+    """Token scores of every turn, as a worker gets them when each turn ends: turns are the ids of
+    consecutive segments from position 0, all in `cache`, which is left as it was. hf.turn_scores
+    (a repeat of each turn), or with `recorder` (the prefill's queries from position 0)
+    hf.prefill_scores. One copy of the cache, walked from the newest turn back (each crop only
+    drops what later turns used)."""
     ends = [sum(len(t) for t in turns[: i + 1]) for i in range(len(turns))]
     work = copy.deepcopy(cache)
     out: list[list[torch.Tensor]] = [[] for _ in turns]
     for i in reversed(range(len(turns))):
         work.crop(ends[i])
-        out[i] = hf.turn_scores(model, work, turns[i], prompt_ids)
+        if recorder is None:
+            out[i] = hf.turn_scores(model, work, turns[i], prompt_ids)
+        else:
+            out[i] = hf.prefill_scores(work, recorder.probes(ends[i] - len(turns[i]), ends[i]))
     return out
 
 
@@ -206,10 +218,17 @@ class Evaluator:
         sid = session_id(self.run_id, index, item.dialogue.id)
         start = 0
         turn_scores = (
-            scores_per_turn(self.model, cache, [s.ids for s in segs[:-1]], self.repeat_ids)
+            scores_per_turn(
+                self.model,
+                cache,
+                [s.ids for s in segs[:-1]],
+                self.repeat_ids,
+                recorder=rec if cfg.token_signal == "prefill" else None,
+            )
             if cfg.token_scores
             else None
         )
+        timings["scores_s"] = time.perf_counter() - t0
         try:
             self.client.delete(sid)
         except NexusKVError as e:

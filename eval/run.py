@@ -51,6 +51,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="append turns without hf.turn_scores (SONIC then allocates per turn)",
     )
     p.add_argument(
+        "--token-signal",
+        choices=("repeat", "prefill"),
+        default="repeat",
+        help="token scores from a repeat of each turn (hf.turn_scores, one more prefill of the turn; "
+        "default) or from the turn's own prefill attention (hf.prefill_scores, no extra forward)",
+    )
+    p.add_argument(
         "--probe-placement",
         choices=("spread", "last"),
         default="spread",
@@ -111,6 +118,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         probe_placement=args.probe_placement,
         sonic_nobias=not args.no_sonic_nobias,
         token_scores=not args.no_token_scores,
+        token_signal=args.token_signal,
         kvzip_every=args.kvzip_every,
         batch=args.batch,
     )

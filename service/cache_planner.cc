@@ -129,7 +129,8 @@ absl::StatusOr<std::shared_ptr<const Selection>> Spend(const CacheScope& scope,
                         SelectionOptions{.budget = budget,
                                          .fill_heads = fill,
                                          .bias = has_bias,
-                                         .merge_share = fill ? in.merge_share : 0.0}));
+                                         .merge_share = fill ? in.merge_share : 0.0,
+                                         .lookahead_share = in.lookahead_share}));
     for (TurnPlan& turn : turns) {
       if (turn.variant == TurnPlan::Variant::kScored) {
         turn.entries = selection.mean_entries(turn.scored_index);

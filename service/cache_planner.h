@@ -48,6 +48,7 @@ struct PlannerInputs {
   std::string raw_retention;         // the server's --raw_retention, for error messages
   bool raw_retention_drops = false;  // --raw_retention=drop: a fit may drop raw KV mid-answer
   double merge_share = 0.0;          // SelectionOptions::merge_share of biased keep_ratio answers
+  double lookahead_share = 0.0;      // SelectionOptions::lookahead_share of scored answers
 };
 
 // Step 1's answer.

@@ -8,7 +8,9 @@
 #include "absl/strings/str_join.h"
 #include "common/log.h"
 #include "common/status_macros.h"
+#include "compressor/scored/lookahead.h"
 #include "service/internal/layer_loader.h"
+#include "service/lookahead.h"
 #include "service/records.h"
 #include "service/validation.h"
 #include "store/key_codec.h"
@@ -167,7 +169,8 @@ absl::StatusOr<std::unique_ptr<CacheAssembly>> KvMemoryCore::PlanCache(
                    .serves_without_raw = registry_->ServesWithoutRaw(),
                    .raw_retention = options_.raw_retention.ToString(),
                    .raw_retention_drops = options_.raw_retention.mode == RawRetention::Mode::kDrop,
-                   .merge_share = options_.merge_share};
+                   .merge_share = options_.merge_share,
+                   .lookahead_share = options_.lookahead_share};
   if (in.method == nullptr) {
     return absl::UnimplementedError(
         absl::StrCat("method ", method_name, " is not available in this server; available: ",
@@ -206,7 +209,35 @@ absl::StatusOr<std::vector<compressor::scored::ScoredTurn>> KvMemoryCore::LoadSc
       turn.scores.push_back(std::move(s));
     }
   }
+  NEXUSKV_RETURN_IF_ERROR(AddLookahead(key, scope, turns));
   return turns;
+}
+
+absl::Status KvMemoryCore::AddLookahead(const store::SessionKey& key, const CacheScope& scope,
+                                        std::vector<compressor::scored::ScoredTurn>& turns) const {
+  if (options_.lookahead_share <= 0.0 || turns.empty()) return absl::OkStatus();
+  const std::vector<store::SegmentRecord>& segments = scope.inputs.segments;
+  const std::vector<store::SegmentRecord> range(segments.begin() + scope.first,
+                                                segments.begin() + scope.last + 1);
+  const std::optional<size_t> newest = NewestProbeTurn(range);
+  if (!newest.has_value()) return absl::OkStatus();
+  const v1::ModelSpec& model = scope.inputs.session.model();
+  const compressor::ComputeBackend& compute =
+      options_.compute != nullptr ? *options_.compute : compressor::CpuCompute();
+  for (compressor::scored::ScoredTurn& t : turns) t.lookahead.resize(model.num_layers());
+  std::vector<std::vector<float>> keys(turns.size());
+  for (uint32_t l = 0; l < model.num_layers(); ++l) {
+    NEXUSKV_ASSIGN_OR_RETURN(const std::vector<float> probes,
+                             LoadProbes(*store_, key, model, range[*newest], l));
+    for (uint32_t t = scope.first; t < scope.raw_from; ++t) {
+      NEXUSKV_ASSIGN_OR_RETURN(keys[t - scope.first],
+                               LoadKeys(*store_, key, model, segments[t], l));
+    }
+    NEXUSKV_RETURN_IF_ERROR(compressor::scored::AddLookaheadLayer(
+        static_cast<int>(l), probes, static_cast<int>(model.num_query_heads()), keys,
+        static_cast<int>(model.head_dim()), compute, turns));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status KvMemoryCore::AwaitFits(const store::SessionKey& key, const CacheScope& scope,

@@ -65,6 +65,11 @@ struct CoreOptions {
   // Share of a biased keep_ratio budget spent by token scores that goes to merged entries, each
   // standing for a run of evicted tokens (compressor/scored/selection.h); 0 turns them off.
   double merge_share = 0.05;
+  // Share of a scored answer's budget, per layer and kv head, kept first by what the range's
+  // newest probes read (compressor/scored/lookahead.h); 0 turns it off.
+  double lookahead_share = 0.1;
+  // The backend that computes those weights (the --device one); nullptr: CpuCompute().
+  const compressor::ComputeBackend* compute = nullptr;
   // Told about each fit computed (FitScheduler::DoneCallback); for metrics. May be empty.
   FitScheduler::DoneCallback on_fit_done;
   // Told about the background queue's batches and back-pressure; for metrics. May be empty.
@@ -136,6 +141,10 @@ class KvMemoryCore {
   // The token scores of the scope's compressed turns, every layer.
   absl::StatusOr<std::vector<compressor::scored::ScoredTurn>> LoadScoredTurns(
       const store::SessionKey& key, const CacheScope& scope) const;
+  // With lookahead_share > 0 and probes stored in the range: every turn's lookahead weights
+  // (compressor/scored/lookahead.h), from the newest probes and every compressed turn's keys.
+  absl::Status AddLookahead(const store::SessionKey& key, const CacheScope& scope,
+                            std::vector<compressor::scored::ScoredTurn>& turns) const;
   // Waits (CoreOptions::fit_wait) for the method's fit of each of the scope's fit_turns and loads
   // their summaries; a fit that fails or is late goes to `loaded.missing_fits` (the fallback
   // serves the turn) when the fallback can, else its error is returned.

@@ -92,6 +92,10 @@ ABSL_FLAG(int, raw_retention_sweep_s, 60,
 ABSL_FLAG(double, merge_share, 0.05,
           "Share of a biased answer spent by token scores that goes to merged entries, each "
           "standing for a run of evicted tokens (0: none; at most 0.5).");
+ABSL_FLAG(double, lookahead_share, 0.1,
+          "Share of an answer spent by token scores that the range's newest probes (the question "
+          "that resumes it) pick first, per layer and kv head, by what they read most (0: none; "
+          "at most 0.5).");
 ABSL_FLAG(int, rpc_threads, 8, "Threads for blocking RPC work (RocksDB, cache assembly).");
 ABSL_FLAG(int, shutdown_grace_s, 20, "Seconds in-flight RPCs get to finish on SIGTERM/SIGINT.");
 ABSL_FLAG(std::string, tls_cert_file, "",
@@ -242,6 +246,11 @@ absl::StatusOr<ServerOptions> ServerOptionsFromFlags() {
   if (!(options.core.merge_share >= 0.0 && options.core.merge_share <= 0.5)) {
     return absl::InvalidArgumentError(
         absl::StrCat("--merge_share must be in [0, 0.5], got ", options.core.merge_share));
+  }
+  options.core.lookahead_share = absl::GetFlag(FLAGS_lookahead_share);
+  if (!(options.core.lookahead_share >= 0.0 && options.core.lookahead_share <= 0.5)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--lookahead_share must be in [0, 0.5], got ", options.core.lookahead_share));
   }
   options.rpc_threads = absl::GetFlag(FLAGS_rpc_threads);
   options.shutdown_grace = absl::Seconds(absl::GetFlag(FLAGS_shutdown_grace_s));

@@ -212,6 +212,7 @@ absl::Status RunServer(const ServerOptions& options) {
   metrics::Registry registry;
   std::unique_ptr<ServerMetrics> metrics;
   CoreOptions core_options = options.core;
+  core_options.compute = &compute;
   if (!options.metrics_listen.empty()) {
     NEXUSKV_ASSIGN_OR_RETURN(metrics, ServerMetrics::Create(&registry, compute.name()));
     core_options.on_fit_done = metrics->FitObserver();

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <numeric>
 #include <string>
 #include <vector>
 
@@ -42,11 +43,13 @@ class SonicCoreTest : public ::testing::Test {
     std::filesystem::remove_all(dir_);
   }
 
-  void Start(RawRetention retention, double merge_share = CoreOptions{}.merge_share) {
+  void Start(RawRetention retention, double merge_share = CoreOptions{}.merge_share,
+             double lookahead_share = CoreOptions{}.lookahead_share) {
     core_.reset();
     CoreOptions options;
     options.raw_retention = retention;
     options.merge_share = merge_share;
+    options.lookahead_share = lookahead_share;
     options.precompute_fits = false;  // fits run when a GetCache awaits them: determinism
     core_ = std::make_unique<KvMemoryCore>(store_.get(), &compressor::CompressorRegistry::Default(),
                                            options);
@@ -606,6 +609,72 @@ std::vector<T> Floats(const std::string& bytes) {
   return out;
 }
 
+TEST_F(SonicCoreTest, TheNewestProbesPinTheTokensTheyReadMostInEveryLayerAndHead) {
+  // Scores fall with the position, so without the lookahead each head keeps its earliest tokens.
+  auto score = [](uint64_t first) {
+    return [first](int, int, int i) { return 1.0f / (1.0f + static_cast<float>(first + i)); };
+  };
+  ASSERT_TRUE(AppendScoredBy(0, 40, 0, score(0)).ok());
+  ASSERT_TRUE(AppendScoredBy(1, 40, 40, score(40)).ok());
+  ASSERT_TRUE(AppendScoredBy(2, 8, 80, score(80)).ok());  // kept raw: its probes are the lookahead
+  Start(RawRetention{}, /*merge_share=*/0.0, /*lookahead_share=*/0.25);
+  v1::GetCacheRequest full_request = Request(v1::FULL, 1.0, 1);
+  full_request.clear_budget();
+  auto full = core_->PlanCache("default", full_request);
+  ASSERT_TRUE(full.ok()) << full.status();
+  auto raw = Layers(**full);
+  ASSERT_TRUE(raw.ok()) << raw.status();
+  absl::StatusOr<std::vector<store::SegmentRecord>> records =
+      store_->ListSegments({"default", "s"});
+  ASSERT_TRUE(records.ok());
+  const v1::ModelSpec model = (*full)->header().model();
+
+  // keep 0.5: 40 entries per head and layer over the 80 older tokens, 10 of them pinned.
+  auto plan = core_->PlanCache("default", Request(v1::SONIC, 0.5, 1));
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  auto layers = Layers(**plan);
+  ASSERT_TRUE(layers.ok()) << layers.status();
+  const int d = 8;
+  int beyond_scores = 0;
+  int64_t held_total = 0;
+  for (int l = 0; l < 2; ++l) {
+    absl::StatusOr<std::vector<float>> probes =
+        LoadProbes(*store_, {"default", "s"}, model, (*records)[2], l);
+    ASSERT_TRUE(probes.ok()) << probes.status();
+    const int rows = static_cast<int>(probes->size()) / (2 * d);  // a group's rows
+    std::vector<float> keys(2 * 88 * d);
+    ASSERT_TRUE(DecodeToFloat((*raw)[l].keys(), DType::kFloat16, keys).ok());
+    const int64_t n = (*plan)->header().entries_per_layer(l);
+    held_total += n;
+    const auto positions = Floats<int64_t>((*layers)[l].positions());
+    for (int h = 0; h < 2; ++h) {
+      // The group's attention mass over the 80 compressed tokens, as the server computes it.
+      std::vector<double> mass(80, 0.0);
+      for (int r = 0; r < rows; ++r) {
+        const float* q = probes->data() + (h * rows + r) * d;
+        std::vector<double> e(80);
+        double sum = 0.0;
+        for (int i = 0; i < 80; ++i) {
+          double dot = 0.0;
+          for (int c = 0; c < d; ++c) dot += q[c] * keys[(h * 88 + i) * d + c];
+          sum += e[i] = std::exp(dot / std::sqrt(8.0));
+        }
+        for (int i = 0; i < 80; ++i) mass[i] += e[i] / sum;
+      }
+      std::vector<int> order(80 - compressor::kSinkTokens);
+      std::iota(order.begin(), order.end(), compressor::kSinkTokens);
+      std::sort(order.begin(), order.end(), [&](int a, int b) { return mass[a] > mass[b]; });
+      const std::vector<int64_t> held(positions.begin() + h * n, positions.begin() + (h + 1) * n);
+      for (int j = 0; j < 10; ++j) {
+        EXPECT_THAT(held, ::testing::Contains(order[j])) << "layer " << l << " head " << h;
+        beyond_scores += order[j] >= 40;  // the scores alone keep tokens 0..39
+      }
+    }
+  }
+  EXPECT_LE(held_total, 2 * (40 + 8)) << "the budget holds over the layers";
+  EXPECT_GT(beyond_scores, 0) << "the probes picked tokens the scores would have evicted";
+}
+
 TEST_F(SonicCoreTest, MergedEntriesStandForRunsOfTheBestEvictedTokensAcrossTurns) {
   // Scores fall with the position, so each head keeps its earliest tokens and evicts the rest;
   // layers and heads differ in scale, so they keep different counts.
@@ -617,7 +686,7 @@ TEST_F(SonicCoreTest, MergedEntriesStandForRunsOfTheBestEvictedTokensAcrossTurns
   ASSERT_TRUE(AppendScoredBy(0, 40, 0, score(0)).ok());
   ASSERT_TRUE(AppendScoredBy(1, 40, 40, score(40)).ok());
   ASSERT_TRUE(AppendScoredBy(2, 8, 80, score(80)).ok());  // kept raw
-  Start(RawRetention{}, /*merge_share=*/0.1);
+  Start(RawRetention{}, /*merge_share=*/0.1, /*lookahead_share=*/0.0);
   v1::GetCacheRequest full_request = Request(v1::FULL, 1.0, 1);
   full_request.clear_budget();
   auto full = core_->PlanCache("default", full_request);

@@ -53,8 +53,9 @@ class Cut {
 
 }  // namespace
 
-float SelectionPriority(std::span<const float> head_scores, bool session_start, int64_t i) {
-  return session_start && i < kSinkTokens ? FLT_MAX : head_scores[i];
+float SelectionPriority(std::span<const float> head_scores, bool session_start, int64_t i,
+                        bool pinned) {
+  return pinned || (session_start && i < kSinkTokens) ? FLT_MAX : head_scores[i];
 }
 
 absl::StatusOr<Selection> Selection::Make(std::vector<ScoredTurn> turns, int num_layers,
@@ -66,18 +67,32 @@ absl::StatusOr<Selection> Selection::Make(std::vector<ScoredTurn> turns, int num
   if (options.fill_heads && !options.bias) {
     return absl::InvalidArgumentError("scored selection: merged entries need a bias");
   }
+  const bool lookahead = !turns.empty() && !turns[0].lookahead.empty();
+  auto shaped = [&](const ScoredTurn& t, const std::vector<std::vector<float>>& per_layer) {
+    bool ok = per_layer.size() == static_cast<size_t>(num_layers);
+    for (size_t l = 0; ok && l < per_layer.size(); ++l) {
+      ok = per_layer[l].size() == static_cast<size_t>(num_kv_heads * t.num_tokens);
+    }
+    return ok;
+  };
   for (size_t u = 0; u < turns.size(); ++u) {
     const ScoredTurn& t = turns[u];
-    bool ok = t.num_tokens >= 1 && t.scores.size() == static_cast<size_t>(num_layers);
-    for (size_t l = 0; ok && l < t.scores.size(); ++l) {
-      ok = t.scores[l].size() == static_cast<size_t>(num_kv_heads * t.num_tokens);
-    }
-    if (!ok) {
+    if (t.num_tokens < 1 || !shaped(t, t.scores)) {
       return absl::InvalidArgumentError(
           absl::StrCat("scored selection: turn ", u, " of ", t.num_tokens, " tokens has ",
                        t.scores.size(), " layers of scores; want ", num_layers, " layers of ",
                        num_kv_heads, " x ", t.num_tokens));
     }
+    if (lookahead != !t.lookahead.empty() || (lookahead && !shaped(t, t.lookahead))) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("scored selection: turn ", u, " has ", t.lookahead.size(),
+                       " layers of lookahead weights; want every turn to have none or ", num_layers,
+                       " layers of ", num_kv_heads, " x ", t.num_tokens));
+    }
+  }
+  if (!(options.lookahead_share >= 0.0 && options.lookahead_share <= 1.0)) {
+    return absl::InvalidArgumentError(absl::StrCat("scored selection: lookahead_share ",
+                                                   options.lookahead_share, " is not in [0, 1]"));
   }
   Selection s;
   s.turns_ = std::move(turns);
@@ -86,6 +101,9 @@ absl::StatusOr<Selection> Selection::Make(std::vector<ScoredTurn> turns, int num
   s.options_ = options;
   s.runs_.assign(static_cast<size_t>(num_layers) * num_kv_heads, {});
   const int64_t tokens_per_head = s.TokensPerHead();
+  if (lookahead && options.budget < tokens_per_head) {
+    s.PinLookahead(std::llround(options.lookahead_share * options.budget));
+  }
   // Merged entries only replace tokens the budget cannot hold.
   const int64_t merge_entries =
       options.fill_heads && options.run_length > 0
@@ -111,8 +129,38 @@ absl::StatusOr<Selection> Selection::Make(std::vector<ScoredTurn> turns, int num
     s.SelectEvenly();
     s.Count();
   }
-  for (ScoredTurn& t : s.turns_) t.scores = {};
+  for (ScoredTurn& t : s.turns_) t.scores = t.lookahead = {};
+  s.pinned_.clear();
   return s;
+}
+
+void Selection::PinLookahead(int64_t count) {
+  if (count <= 0) return;
+  pinned_.clear();
+  for (const ScoredTurn& t : turns_) {
+    pinned_.emplace_back(layers_, std::vector<bool>(heads_ * t.num_tokens, false));
+  }
+  std::vector<float> weight;
+  std::vector<std::pair<size_t, int64_t>> where;  // (turn, token) of each weight
+  for (int l = 0; l < layers_; ++l) {
+    for (int64_t h = 0; h < heads_; ++h) {
+      weight.clear();
+      where.clear();
+      for (size_t u = 0; u < turns_.size(); ++u) {
+        const int64_t t = turns_[u].num_tokens;
+        for (int64_t i = turns_[u].session_start ? kSinkTokens : 0; i < t; ++i) {
+          weight.push_back(turns_[u].lookahead[l][h * t + i]);
+          where.emplace_back(u, i);
+        }
+      }
+      const std::vector<bool> top = TopMask(weight, count);
+      for (size_t j = 0; j < top.size(); ++j) {
+        if (!top[j]) continue;
+        const auto [u, i] = where[j];
+        pinned_[u][l][h * turns_[u].num_tokens + i] = true;
+      }
+    }
+  }
 }
 
 int64_t Selection::TokensPerHead() const {
@@ -141,7 +189,11 @@ void Selection::HeadPriority(size_t u, int layer, int64_t h, std::vector<float>&
   const std::span<const float> head =
       std::span<const float>(turns_[u].scores[layer]).subspan(h * t, t);
   out.resize(static_cast<size_t>(t));
-  for (int64_t i = 0; i < t; ++i) out[i] = SelectionPriority(head, turns_[u].session_start, i);
+  const bool pins = !pinned_.empty();
+  for (int64_t i = 0; i < t; ++i) {
+    out[i] =
+        SelectionPriority(head, turns_[u].session_start, i, pins && pinned_[u][layer][h * t + i]);
+  }
 }
 
 void Selection::SelectGlobal(int64_t budget) {
@@ -155,7 +207,8 @@ void Selection::SelectGlobal(int64_t budget) {
         for (int64_t h = 0; h < heads_; ++h) {
           const std::span<const float> head = std::span<const float>(scores).subspan(h * t, t);
           for (int64_t i = 0; i < t; ++i) {
-            visit(u, l, h * t + i, SelectionPriority(head, turns_[u].session_start, i));
+            const bool pinned = !pinned_.empty() && pinned_[u][l][h * t + i];
+            visit(u, l, h * t + i, SelectionPriority(head, turns_[u].session_start, i, pinned));
           }
         }
       }

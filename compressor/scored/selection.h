@@ -19,6 +19,10 @@
 //      query attends to (key and value 0, bias -inf, position -1, first in the turn), and that
 //      padding is paid from the slots too (a second selection gives up what the first overran).
 //   3. Otherwise every kv head of a layer keeps the layer's mean count, each its own best tokens.
+// With lookahead weights (ScoredTurn::lookahead) and a `lookahead_share`, each (layer, kv head)
+// first pins the share of the budget that the newest probes read most: the tokens a question
+// asks about, which a score from each turn's own repeat may rank low. Pinned tokens outrank
+// every score, as the sinks do.
 // Either way the entries held per kv head, summed over turns and averaged over layers, are at most
 // the budget: selection moves memory between layers (a layer whose heads attend widely gets more),
 // never beyond the total.
@@ -62,6 +66,10 @@ struct ScoredTurn {
   bool session_start = false;  // Turn 0: its first kSinkTokens tokens are the session's sinks.
   // [layers][H * T] the worker's scores, finite (the service validates them on append).
   std::vector<std::vector<float>> scores;
+  // Empty, or [layers][H * T]: how much the lookahead queries (the newest probes of the range)
+  // read each token, finite and >= 0 (LookaheadWeights, compressor/scored/lookahead.h). Every
+  // turn has it or none does.
+  std::vector<std::vector<float>> lookahead;
 };
 
 struct SelectionOptions {
@@ -76,6 +84,9 @@ struct SelectionOptions {
   // Share of a fill_heads budget that goes to merged entries; 0 turns them off.
   double merge_share = 0.0;
   int run_length = kMergeRunLength;
+  // Share of the budget, per (layer, kv head), kept first by the turns' lookahead weights: those
+  // tokens are pinned like the sinks, ahead of every score. 0 (or no lookahead) turns it off.
+  double lookahead_share = 0.0;
 };
 
 // One turn's raw KV of one layer as stored: [H, T, D] each, encoded in `dtype`. Borrowed. Only
@@ -151,6 +162,8 @@ class Selection {
   bool StartKept(int64_t budget);
   // Head h's priorities of turn u in `layer` (SelectionPriority of each token) into `out`.
   void HeadPriority(size_t u, int layer, int64_t h, std::vector<float>& out) const;
+  // Pins each (layer, kv head)'s `count` tokens of highest lookahead weight (not the sinks).
+  void PinLookahead(int64_t count);
   void SelectGlobal(int64_t budget);
   void SelectEvenly();
   // Every (turn, layer) slot's value, in scan order (turn, layer, rank): the fullest head's
@@ -181,14 +194,17 @@ class Selection {
   SelectionOptions options_;
   // kept_[u][l]: [H * T] whether head h keeps token i raw.
   std::vector<std::vector<std::vector<bool>>> kept_;
+  // pinned_[u][l]: [H * T] whether the lookahead pinned token i of head h; empty: none pinned.
+  std::vector<std::vector<std::vector<bool>>> pinned_;
   std::vector<std::vector<Run>> runs_;               // [L * H], each head's runs in history order.
   std::vector<std::vector<int64_t>> layer_entries_;  // [U][L]
   std::vector<int64_t> mean_entries_;                // [U]
 };
 
-// The priority of token i of a head in selection: FLT_MAX for the session's sinks, else its score.
-// The one place the sink-first rule is written.
-float SelectionPriority(std::span<const float> head_scores, bool session_start, int64_t i);
+// The priority of token i of a head in selection: FLT_MAX for the session's sinks and pinned
+// tokens, else its score. The one place the pinned-first rule is written.
+float SelectionPriority(std::span<const float> head_scores, bool session_start, int64_t i,
+                        bool pinned = false);
 
 }  // namespace nexuskv::compressor::scored
 

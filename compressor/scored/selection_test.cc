@@ -315,6 +315,55 @@ TEST(SelectionTest, ABiasedSelectionHoldsTheBudget) {
   }
 }
 
+TEST(SelectionTest, TheLookaheadPinsItsShareOfTheBudgetAheadOfEveryScore) {
+  const std::vector<int64_t> tokens = {10, 10};
+  std::vector<ScoredTurn> turns = Turns(tokens, 1, 2, 0.0f, /*session_start=*/true);
+  // The scores want turn 1's first tokens; the lookahead reads token 6 of turn 0 in head 0 and
+  // token 9 of turn 1 in head 1, and the sinks most of all (they are kept anyway, not pinned).
+  for (int h = 0; h < 2; ++h) {
+    for (int i = 0; i < 10; ++i) turns[1].scores[0][h * 10 + i] = 10.0f - i;
+  }
+  for (ScoredTurn& t : turns) t.lookahead = {std::vector<float>(20, 0.0f)};
+  for (int i = 0; i < kSinkTokens; ++i) turns[0].lookahead[0][i] = 9.0f;
+  turns[0].lookahead[0][6] = 1.0f;
+  turns[1].lookahead[0][10 + 9] = 1.0f;
+  // Budget 10 per head, 10% pinned: one token per head before any score. (An even selection,
+  // bias-free, may lose a pin to the mean count of its (turn, layer), as it may a high score.)
+  absl::StatusOr<Selection> s = Selection::Make(
+      turns, 1, 2, {.budget = 10, .fill_heads = true, .bias = true, .lookahead_share = 0.1});
+  ASSERT_TRUE(s.ok()) << s.status();
+  const Kv kv = Identity(tokens, 2);
+  const std::vector<LayerEntries> built = *s->BuildLayer(0, kv.spans, 1);
+  for (int h = 0; h < 2; ++h) {
+    std::vector<int64_t> held = Positions(built[0], h);
+    const std::vector<int64_t> later = Positions(built[1], h);
+    held.insert(held.end(), later.begin(), later.end());
+    EXPECT_THAT(held, ::testing::IsSupersetOf({0, 1, 2, 3})) << "sinks";
+    EXPECT_THAT(held, ::testing::Contains(h == 0 ? 6 : 19)) << "pinned, head " << h;
+    EXPECT_THAT(held, ::testing::Contains(10)) << "the best score, head " << h;
+  }
+  EXPECT_LE(s->Held(), 10) << "pins come out of the budget";
+  // Without the share the scores alone decide: token 6 (score 0) is not kept.
+  absl::StatusOr<Selection> plain =
+      Selection::Make(turns, 1, 2, {.budget = 10, .fill_heads = true, .bias = true});
+  ASSERT_TRUE(plain.ok());
+  EXPECT_THAT(Positions((*plain->BuildLayer(0, kv.spans, 1))[0], 0),
+              ::testing::Not(::testing::Contains(6)));
+}
+
+TEST(SelectionTest, RefusesLookaheadOfTheWrongShapeOrShare) {
+  std::vector<ScoredTurn> turns = Turns({4, 4}, 1, 2, 1.0f);
+  turns[0].lookahead = {std::vector<float>(8, 1.0f)};  // turn 1 has none
+  absl::StatusOr<Selection> bad = Selection::Make(turns, 1, 2, {.budget = 2});
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(bad.status().message(), HasSubstr("lookahead"));
+  turns[1].lookahead = {std::vector<float>(7, 1.0f)};
+  EXPECT_FALSE(Selection::Make(turns, 1, 2, {.budget = 2}).ok());
+  turns[1].lookahead = {std::vector<float>(8, 1.0f)};
+  EXPECT_TRUE(Selection::Make(turns, 1, 2, {.budget = 2, .lookahead_share = 0.5}).ok());
+  EXPECT_FALSE(Selection::Make(turns, 1, 2, {.budget = 2, .lookahead_share = 1.5}).ok());
+}
+
 TEST(SelectionTest, RefusesScoresOfTheWrongShapeAndLayersOfTheWrongSize) {
   std::vector<ScoredTurn> turns = Turns({4}, 2, 2, 1.0f);
   turns[0].scores[1].pop_back();

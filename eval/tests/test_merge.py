@@ -2,7 +2,7 @@
 
 import pytest
 
-from eval.merge import merge
+from eval.merge import merge, rename
 
 
 def _run(keys, kl, nll=0.5, ids=("a", "b")):
@@ -41,3 +41,25 @@ def test_an_incomplete_run_is_refused():
     rerun["complete"] = False
     with pytest.raises(ValueError, match="complete"):
         merge(_run(["snapkv@0.5"], 1.0), rerun)
+
+
+def test_common_merges_partial_runs_on_the_items_both_hold():
+    base = _run(["snapkv@0.5", "sonic@0.5"], kl=1.0, ids=("a", "b", "c"))
+    base["complete"] = False  # stopped early
+    rerun = _run(["sonic@0.5"], kl=0.1, ids=("a", "b"))
+    out = merge(base, rerun, common=True)
+    assert [i["id"] for i in out["items"]] == ["a", "b"]
+    assert out["summary"]["sonic@0.5"]["kl"] == pytest.approx(0.6)  # (0.1 + 1.1) / 2
+    assert out["summary"]["snapkv@0.5"]["kl"] == pytest.approx(1.5)  # base, on a and b only
+    assert not out["complete"] and out["merged"]["items"] == 2
+    with pytest.raises(ValueError, match="no item in common"):
+        merge(base, _run(["sonic@0.5"], kl=0.1, ids=("x",)), common=True)
+
+
+def test_a_renamed_rerun_joins_beside_the_base_rows():
+    base = _run(["sonic@0.5"], kl=1.0)
+    rerun = rename(_run(["sonic@0.5"], kl=0.1), "sonic", "sonic-probes")
+    out = merge(base, rerun)
+    assert out["config_keys"] == ["full", "sonic@0.5", "sonic-probes@0.5"]
+    assert out["summary"]["sonic@0.5"]["kl"] == pytest.approx(1.5)
+    assert out["summary"]["sonic-probes@0.5"]["kl"] == pytest.approx(0.6)

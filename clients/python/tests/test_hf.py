@@ -262,3 +262,20 @@ def test_turn_scores_are_the_repeats_attention_times_the_cache_length(model, ref
         assert torch.allclose(scores[layer], rows.amax(1) * 40, atol=1e-4)
     with pytest.raises(ValueError, match="cannot end there"):
         hf.turn_scores(model, cache, list(range(41)), [5])
+
+
+def test_prefill_scores_are_the_turns_own_attention_times_the_cache_length(model, reference):
+    ctx, _, _, _ = reference
+    hf.prepare_model(model)
+    cache = transformers.DynamicCache()
+    with torch.no_grad(), hf.record_queries() as rec, hf.attention_weights():
+        out = model(ctx, past_key_values=cache, use_cache=True, output_attentions=True)
+    scores = hf.prefill_scores(cache, rec.probes(25, 40))
+    assert len(scores) == 3 and tuple(scores[0].shape) == (2, 15)
+    # The prefill's own weights: rows and columns of the turn (tokens 25..39), max over the query
+    # heads of each kv head's group, times 40 positions.
+    for layer, weights in enumerate(out.attentions):  # [1, 4, 40, 40]
+        rows = weights[0, :, 25:40, 25:40].reshape(2, 2 * 15, 15)
+        assert torch.allclose(scores[layer], rows.amax(1) * 40, atol=1e-4)
+    with pytest.raises(ValueError, match="cannot end there"):
+        hf.prefill_scores(cache, [torch.zeros(4, 41, 8)] * 3)

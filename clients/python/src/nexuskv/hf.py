@@ -490,6 +490,29 @@ def turn_scores(
         cache.crop(length)
 
 
+def prefill_scores(cache: Any, queries: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Token scores from the turn's own prefill, with no extra forward: the turn that just ended is
+    the cache's last T positions and queries are its prefill's post-rotary queries, per layer
+    [Hq, T, D] (record_queries() around the prefill, QueryRecorder.probes of the turn). Each token
+    is scored, per kv head, by the largest causal attention weight a later query of the same turn
+    gives it, times the cache's length, like turn_scores. Cheaper than turn_scores (one attention
+    per layer instead of a prefill of the turn) and a worse signal: a token is judged by the turn
+    that wrote it, not by a reader (docs/experiments/sonic-signal-study.md, "prefill")."""
+    length = cache.get_seq_length()
+    if len(queries) != num_layers(cache):
+        raise ValueError(f"queries has {len(queries)} layers, the cache {num_layers(cache)}")
+    t = queries[0].shape[1]
+    if t == 0 or t > length:
+        raise ValueError(f"the cache holds {length} positions; a turn of {t} tokens cannot end there")
+    positions = length - t + torch.arange(t)
+    out = []
+    for i, q in enumerate(queries):
+        keys, _ = _layer_kv(cache, i)
+        weights = max_attention(q.cpu(), keys[0, :, :length].cpu(), positions)
+        out.append(weights[:, length - t : length] * length)
+    return out
+
+
 def greedy_generate(
     model: Any,
     input_ids: torch.Tensor,
