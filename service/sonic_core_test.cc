@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/synchronization/notification.h"
+#include "common/status_macros.h"
 #include "compressor/sonic.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -103,6 +104,28 @@ class SonicCoreTest : public ::testing::Test {
     auto segment = std::move(assembler).Finish();
     if (!segment.ok()) return segment.status();
     return core_->Append("default", std::move(*segment));
+  }
+
+  // Turns of 40, 40 and 8 tokens at positions 0, 40 and 80, token p of the session scoring
+  // score(layer, head, p).
+  absl::Status AppendFortyFortyEight(const std::function<float(int, int, int)>& score) {
+    for (const auto [turn, tokens, first] :
+         {std::array<uint32_t, 3>{0, 40, 0}, {1, 40, 40}, {2, 8, 80}}) {
+      auto by_position = [&, first](int l, int h, int i) {
+        return score(l, h, static_cast<int>(first) + i);
+      };
+      NEXUSKV_RETURN_IF_ERROR(AppendScoredBy(turn, tokens, first, by_position).status());
+    }
+    return absl::OkStatus();
+  }
+
+  // The session's FULL answer, layer by layer.
+  absl::StatusOr<std::vector<v1::CacheLayer>> FullLayers() {
+    v1::GetCacheRequest request = Request(v1::FULL, 1.0, 1);
+    request.clear_budget();
+    NEXUSKV_ASSIGN_OR_RETURN(std::unique_ptr<CacheAssembly> full,
+                             core_->PlanCache("default", request));
+    return Layers(*full);
   }
 
   // Turns of 16, 24 and 8 tokens at positions 0, 16, 40.
@@ -611,23 +634,17 @@ std::vector<T> Floats(const std::string& bytes) {
 
 TEST_F(SonicCoreTest, TheNewestProbesPinTheTokensTheyReadMostInEveryLayerAndHead) {
   // Scores fall with the position, so without the lookahead each head keeps its earliest tokens.
-  auto score = [](uint64_t first) {
-    return [first](int, int, int i) { return 1.0f / (1.0f + static_cast<float>(first + i)); };
-  };
-  ASSERT_TRUE(AppendScoredBy(0, 40, 0, score(0)).ok());
-  ASSERT_TRUE(AppendScoredBy(1, 40, 40, score(40)).ok());
-  ASSERT_TRUE(AppendScoredBy(2, 8, 80, score(80)).ok());  // kept raw: its probes are the lookahead
+  // The last turn is kept raw: its probes are the lookahead.
+  ASSERT_TRUE(AppendFortyFortyEight([](int, int, int p) { return 1.0f / (1.0f + p); }).ok());
   Start(RawRetention{}, /*merge_share=*/0.0, /*lookahead_share=*/0.25);
-  v1::GetCacheRequest full_request = Request(v1::FULL, 1.0, 1);
-  full_request.clear_budget();
-  auto full = core_->PlanCache("default", full_request);
-  ASSERT_TRUE(full.ok()) << full.status();
-  auto raw = Layers(**full);
+  auto raw = FullLayers();
   ASSERT_TRUE(raw.ok()) << raw.status();
   absl::StatusOr<std::vector<store::SegmentRecord>> records =
       store_->ListSegments({"default", "s"});
   ASSERT_TRUE(records.ok());
-  const v1::ModelSpec model = (*full)->header().model();
+  absl::StatusOr<v1::SessionInfo> info = core_->GetSession("default", "s");
+  ASSERT_TRUE(info.ok());
+  const v1::ModelSpec& model = info->model();
 
   // keep 0.5: 40 entries per head and layer over the 80 older tokens, 10 of them pinned.
   auto plan = core_->PlanCache("default", Request(v1::SONIC, 0.5, 1));
@@ -678,20 +695,12 @@ TEST_F(SonicCoreTest, TheNewestProbesPinTheTokensTheyReadMostInEveryLayerAndHead
 TEST_F(SonicCoreTest, MergedEntriesStandForRunsOfTheBestEvictedTokensAcrossTurns) {
   // Scores fall with the position, so each head keeps its earliest tokens and evicts the rest;
   // layers and heads differ in scale, so they keep different counts.
-  auto score = [](uint64_t first) {
-    return [first](int l, int h, int i) {
-      return (1.0f + 0.3f * l + 0.1f * h) / (1.0f + static_cast<float>(first + i));
-    };
+  auto score = [](int l, int h, int p) {
+    return (1.0f + 0.3f * l + 0.1f * h) / (1.0f + static_cast<float>(p));
   };
-  ASSERT_TRUE(AppendScoredBy(0, 40, 0, score(0)).ok());
-  ASSERT_TRUE(AppendScoredBy(1, 40, 40, score(40)).ok());
-  ASSERT_TRUE(AppendScoredBy(2, 8, 80, score(80)).ok());  // kept raw
+  ASSERT_TRUE(AppendFortyFortyEight(score).ok());  // the last turn is kept raw
   Start(RawRetention{}, /*merge_share=*/0.1, /*lookahead_share=*/0.0);
-  v1::GetCacheRequest full_request = Request(v1::FULL, 1.0, 1);
-  full_request.clear_budget();
-  auto full = core_->PlanCache("default", full_request);
-  ASSERT_TRUE(full.ok()) << full.status();
-  auto raw = Layers(**full);
+  auto raw = FullLayers();
   ASSERT_TRUE(raw.ok()) << raw.status();
 
   // keep 0.5: 40 entries per head and layer over the 80 older tokens, 4 of them merged.
@@ -742,7 +751,7 @@ TEST_F(SonicCoreTest, MergedEntriesStandForRunsOfTheBestEvictedTokensAcrossTurns
         for (size_t c = 0; c < d; ++c) {
           double key = 0.0, value = 0.0, weight = 0.0;
           for (int64_t p : runs[r]) {
-            const double w = score(0)(l, h, static_cast<int>(p));
+            const double w = score(l, h, static_cast<int>(p));
             key += w * full_keys[(h * 88 + p) * d + c];
             value += w * full_values[(h * 88 + p) * d + c];
             weight += w;
