@@ -111,9 +111,8 @@ class SonicCoreTest : public ::testing::Test {
   absl::Status AppendFortyFortyEight(const std::function<float(int, int, int)>& score) {
     for (const auto [turn, tokens, first] :
          {std::array<uint32_t, 3>{0, 40, 0}, {1, 40, 40}, {2, 8, 80}}) {
-      auto by_position = [&, first](int l, int h, int i) {
-        return score(l, h, static_cast<int>(first) + i);
-      };
+      const int start = static_cast<int>(first);  // clang cannot capture a structured binding
+      auto by_position = [&score, start](int l, int h, int i) { return score(l, h, start + i); };
       NEXUSKV_RETURN_IF_ERROR(AppendScoredBy(turn, tokens, first, by_position).status());
     }
     return absl::OkStatus();
