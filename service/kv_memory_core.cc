@@ -224,17 +224,22 @@ absl::Status KvMemoryCore::AddLookahead(const store::SessionKey& key, const Cach
   const v1::ModelSpec& model = scope.inputs.session.model();
   const compressor::ComputeBackend& compute =
       options_.compute != nullptr ? *options_.compute : compressor::CpuCompute();
+  NEXUSKV_ASSIGN_OR_RETURN(const DType dtype, ToTensorDType(model.dtype(), "model.dtype"));
   for (compressor::scored::ScoredTurn& t : turns) t.lookahead.resize(model.num_layers());
-  std::vector<std::vector<float>> keys(turns.size());
+  // The stored keys, pinned where the store read them; AddLookaheadLayer decodes each once.
+  std::vector<store::StoredTensor> pinned(turns.size());
+  std::vector<compressor::scored::TurnKv> kv(turns.size());
   for (uint32_t l = 0; l < model.num_layers(); ++l) {
     NEXUSKV_ASSIGN_OR_RETURN(const std::vector<float> probes,
                              LoadProbes(*store_, key, model, range[*newest], l));
     for (uint32_t t = scope.first; t < scope.raw_from; ++t) {
-      NEXUSKV_ASSIGN_OR_RETURN(keys[t - scope.first],
-                               LoadKeys(*store_, key, model, segments[t], l));
+      const size_t u = t - scope.first;
+      NEXUSKV_ASSIGN_OR_RETURN(
+          pinned[u], store_->PinTensor(key, segments[t].turn(), l, store::TensorKind::kKeys));
+      kv[u] = {.keys = pinned[u].bytes(), .dtype = dtype};
     }
     NEXUSKV_RETURN_IF_ERROR(compressor::scored::AddLookaheadLayer(
-        static_cast<int>(l), probes, static_cast<int>(model.num_query_heads()), keys,
+        static_cast<int>(l), probes, static_cast<int>(model.num_query_heads()), kv,
         static_cast<int>(model.head_dim()), compute, turns));
   }
   return absl::OkStatus();

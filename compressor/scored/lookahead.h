@@ -11,8 +11,8 @@
 //
 //   for (ScoredTurn& t : turns) t.lookahead.resize(layers);
 //   for (int l = 0; l < layers; ++l) {
-//     // probes: [Hq, P, D] float32; keys[u]: turn u's keys of layer l, [H, T_u, D] float32
-//     NEXUSKV_RETURN_IF_ERROR(AddLookaheadLayer(l, probes, hq, keys, d, compute, turns));
+//     // probes: [Hq, P, D] float32; kv[u].keys: turn u's stored keys of layer l, [H, T_u, D]
+//     NEXUSKV_RETURN_IF_ERROR(AddLookaheadLayer(l, probes, hq, kv, d, compute, turns));
 //   }
 //
 // Pure and thread-safe.
@@ -29,11 +29,12 @@
 namespace nexuskv::compressor::scored {
 
 // Sets turns[u].lookahead[layer] ([H * T_u]) for every turn from `probes` ([Hq, P, D], P >= 1)
-// and `keys` (one [H, T_u, D] per turn, H = turns' kv heads, Hq a multiple of H). Every
+// and kv[u].keys (turn u's stored keys, [H, T_u, D] in kv[u].dtype, decoded once into the range;
+// values unused; H = turns' kv heads, Hq a multiple of H). Every
 // turns[u].lookahead must already have more than `layer` layers. InvalidArgument on any shape
 // that disagrees; the backend's errors pass through.
 absl::Status AddLookaheadLayer(int layer, std::span<const float> probes, int num_query_heads,
-                               std::span<const std::vector<float>> keys, int head_dim,
+                               std::span<const TurnKv> kv, int head_dim,
                                const ComputeBackend& compute, std::vector<ScoredTurn>& turns);
 
 }  // namespace nexuskv::compressor::scored

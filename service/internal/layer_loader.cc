@@ -64,17 +64,6 @@ absl::StatusOr<std::vector<float>> LoadTokenScores(store::Store& store,
   return out;
 }
 
-absl::StatusOr<std::vector<float>> LoadKeys(store::Store& store, const store::SessionKey& key,
-                                            const nexuskv::v1::ModelSpec& model,
-                                            const store::SegmentRecord& record, uint32_t layer) {
-  NEXUSKV_ASSIGN_OR_RETURN(const DType dtype, ToTensorDType(model.dtype(), "model.dtype"));
-  NEXUSKV_ASSIGN_OR_RETURN(std::string bytes,
-                           store.ReadTensor(key, record.turn(), layer, store::TensorKind::kKeys));
-  std::vector<float> out(size_t{model.num_kv_heads()} * record.num_tokens() * model.head_dim());
-  NEXUSKV_RETURN_IF_ERROR(DecodeToFloat(bytes, dtype, out));
-  return out;
-}
-
 DecodedLayer ShapeOnlyLayer(const nexuskv::v1::ModelSpec& model,
                             const store::SegmentRecord& record) {
   DecodedLayer out;

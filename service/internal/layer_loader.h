@@ -34,11 +34,6 @@ absl::StatusOr<std::vector<float>> LoadTokenScores(store::Store& store,
                                                    const store::SegmentRecord& record,
                                                    uint32_t layer);
 
-// The keys of `layer` of a segment, decoded ([H, T, D] float32).
-absl::StatusOr<std::vector<float>> LoadKeys(store::Store& store, const store::SessionKey& key,
-                                            const nexuskv::v1::ModelSpec& model,
-                                            const store::SegmentRecord& record, uint32_t layer);
-
 // Reads keys and values (and probe queries when with_probes) of
 // `layer` of the segment `record`, checksums verified by the store, and decodes them. DataLoss /
 // NotFound from the store pass through.
