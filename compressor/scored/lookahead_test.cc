@@ -83,5 +83,72 @@ TEST(LookaheadTest, RefusesShapesThatDisagree) {
   EXPECT_FALSE(AddLookaheadLayer(0, probes, 4, short_keys.kv, 2, CpuCompute(), turns).ok());
 }
 
+// Softmax of scale * q . k over keys[0..n) (D = 2), in double.
+std::vector<double> Weights(std::vector<double> q, const std::vector<std::vector<double>>& keys,
+                            size_t n) {
+  std::vector<double> w(n);
+  double sum = 0;
+  for (size_t i = 0; i < n; ++i) {
+    w[i] = std::exp((q[0] * keys[i][0] + q[1] * keys[i][1]) / std::sqrt(2.0));
+    sum += w[i];
+  }
+  for (double& x : w) x /= sum;
+  return w;
+}
+
+TEST(ProbeScoresTest, AreEachTokensMeanWeightOverTheProbesThatSeeIt) {
+  // One kv head of 2 query heads, D 2; turn 0 at positions 4-5, turn 1 at 6-7.
+  std::vector<ScoredTurn> turns = {{.num_tokens = 2, .first_position = 4, .scores = {{}}},
+                                   {.num_tokens = 2, .first_position = 6, .scores = {{}}}};
+  const std::vector<std::vector<double>> keys = {{1, 0}, {0, 1}, {1, 1}, {0, 0}};
+  const Stored stored({{1, 0, 0, 1}, {1, 1, 0, 0}});
+  // A: one probe at 6 (turn 1's first token: sees tokens 0-2). B: probes at 9 (a raw turn: sees
+  // all four) and at 3 (before the range: skipped). [Hq, P, D] each.
+  const std::vector<float> a = {2, 0, 0, 2};
+  const std::vector<int64_t> a_at = {6};
+  const std::vector<float> b = {0, 2, 5, 5, 1, 1, 5, 5};
+  const std::vector<int64_t> b_at = {9, 3};
+  const std::vector<ProbeRows> probes = {{a, a_at}, {b, b_at}};
+  ASSERT_TRUE(AddProbeScoresLayer(0, probes, 2, stored.kv, 2, CpuCompute(), turns).ok());
+
+  std::vector<double> want(4, 0.0);
+  for (const auto& q : std::vector<std::vector<double>>{{2, 0}, {0, 2}}) {
+    const std::vector<double> w = Weights(q, keys, 3);
+    for (size_t i = 0; i < 3; ++i) want[i] += w[i] / 4;  // tokens 0-2: seen by 4 rows
+  }
+  for (const auto& q : std::vector<std::vector<double>>{{0, 2}, {1, 1}}) {
+    const std::vector<double> w = Weights(q, keys, 4);
+    for (size_t i = 0; i < 4; ++i) want[i] += w[i] / (i < 3 ? 4 : 2);  // token 3: by 2 rows
+  }
+  EXPECT_NEAR(turns[0].scores[0][0], want[0], 1e-5);
+  EXPECT_NEAR(turns[0].scores[0][1], want[1], 1e-5);
+  EXPECT_NEAR(turns[1].scores[0][0], want[2], 1e-5);
+  EXPECT_NEAR(turns[1].scores[0][1], want[3], 1e-5);
+  EXPECT_TRUE(turns[0].lookahead.empty());
+}
+
+TEST(ProbeScoresTest, RefusesShapesThatDisagree) {
+  std::vector<ScoredTurn> turns = {{.num_tokens = 2, .scores = {{}}}};
+  const Stored keys({std::vector<float>(4, 0.0f)});  // H 1, T 2, D 2
+  const std::vector<float> probes(4, 1.0f);          // Hq 2, P 1, D 2
+  const std::vector<int64_t> at = {1};
+  EXPECT_TRUE(AddProbeScoresLayer(0, std::vector<ProbeRows>{{probes, at}}, 2, keys.kv, 2,
+                                  CpuCompute(), turns)
+                  .ok());
+  const std::vector<int64_t> two = {0, 1};
+  absl::Status bad = AddProbeScoresLayer(0, std::vector<ProbeRows>{{probes, two}}, 2, keys.kv, 2,
+                                         CpuCompute(), turns);
+  EXPECT_EQ(bad.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(bad.message(), HasSubstr("probe set 0"));
+  EXPECT_FALSE(AddProbeScoresLayer(1, std::vector<ProbeRows>{{probes, at}}, 2, keys.kv, 2,
+                                   CpuCompute(), turns)
+                   .ok())
+      << "no second layer of scores";
+  EXPECT_FALSE(AddProbeScoresLayer(0, std::vector<ProbeRows>{{probes, at}}, 3, keys.kv, 2,
+                                   CpuCompute(), turns)
+                   .ok())
+      << "3 query heads for 1 kv head";
+}
+
 }  // namespace
 }  // namespace nexuskv::compressor::scored
