@@ -256,21 +256,13 @@ absl::StatusOr<CacheScope> CachePlanner::Scope(PlannerInputs inputs) {
   // of them spends the budget and no fit is read. max_tokens limits every layer, which a ranking
   // over layers does not keep to; under --raw_retention=drop a fit could drop the raw KV
   // mid-answer, so the turns go to their fits.
-  const auto compressed = [&](auto rule) {
-    return std::all_of(inputs.segments.begin() + scope.first,
-                       inputs.segments.begin() + scope.raw_from, rule);
-  };
-  const bool can_score = caps.prefers_token_scores && !request.budget().has_max_tokens() &&
-                         !inputs.raw_retention_drops &&
-                         compressed([](const store::SegmentRecord& t) { return !t.raw_dropped(); });
   scope.scored =
-      can_score && compressed([](const store::SegmentRecord& t) { return t.has_token_scores(); });
-  // Without the worker's scores on every turn, the range's probes score them all (one scale).
-  if (can_score && !scope.scored && inputs.probe_scores && scope.raw_from > scope.first) {
-    const std::vector<store::SegmentRecord> range(inputs.segments.begin() + scope.first,
-                                                  inputs.segments.begin() + scope.last + 1);
-    scope.scored = scope.probe_scored = NewestProbeTurn(range).has_value();
-  }
+      caps.prefers_token_scores && !request.budget().has_max_tokens() &&
+      !inputs.raw_retention_drops &&
+      std::all_of(inputs.segments.begin() + scope.first, inputs.segments.begin() + scope.raw_from,
+                  [](const store::SegmentRecord& turn) {
+                    return turn.has_token_scores() && !turn.raw_dropped();
+                  });
   if (caps.fits && !scope.scored) {
     for (uint32_t t = scope.first; t < scope.raw_from; ++t) scope.fit_turns.push_back(t);
   }

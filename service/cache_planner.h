@@ -49,9 +49,6 @@ struct PlannerInputs {
   bool raw_retention_drops = false;  // --raw_retention=drop: a fit may drop raw KV mid-answer
   double merge_share = 0.0;          // SelectionOptions::merge_share of biased keep_ratio answers
   double lookahead_share = 0.0;      // SelectionOptions::lookahead_share of scored answers
-  // Turns that came without the worker's token scores are scored from the range's stored probes
-  // (compressor/scored/lookahead.h, AddProbeScoresLayer) and served by scored selection too.
-  bool probe_scores = false;
 };
 
 // Step 1's answer.
@@ -61,10 +58,8 @@ struct CacheScope {
   uint32_t last = 0;      // its last turn
   uint32_t raw_from = 0;  // turns [raw_from, last] are served raw
   DType output_dtype = DType::kFloat32;
-  // Every compressed turn is served by scored selection: load their token scores (all layers),
-  // or with probe_scored, score them from the range's probes (PlannerInputs::probe_scores).
+  // Every compressed turn is served by scored selection: load their token scores (all layers).
   bool scored = false;
-  bool probe_scored = false;
   // Turns [first, raw_from) whose fit the method needs stored before Plan (empty when scored).
   std::vector<uint32_t> fit_turns;
 };

@@ -124,39 +124,6 @@ TEST(CachePlannerTest, ScoredOnlyWhenEveryCompressedTurnHasScoresAndTheBudgetAll
       << "only a method that prefers token scores spends them";
 }
 
-TEST(CachePlannerTest, WithProbeScoresTurnsWithoutScoresAreScoredWhenTheRangeHoldsProbes) {
-  const v1::GetCacheRequest keep = Request(v1::SONIC, 0.5, 1);
-  PlannerInputs in = Inputs(keep, {8, 8, 8});
-  in.probe_scores = true;
-  EXPECT_FALSE(CachePlanner::Scope(in)->scored) << "no probes stored: the ladders serve";
-  in.segments[2].set_num_probe_queries(4);  // the raw turn's probes score the older turns
-  absl::StatusOr<CacheScope> scope = CachePlanner::Scope(in);
-  ASSERT_TRUE(scope.ok()) << scope.status();
-  EXPECT_TRUE(scope->scored && scope->probe_scored);
-  EXPECT_TRUE(scope->fit_turns.empty());
-
-  PlannerInputs mixed = in;  // one turn with the worker's scores: all scored from the probes
-  mixed.segments[0].set_has_token_scores(true);
-  EXPECT_TRUE(CachePlanner::Scope(std::move(mixed))->probe_scored);
-  PlannerInputs all_scored = Inputs(keep, {8, 8, 8}, true);
-  all_scored.probe_scores = true;
-  all_scored.segments[2].set_num_probe_queries(4);
-  scope = CachePlanner::Scope(std::move(all_scored));
-  EXPECT_TRUE(scope->scored && !scope->probe_scored) << "the worker's scores come first";
-  PlannerInputs off = in;
-  off.probe_scores = false;
-  EXPECT_FALSE(CachePlanner::Scope(std::move(off))->scored);
-  v1::GetCacheRequest max_tokens = keep;
-  max_tokens.mutable_budget()->set_max_tokens(12);
-  PlannerInputs capped = in;
-  capped.request = max_tokens;
-  EXPECT_FALSE(CachePlanner::Scope(std::move(capped))->scored);
-  PlannerInputs dropped = in;
-  dropped.segments[0].set_raw_dropped(true);
-  EXPECT_FALSE(CachePlanner::Scope(std::move(dropped))->scored)
-      << "a turn without raw KV cannot be ranked token by token";
-}
-
 TEST(CachePlannerTest, AScoredPlanHoldsTheBudgetInEveryLayerWithoutBias) {
   v1::GetCacheRequest r = Request(v1::SONIC, 0.5, 1);
   r.set_bias_mode(v1::BIAS_MODE_NONE);

@@ -170,8 +170,7 @@ absl::StatusOr<std::unique_ptr<CacheAssembly>> KvMemoryCore::PlanCache(
                    .raw_retention = options_.raw_retention.ToString(),
                    .raw_retention_drops = options_.raw_retention.mode == RawRetention::Mode::kDrop,
                    .merge_share = options_.merge_share,
-                   .lookahead_share = options_.lookahead_share,
-                   .probe_scores = options_.probe_scores};
+                   .lookahead_share = options_.lookahead_share};
   if (in.method == nullptr) {
     return absl::UnimplementedError(
         absl::StrCat("method ", method_name, " is not available in this server; available: ",
@@ -201,10 +200,6 @@ absl::StatusOr<std::vector<compressor::scored::ScoredTurn>> KvMemoryCore::LoadSc
     turn.num_tokens = record.num_tokens();
     turn.first_position = static_cast<int64_t>(record.first_position());
     turn.session_start = t == 0;
-    if (scope.probe_scored) {
-      turn.scores.resize(model.num_layers());  // AddProbeWeights fills them
-      continue;
-    }
     for (uint32_t l = 0; l < model.num_layers(); ++l) {
       NEXUSKV_ASSIGN_OR_RETURN(std::vector<float> s, LoadTokenScores(*store_, key, record, l));
       if (s.size() != size_t{model.num_kv_heads()} * record.num_tokens()) {
@@ -214,64 +209,38 @@ absl::StatusOr<std::vector<compressor::scored::ScoredTurn>> KvMemoryCore::LoadSc
       turn.scores.push_back(std::move(s));
     }
   }
-  NEXUSKV_RETURN_IF_ERROR(AddProbeWeights(key, scope, turns));
+  NEXUSKV_RETURN_IF_ERROR(AddLookahead(key, scope, turns));
   return turns;
 }
 
-absl::Status KvMemoryCore::AddProbeWeights(
-    const store::SessionKey& key, const CacheScope& scope,
-    std::vector<compressor::scored::ScoredTurn>& turns) const {
+absl::Status KvMemoryCore::AddLookahead(const store::SessionKey& key, const CacheScope& scope,
+                                        std::vector<compressor::scored::ScoredTurn>& turns) const {
+  if (options_.lookahead_share <= 0.0 || turns.empty()) return absl::OkStatus();
   const std::vector<store::SegmentRecord>& segments = scope.inputs.segments;
   const std::vector<store::SegmentRecord> range(segments.begin() + scope.first,
                                                 segments.begin() + scope.last + 1);
   const std::optional<size_t> newest = NewestProbeTurn(range);
-  const bool lookahead = options_.lookahead_share > 0.0 && newest.has_value();
-  if (turns.empty() || (!lookahead && !scope.probe_scored)) return absl::OkStatus();
+  if (!newest.has_value()) return absl::OkStatus();
   const v1::ModelSpec& model = scope.inputs.session.model();
   const compressor::ComputeBackend& compute =
       options_.compute != nullptr ? *options_.compute : compressor::CpuCompute();
   NEXUSKV_ASSIGN_OR_RETURN(const DType dtype, ToTensorDType(model.dtype(), "model.dtype"));
-  if (lookahead) {
-    for (compressor::scored::ScoredTurn& t : turns) t.lookahead.resize(model.num_layers());
-  }
-  // With probe scores, every turn of the range with probes scores (raw ones too).
-  std::vector<const store::SegmentRecord*> scorers;
-  std::vector<std::vector<int64_t>> positions;
-  if (scope.probe_scored) {
-    for (const store::SegmentRecord& r : range) {
-      if (r.num_probe_queries() == 0 || r.raw_dropped()) continue;
-      scorers.push_back(&r);
-      positions.push_back(ProbePositions(r));
-    }
-  }
-  const int hq = static_cast<int>(model.num_query_heads());
-  const int d = static_cast<int>(model.head_dim());
-  // The stored keys, pinned where the store read them and read once for both weights.
+  for (compressor::scored::ScoredTurn& t : turns) t.lookahead.resize(model.num_layers());
+  // The stored keys, pinned where the store read them; AddLookaheadLayer decodes each once.
   std::vector<store::StoredTensor> pinned(turns.size());
   std::vector<compressor::scored::TurnKv> kv(turns.size());
-  std::vector<std::vector<float>> probes(scorers.size());
-  std::vector<compressor::scored::ProbeRows> rows(scorers.size());
   for (uint32_t l = 0; l < model.num_layers(); ++l) {
+    NEXUSKV_ASSIGN_OR_RETURN(const std::vector<float> probes,
+                             LoadProbes(*store_, key, model, range[*newest], l));
     for (uint32_t t = scope.first; t < scope.raw_from; ++t) {
       const size_t u = t - scope.first;
       NEXUSKV_ASSIGN_OR_RETURN(
           pinned[u], store_->PinTensor(key, segments[t].turn(), l, store::TensorKind::kKeys));
       kv[u] = {.keys = pinned[u].bytes(), .dtype = dtype};
     }
-    if (scope.probe_scored) {
-      for (size_t s = 0; s < scorers.size(); ++s) {
-        NEXUSKV_ASSIGN_OR_RETURN(probes[s], LoadProbes(*store_, key, model, *scorers[s], l));
-        rows[s] = {.queries = probes[s], .positions = positions[s]};
-      }
-      NEXUSKV_RETURN_IF_ERROR(compressor::scored::AddProbeScoresLayer(static_cast<int>(l), rows, hq,
-                                                                      kv, d, compute, turns));
-    }
-    if (lookahead) {
-      NEXUSKV_ASSIGN_OR_RETURN(const std::vector<float> newest_probes,
-                               LoadProbes(*store_, key, model, range[*newest], l));
-      NEXUSKV_RETURN_IF_ERROR(compressor::scored::AddLookaheadLayer(
-          static_cast<int>(l), newest_probes, hq, kv, d, compute, turns));
-    }
+    NEXUSKV_RETURN_IF_ERROR(compressor::scored::AddLookaheadLayer(
+        static_cast<int>(l), probes, static_cast<int>(model.num_query_heads()), kv,
+        static_cast<int>(model.head_dim()), compute, turns));
   }
   return absl::OkStatus();
 }

@@ -68,9 +68,6 @@ struct CoreOptions {
   // Share of a scored answer's budget, per layer and kv head, kept first by what the range's
   // newest probes read (compressor/scored/lookahead.h); 0 turns it off.
   double lookahead_share = 0.1;
-  // A scored answer for turns appended without token scores: the range's stored probes score
-  // them (compressor/scored/lookahead.h, AddProbeScoresLayer) where the fitted ladders served them.
-  bool probe_scores = false;
   // The backend that computes those weights (the --device one); nullptr: CpuCompute().
   const compressor::ComputeBackend* compute = nullptr;
   // Told about each fit computed (FitScheduler::DoneCallback); for metrics. May be empty.
@@ -144,11 +141,10 @@ class KvMemoryCore {
   // The token scores of the scope's compressed turns, every layer.
   absl::StatusOr<std::vector<compressor::scored::ScoredTurn>> LoadScoredTurns(
       const store::SessionKey& key, const CacheScope& scope) const;
-  // What the range's stored probes read over every compressed turn's keys
-  // (compressor/scored/lookahead.h): with scope.probe_scored, every turn's scores; with
-  // lookahead_share > 0 and probes in the range, every turn's lookahead weights (the newest).
-  absl::Status AddProbeWeights(const store::SessionKey& key, const CacheScope& scope,
-                               std::vector<compressor::scored::ScoredTurn>& turns) const;
+  // With lookahead_share > 0 and probes stored in the range: every turn's lookahead weights
+  // (compressor/scored/lookahead.h), from the newest probes and every compressed turn's keys.
+  absl::Status AddLookahead(const store::SessionKey& key, const CacheScope& scope,
+                            std::vector<compressor::scored::ScoredTurn>& turns) const;
   // Waits (CoreOptions::fit_wait) for the method's fit of each of the scope's fit_turns and loads
   // their summaries; a fit that fails or is late goes to `loaded.missing_fits` (the fallback
   // serves the turn) when the fallback can, else its error is returned.

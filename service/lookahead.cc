@@ -17,23 +17,13 @@ absl::StatusOr<std::vector<float>> LoadProbes(store::Store& store, const store::
                                               const nexuskv::v1::ModelSpec& model,
                                               const store::SegmentRecord& record, uint32_t layer) {
   NEXUSKV_ASSIGN_OR_RETURN(const DType dtype, ToTensorDType(model.dtype(), "model.dtype"));
-  NEXUSKV_ASSIGN_OR_RETURN(std::string bytes, store.ReadTensor(key, record.turn(), layer,
-                                                               store::TensorKind::kProbeQueries));
+  NEXUSKV_ASSIGN_OR_RETURN(
+      std::string bytes,
+      store.ReadTensor(key, record.turn(), layer, store::TensorKind::kProbeQueries));
   std::vector<float> probes(size_t{model.num_query_heads()} * record.num_probe_queries() *
                             model.head_dim());
   NEXUSKV_RETURN_IF_ERROR(DecodeToFloat(bytes, dtype, probes));
   return probes;
-}
-
-std::vector<int64_t> ProbePositions(const store::SegmentRecord& record) {
-  const int64_t first = static_cast<int64_t>(record.first_position());
-  const int64_t p = record.num_probe_queries();
-  std::vector<int64_t> positions(static_cast<size_t>(p));
-  for (int64_t j = 0; j < p; ++j) {
-    positions[j] = first + (record.probe_offsets_size() == p ? record.probe_offsets(j)
-                                                             : record.num_tokens() - p + j);
-  }
-  return positions;
 }
 
 }  // namespace nexuskv::service

@@ -31,10 +31,6 @@ absl::StatusOr<std::vector<float>> LoadProbes(store::Store& store, const store::
                                               const nexuskv::v1::ModelSpec& model,
                                               const store::SegmentRecord& record, uint32_t layer);
 
-// The absolute position of each of `record`'s probes: first_position + probe_offsets[j], or the
-// turn's last P tokens when it was appended without offsets.
-std::vector<int64_t> ProbePositions(const store::SegmentRecord& record);
-
 }  // namespace nexuskv::service
 
 #endif  // NEXUSKV_SERVICE_LOOKAHEAD_H_

@@ -92,10 +92,6 @@ ABSL_FLAG(int, raw_retention_sweep_s, 60,
 ABSL_FLAG(double, merge_share, 0.05,
           "Share of a biased answer spent by token scores that goes to merged entries, each "
           "standing for a run of evicted tokens (0: none; at most 0.5).");
-ABSL_FLAG(bool, probe_scores, false,
-          "Score turns appended without token scores from the session's stored probes (what every "
-          "later probe reads of each token) and serve them by scored selection, as turns with "
-          "the worker's scores are; false: SONIC's fitted ladders serve them.");
 ABSL_FLAG(double, lookahead_share, 0.1,
           "Share of an answer spent by token scores that the range's newest probes (the question "
           "that resumes it) pick first, per layer and kv head, by what they read most (0: none; "
@@ -252,7 +248,6 @@ absl::StatusOr<ServerOptions> ServerOptionsFromFlags() {
         absl::StrCat("--merge_share must be in [0, 0.5], got ", options.core.merge_share));
   }
   options.core.lookahead_share = absl::GetFlag(FLAGS_lookahead_share);
-  options.core.probe_scores = absl::GetFlag(FLAGS_probe_scores);
   if (!(options.core.lookahead_share >= 0.0 && options.core.lookahead_share <= 0.5)) {
     return absl::InvalidArgumentError(
         absl::StrCat("--lookahead_share must be in [0, 0.5], got ", options.core.lookahead_share));

@@ -45,14 +45,12 @@ class SonicCoreTest : public ::testing::Test {
   }
 
   void Start(RawRetention retention, double merge_share = CoreOptions{}.merge_share,
-             double lookahead_share = CoreOptions{}.lookahead_share,
-             bool probe_scores = CoreOptions{}.probe_scores) {
+             double lookahead_share = CoreOptions{}.lookahead_share) {
     core_.reset();
     CoreOptions options;
     options.raw_retention = retention;
     options.merge_share = merge_share;
     options.lookahead_share = lookahead_share;
-    options.probe_scores = probe_scores;
     options.precompute_fits = false;  // fits run when a GetCache awaits them: determinism
     core_ = std::make_unique<KvMemoryCore>(store_.get(), &compressor::CompressorRegistry::Default(),
                                            options);
@@ -691,37 +689,6 @@ TEST_F(SonicCoreTest, TheNewestProbesPinTheTokensTheyReadMostInEveryLayerAndHead
   }
   EXPECT_LE(held_total, 2 * (40 + 8)) << "the budget holds over the layers";
   EXPECT_GT(beyond_scores, 0) << "the probes picked tokens the scores would have evicted";
-}
-
-TEST_F(SonicCoreTest, WithProbeScoresTurnsWithoutTokenScoresAreScoredFromTheProbesNotFitted) {
-  // Turns of 40, 40 and 8 tokens, probes but no token scores; the last one is kept raw.
-  ASSERT_TRUE(Append(0, 40, 0).ok());
-  ASSERT_TRUE(Append(1, 40, 40).ok());
-  ASSERT_TRUE(Append(2, 8, 80).ok());
-  const store::SessionKey key{"default", "s"};
-  Start(RawRetention{}, CoreOptions{}.merge_share, CoreOptions{}.lookahead_share,
-        /*probe_scores=*/true);
-  auto plan = core_->PlanCache("default", Request(v1::SONIC, 0.5, 1));
-  ASSERT_TRUE(plan.ok()) << plan.status();
-  auto layers = Layers(**plan);
-  ASSERT_TRUE(layers.ok()) << layers.status();
-  const v1::CacheHeader& h = (*plan)->header();
-  EXPECT_EQ(h.notes(), "");
-  EXPECT_LE(h.entries_per_layer(0) + h.entries_per_layer(1), 2 * (40 + 8))
-      << "the budget holds over the layers";
-  for (uint32_t t : {0u, 1u}) {
-    EXPECT_EQ(h.turns(t).method(), v1::SONIC);
-    EXPECT_FALSE(h.turns(t).raw());
-    absl::StatusOr<bool> fitted = store_->HasFit(key, t, "SONIC");
-    ASSERT_TRUE(fitted.ok()) << fitted.status();
-    EXPECT_FALSE(*fitted) << "turn " << t << ": scored from the probes, no ladder fitted";
-  }
-  // Without probe scores the same request waits for the ladders.
-  Start(RawRetention{});
-  ASSERT_TRUE(core_->PlanCache("default", Request(v1::SONIC, 0.5, 1)).ok());
-  absl::StatusOr<bool> fitted = store_->HasFit(key, 0, "SONIC");
-  ASSERT_TRUE(fitted.ok()) << fitted.status();
-  EXPECT_TRUE(*fitted);
 }
 
 TEST_F(SonicCoreTest, MergedEntriesStandForRunsOfTheBestEvictedTokensAcrossTurns) {

@@ -1,8 +1,6 @@
-// What stored probe queries read over a GetCache range's compressed tokens, per layer and kv
-// head: the lookahead weights of scored selection (SelectionOptions::lookahead_share), and token
-// scores for a worker that sends none (AddProbeScoresLayer, at the end).
+// Lookahead weights for scored selection (SelectionOptions::lookahead_share): how much the newest
+// probe queries of a GetCache range read each compressed token, per layer and kv head.
 //
-// Lookahead weights: how much the newest probe queries of the range read each compressed token.
 // A worker's token scores come from a repeat of each turn as it ends, so they rank what a turn's
 // own text needs; the question that resumes the conversation (the newest turn, usually kept raw)
 // may ask about a token nobody repeated. Its probes rank the history for that: for one layer,
@@ -21,7 +19,6 @@
 #ifndef NEXUSKV_COMPRESSOR_SCORED_LOOKAHEAD_H_
 #define NEXUSKV_COMPRESSOR_SCORED_LOOKAHEAD_H_
 
-#include <cstdint>
 #include <span>
 #include <vector>
 
@@ -39,24 +36,6 @@ namespace nexuskv::compressor::scored {
 absl::Status AddLookaheadLayer(int layer, std::span<const float> probes, int num_query_heads,
                                std::span<const TurnKv> kv, int head_dim,
                                const ComputeBackend& compute, std::vector<ScoredTurn>& turns);
-
-// One turn's stored probe queries: [Hq, P, D] float32 and each probe's absolute position [P].
-struct ProbeRows {
-  std::span<const float> queries;
-  std::span<const int64_t> positions;
-};
-
-// Token scores from probes, for a range whose turns came without the worker's: sets
-// turns[u].scores[layer] ([H * T_u]) for every turn. Every probe of every set (the range's turns,
-// raw ones too), in every query head of a kv head's group, attends causally over the range's
-// compressed tokens at positions up to its own (turns[u].first_position + i; one softmax over
-// the turns concatenated), and a token's score is the mean weight over the rows that see it, so
-// early tokens are not ranked up for being seen by more rows; a token no probe sees scores 0.
-// A probe that sees no token is skipped. Every turns[u].scores must already have more than
-// `layer` layers; kv as for AddLookaheadLayer. InvalidArgument on any shape that disagrees.
-absl::Status AddProbeScoresLayer(int layer, std::span<const ProbeRows> probes, int num_query_heads,
-                                 std::span<const TurnKv> kv, int head_dim,
-                                 const ComputeBackend& compute, std::vector<ScoredTurn>& turns);
 
 }  // namespace nexuskv::compressor::scored
 
