@@ -97,6 +97,10 @@ ABSL_FLAG(double, lookahead_share, 0.1,
           "that resumes it) pick first, per layer and kv head, by what they read most (0: none; "
           "at most 0.5).");
 ABSL_FLAG(int, rpc_threads, 8, "Threads for blocking RPC work (RocksDB, cache assembly).");
+ABSL_FLAG(int, blas_threads, 1,
+          "Threads each OpenBLAS product may use (0: OpenBLAS's default, OPENBLAS_NUM_THREADS or "
+          "one per core). The RPC and fit threads already "
+          "run products side by side; more per product mostly spin.");
 ABSL_FLAG(int, shutdown_grace_s, 20, "Seconds in-flight RPCs get to finish on SIGTERM/SIGINT.");
 ABSL_FLAG(std::string, tls_cert_file, "",
           "PEM server certificate chain; with --tls_key_file "
@@ -253,6 +257,11 @@ absl::StatusOr<ServerOptions> ServerOptionsFromFlags() {
         absl::StrCat("--lookahead_share must be in [0, 0.5], got ", options.core.lookahead_share));
   }
   options.rpc_threads = absl::GetFlag(FLAGS_rpc_threads);
+  options.blas_threads = absl::GetFlag(FLAGS_blas_threads);
+  if (options.blas_threads < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--blas_threads must be >= 0, got ", options.blas_threads));
+  }
   options.shutdown_grace = absl::Seconds(absl::GetFlag(FLAGS_shutdown_grace_s));
   options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert_file);
   options.tls_key_file = absl::GetFlag(FLAGS_tls_key_file);

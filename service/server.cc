@@ -204,6 +204,7 @@ absl::Status RunServer(const ServerOptions& options) {
     NEXUSKV_ASSIGN_OR_RETURN(tenants, TenantDirectory::Load(options.auth_tokens_file));
   }
   NEXUSKV_ASSIGN_OR_RETURN(std::unique_ptr<store::Store> store, store::Store::Open(options.store));
+  compressor::SetCpuBlasThreads(options.blas_threads);
   // The compressors compute on the --device backend.
   const compressor::ComputeBackend& compute =
       options.compute != nullptr ? *options.compute : compressor::CpuCompute();

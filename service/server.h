@@ -28,6 +28,7 @@ struct ServerOptions {
   store::Options store;                    // store.path is the data directory.
   CoreOptions core;
   int rpc_threads = 8;      // Executor threads for blocking RPC work.
+  int blas_threads = 1;     // compressor::SetCpuBlasThreads; 0: OpenBLAS's default.
   size_t rpc_queue = 4096;  // Queued RPC work beyond which calls fail with UNAVAILABLE.
   absl::Duration shutdown_grace = absl::Seconds(20);
 

@@ -228,6 +228,13 @@ class ComputeBackend {
 // against. A process-wide singleton; never destroyed.
 const ComputeBackend& CpuCompute();
 
+// Threads each OpenBLAS call may use, process-wide (CpuCompute's products and SONIC's fits). A
+// server already runs many calls at once on its RPC and fit threads; with more than one BLAS
+// thread per call, on a small product (a GetCache's lookahead: 24 probe rows against a few
+// thousand keys) the extra threads spin waiting for work and burn CPU without making the call
+// faster (docs/performance.md). threads < 1 leaves OpenBLAS's default (one per core).
+void SetCpuBlasThreads(int threads);
+
 // For wrappers whose shapes are valid by construction and that run on CpuCompute (which fails
 // only on shapes that break an operation's contract): an error is a bug, so this prints it and
 // aborts, as a CHECK would. Never use it on a device backend's result.

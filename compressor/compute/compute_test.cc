@@ -4,6 +4,8 @@
 // references with the tolerances named in compute.h.
 #include "compressor/compute/compute.h"
 
+#include <cblas.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -19,6 +21,16 @@
 
 namespace nexuskv::compressor {
 namespace {
+
+TEST(CpuBlasThreadsTest, SetsOpenBlasPoolAndZeroLeavesIt) {
+  const int before = openblas_get_num_threads();
+  SetCpuBlasThreads(1);
+  EXPECT_EQ(openblas_get_num_threads(), 1);
+  SetCpuBlasThreads(0);
+  EXPECT_EQ(openblas_get_num_threads(), 1) << "0 leaves the pool as it is";
+  SetCpuBlasThreads(before);
+  EXPECT_EQ(openblas_get_num_threads(), before);
+}
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();

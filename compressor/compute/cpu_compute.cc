@@ -187,6 +187,10 @@ const ComputeBackend& CpuCompute() {
   return *backend;
 }
 
+void SetCpuBlasThreads(int threads) {
+  if (threads >= 1) openblas_set_num_threads(threads);
+}
+
 void DieUnlessOk(const absl::Status& status) {
   if (status.ok()) return;
   std::fprintf(stderr, "nexuskv compute: %s\n", status.ToString().c_str());
