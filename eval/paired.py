@@ -7,12 +7,14 @@ A run is an eval.run folder (results.json) or an eval.signals folder (signals.js
 item a dialogue).
 
 Means over different items (KVzip runs on every 4th item only) are not comparable; the mean of
-per-item differences, with its standard error, is. Dialogues only (needle items are scored on the
-fact, not the reply): KL and top-1 at every keep_ratio both methods have, and on how many items
-the first method is better, with the mean held fraction of each (the memory the engine holds,
+per-item differences, with its standard error, is. KL and top-1 over the dialogues, and over the
+needle items (scored on the fact, not the reply) the answer value's log-probability and whether
+greedy decoding recalls it, at every keep_ratio both methods have; on how many items the first
+method is better, with the mean held fraction of each (the memory the engine holds,
 eval.report.held_of): compare methods at the same held fraction, not the same ratio asked for.
 To pair two keep_ratios (a method whose answers hold less than asked, against a press at the
-fraction it holds), name them: `sonic@0.2 kvpress:snapkv@0.2`.
+fraction it holds), name them: `sonic@0.2 kvpress:snapkv@0.2`; a row without a ratio (`full`)
+pairs with every ratio of the other: `sonic@0.2 full`.
 """
 
 from __future__ import annotations
@@ -25,28 +27,43 @@ from typing import Any
 
 from eval.report import held_of
 
+# (metric, item kind, lower is better)
+METRICS = (
+    ("kl", "dialogue", True),
+    ("top1", "dialogue", False),
+    ("needle_logp", "needle", False),
+    ("needle_hit", "needle", False),
+)
+
 
 def paired(run: dict[str, Any], first: str, second: str) -> list[dict[str, Any]]:
     """One row per (keep_ratio, metric): n, both means, the mean difference first - second, its
-    standard error, the items where `first` is better (lower KL, higher top-1), and each one's mean
-    held fraction. `first` and `second` are methods (paired at every keep_ratio of `first`) or
-    both method@ratio (paired at those). The two means are keyed by `first` and `second` as given."""
-    label_a, label_b = first, second
-    if "@" in first and "@" in second:
-        (first, _, ratio_a), (second, _, ratio_b) = first.partition("@"), second.partition("@")
-        ratio_pairs = [(ratio_a, ratio_b)]
-    else:
-        ratios = {k.partition("@")[2] for k in run["config_keys"] if k.startswith(first + "@")}
-        ratio_pairs = [(r, r) for r in sorted(ratios, key=float, reverse=True)]
+    standard error, the items where `first` is better (lower KL; higher top-1, needle log p and
+    hit), and each one's mean held fraction. `first` and `second` are methods (paired at every
+    keep_ratio of `first`), method@ratio (paired at that), or a row without a ratio such as
+    `full`. The two means are keyed by `first` and `second` as given."""
+    keys = set(run["config_keys"])
+
+    def ratios(label: str) -> list[str]:
+        if "@" in label:
+            return [label.partition("@")[2]]
+        return sorted(
+            {k.partition("@")[2] for k in keys if k.startswith(label + "@")}, key=float, reverse=True
+        )
+
+    def key(label: str, ratio: str) -> str:
+        return label if "@" in label or label in keys else f"{label}@{ratio}"
+
     rows = []
-    for ratio, ratio_b in ratio_pairs:
-        for metric, lower_is_better in (("kl", True), ("top1", False)):
+    for ratio in ratios(first) or ratios(second):
+        key_a, key_b = key(first, ratio), key(second, ratio)
+        for metric, kind, lower_is_better in METRICS:
             pairs = []
             helds = []
             for item in run["items"]:
                 results = item["results"]
-                a, b = results.get(f"{first}@{ratio}"), results.get(f"{second}@{ratio_b}")
-                if item["kind"] == "dialogue" and a and b and metric in a and metric in b:
+                a, b = results.get(key_a), results.get(key_b)
+                if item["kind"] == kind and a and b and metric in a and metric in b:
                     pairs.append((a[metric], b[metric]))
                     helds.append((held_of(a), held_of(b)))
             if len(pairs) < 2:
@@ -61,8 +78,8 @@ def paired(run: dict[str, Any], first: str, second: str) -> list[dict[str, Any]]
                     "keep_ratio": float(ratio),
                     "metric": metric,
                     "n": n,
-                    label_a: sum(x for x, _ in pairs) / n,
-                    label_b: sum(y for _, y in pairs) / n,
+                    first: sum(x for x, _ in pairs) / n,
+                    second: sum(y for _, y in pairs) / n,
                     "diff": mean,
                     "se": se,
                     "first_better": better,
@@ -90,7 +107,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     run = load(Path(args.run))
     rows = paired(run, args.first, args.second)
     if not rows:
-        p.error(f"no dialogue has both {args.first} and {args.second} at one keep_ratio")
+        p.error(f"no item has both {args.first} and {args.second} at one keep_ratio")
     first, second = args.first, args.second
     print(f"| keep_ratio | held | metric | n | {first} | {second} | difference | {first} better |")
     print("|---|---|---|---|---|---|---|---|")

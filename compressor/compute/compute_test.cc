@@ -24,6 +24,8 @@ namespace {
 
 TEST(CpuBlasThreadsTest, SetsOpenBlasPoolAndZeroLeavesIt) {
   const int before = openblas_get_num_threads();
+  SetCpuBlasThreads(2);
+  EXPECT_EQ(openblas_get_num_threads(), 2);
   SetCpuBlasThreads(1);
   EXPECT_EQ(openblas_get_num_threads(), 1);
   SetCpuBlasThreads(0);

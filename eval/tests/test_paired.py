@@ -74,3 +74,27 @@ def test_two_named_ratios_are_paired_and_each_sides_held_fraction_is_reported():
     assert kl["n"] == 2 and kl["keep_ratio"] == 0.38
     assert kl["diff"] == pytest.approx(((0.1 - 0.3) + (0.2 - 0.2)) / 2)
     assert kl["held"] == pytest.approx(((0.36 + 0.4) / 2, (0.36 + 0.4) / 2))
+
+
+def test_needle_items_are_paired_on_the_value_and_a_row_without_ratio_pairs_with_every_ratio():
+    def needle(logp, hit, full_logp):
+        return _item(
+            "needle",
+            {
+                "a@0.5": {"kl": 1.0, "top1": 0.5, "needle_logp": logp, "needle_hit": hit},
+                "full": {"kl": 0.0, "top1": 1.0, "needle_logp": full_logp, "needle_hit": 1.0},
+            },
+        )
+
+    run = {
+        "config_keys": ["full", "a@0.5"],
+        "items": [needle(-3.0, 0.0, -1.0), needle(-1.5, 1.0, -1.0), needle(-2.0, 0.0, -0.5)],
+    }
+    rows = {r["metric"]: r for r in paired(run, "a@0.5", "full")}
+    assert set(rows) == {"needle_logp", "needle_hit"}, "needles add no KL or top-1 rows"
+    logp = rows["needle_logp"]
+    assert logp["n"] == 3 and logp["keep_ratio"] == 0.5
+    assert logp["diff"] == pytest.approx((-2.0 - 0.5 - 1.5) / 3)
+    assert logp["first_better"] == 0  # higher log p is better
+    assert rows["needle_hit"]["diff"] == pytest.approx(-2 / 3)
+    assert [r["metric"] for r in paired(run, "a", "full")] == ["needle_logp", "needle_hit"]

@@ -256,16 +256,6 @@ absl::StatusOr<std::string_view> RocksDbStore::CheckedPayload(const rocksdb::Sta
   return read;
 }
 
-// Tensor reads (the bulk of every GetCache) skip RocksDB's own checksums: every stored value
-// carries its XXH3-64 (DecodeChecksummedValue), which covers every payload byte, so a corrupt blob
-// is still DATA_LOSS. RocksDB's CRC32c of each blob record on top of it cost FULL GetCache 44% of
-// its server CPU (docs/performance.md, "One checksum per tensor read").
-rocksdb::ReadOptions RocksDbStore::TensorReadOptions() {
-  rocksdb::ReadOptions options;
-  options.verify_checksums = false;
-  return options;
-}
-
 absl::StatusOr<std::optional<std::string>> RocksDbStore::ReadChecksummed(
     rocksdb::ColumnFamilyHandle* cf, const std::string& key, std::string_view what) {
   std::string value;
@@ -280,8 +270,14 @@ absl::StatusOr<std::optional<StoredTensor>> RocksDbStore::ReadChecksummedPinned(
     rocksdb::ColumnFamilyHandle* cf, const std::string& key, std::string_view what) {
   // A blob value is read into a buffer RocksDB hands over to the slice (no copy); a value in the
   // memtable or an SST block is copied into or pinned by it, as Get into a string would.
+  // Tensor reads (the bulk of every GetCache) skip RocksDB's own checksums: the value carries its
+  // XXH3-64 (CheckedPayload), which covers every payload byte, so a corrupt blob is still
+  // DATA_LOSS. RocksDB's CRC32c of each blob record on top of it cost FULL GetCache 44% of its
+  // server CPU (docs/performance.md, "One checksum per tensor read").
+  rocksdb::ReadOptions options;
+  options.verify_checksums = false;
   auto value = std::make_shared<rocksdb::PinnableSlice>();
-  const rocksdb::Status status = db_->Get(TensorReadOptions(), cf, key, value.get());
+  const rocksdb::Status status = db_->Get(options, cf, key, value.get());
   if (status.IsNotFound()) return std::nullopt;
   NEXUSKV_ASSIGN_OR_RETURN(const std::string_view payload,
                            CheckedPayload(status, value->ToStringView(), what));

@@ -108,13 +108,11 @@ class RocksDbStore final : public Store {
   absl::StatusOr<std::optional<std::string>> ReadChecksummed(rocksdb::ColumnFamilyHandle* cf,
                                                              const std::string& key,
                                                              std::string_view what);
-  // The same read into a PinnableSlice (RocksDB's buffer, no copy into a string), with
-  // TensorReadOptions: for tensors only.
+  // The same read into a PinnableSlice (RocksDB's buffer, no copy into a string), without
+  // RocksDB's own checksums (the value's verifies every byte): for tensors only.
   absl::StatusOr<std::optional<StoredTensor>> ReadChecksummedPinned(rocksdb::ColumnFamilyHandle* cf,
                                                                     const std::string& key,
                                                                     std::string_view what);
-  // RocksDB's checksums off: the value's own checksum verifies every byte of it.
-  static rocksdb::ReadOptions TensorReadOptions();
   // The payload of `value` as Get returned it with `status`: the read error, or DataLoss (logged)
   // when the checksum does not match. `status` is not NotFound.
   absl::StatusOr<std::string_view> CheckedPayload(const rocksdb::Status& status,
