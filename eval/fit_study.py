@@ -18,6 +18,15 @@ tokens before it):
   recon        all of those repeat queries: as many rows as the turn has tokens, for every query
                head (three times the turn's keys for SmolLM2), too many to send.
   reply        the teacher-forced reply's own queries: the oracle, which no tier has.
+  draft        the queries of a draft reply: the worker greedy-decodes the reply's length on the
+               served answer (the assistant header, then its own tokens) and sends those queries
+               back for a refit, a second round trip. Self-generated queries: anyone can have
+               them, one draft decode later. Two more rows use them to pick instead of fit:
+               draft-pick is the server's answer at the same budget with the draft appended as a
+               raw turn whose probes are all its queries (so the question's share,
+               --lookahead_share, is picked by the draft), the draft's entries then taken off;
+               draft-pick-all refits that answer to the draft's queries. draft2-all: a second
+               draft on the answer refit to the first, and the answer refit to its queries.
 Fits:
   all          every history entry: NNLS biases (target: each row's history mass), then values
                (target: each row's history output), ridge 0.1 x mean diagonal towards the old ones.
@@ -25,6 +34,8 @@ Fits:
                (kept tokens stay exact).
 
   .venv/bin/python -m eval.fit_study --skip 25 --dialogues 10 --out eval-out/fit-study
+  .venv/bin/python -m eval.fit_study --rows draft,reply ...   # a subset of the rows
+  .venv/bin/python -m eval.fit_study --summary A/results.json B/results.json   # runs' tables, pooled
 
 docs/experiments/sonic-fit-study.md has the results.
 """
@@ -33,8 +44,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +58,7 @@ from transformers import DynamicCache
 from eval.protocol import ASSISTANT_HEADER, compare, scores_per_turn
 from nexuskv import Client, hf
 
-ROWS = ("turn-probes", "recon-32", "recon", "reply")
+ROWS = ("turn-probes", "recon-32", "recon", "reply", "draft")
 FITS = ("all", "merged")
 PROBES = 32
 RIDGE = 0.1
@@ -198,7 +211,60 @@ def _spread(n: int, count: int) -> torch.Tensor:
     return torch.linspace(0, n - 1, min(count, n)).round().long()
 
 
-def evaluate(lm: Any, client: Client, index: int, dialogue: Any, ratios: list[float]) -> dict[str, Any]:
+def draft(
+    model: Any, cache: hf.NexusCache, header: torch.Tensor, length: int
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """A draft reply on `cache` (extended in place): the assistant header, then `length` greedy
+    tokens. Its queries, keys and values per layer ([Hq or H, header + length - 1, D]; the last
+    token is never fed)."""
+    with hf.record_queries() as rec:
+        hf.greedy_generate(model, header, cache, length)
+    fed = header.shape[1] + length - 1
+    # Layers of a scored answer hold different counts: the draft is each layer's last `fed`.
+    layers = range(hf.num_layers(cache))
+    keys = [cache.layers[li].keys[0, :, -fed:].contiguous() for li in layers]
+    values = [cache.layers[li].values[0, :, -fed:].contiguous() for li in layers]
+    return rec.probes(0, fed), keys, values
+
+
+def without_tail(answer: Any, tail: int, next_position: int) -> Any:
+    """The answer less its last `tail` entries per layer, which must be the raw tokens at
+    next_position .. next_position + tail - 1 in every kv head (a turn appended only to steer)."""
+    layers = []
+    for layer in answer.layers:
+        want = np.arange(next_position, next_position + tail)
+        if not (layer.positions[:, -tail:] == want).all():
+            raise ValueError(f"layer {layer.layer}: the last {tail} entries are not the steering turn")
+        layers.append(
+            dataclasses.replace(
+                layer,
+                keys=layer.keys[:, :-tail],
+                values=layer.values[:, :-tail],
+                bias=None if layer.bias is None else layer.bias[:, :-tail],
+                positions=layer.positions[:, :-tail],
+            )
+        )
+    return dataclasses.replace(
+        answer,
+        layers=layers,
+        next_position=next_position,
+        entries_per_layer=[n - tail for n in answer.entries_per_layer],
+    )
+
+
+def evaluate(
+    lm: Any,
+    client: Client,
+    index: int,
+    dialogue: Any,
+    ratios: list[float],
+    names: Sequence[str] = ROWS,
+    span: tuple[int, int] | None = None,
+    draft_tokens: int = 0,
+) -> dict[str, Any]:
+    """One dialogue: KL of every row against full context; with a needle item's value span, the
+    value's log p and hit per row too (key "full": full context's own). draft_tokens: the drafts'
+    length (0: the reply's)."""
     model, tok = lm.model, lm.tokenizer
     header = len(tok.encode(ASSISTANT_HEADER, add_special_tokens=False))
     repeat_ids = tok.encode(hf.REPEAT_PROMPT, add_special_tokens=False)
@@ -223,67 +289,133 @@ def evaluate(lm: Any, client: Client, index: int, dialogue: Any, ratios: list[fl
     turns = [s.ids for s in segs[:-1]]
     scores = scores_per_turn(model, cache, turns, repeat_ids)
     sid = f"fit-study-{index}-{dialogue.id}"
-    start, probe_rows = 0, []
+    start, probe_rows, appends = 0, [], []
     for turn, seg in enumerate(segs[:-1]):
         end = start + len(seg.ids)
         keys, values = hf.turn_kv(cache, start, end)
         probes, offsets = rec.spread(start, end, PROBES)
         probe_rows.append((probes, torch.tensor(offsets) + start + 1))  # a query sees itself
-        client.append_turn(
-            sid,
-            turn,
-            keys,
-            values,
-            probes,
-            role=seg.role,
-            model_id=lm.model_id,
-            first_position=start,
-            probe_offsets=offsets,
-            token_scores=scores[turn],
+        appends.append(
+            dict(
+                turn=turn,
+                keys=keys,
+                values=values,
+                probe_queries=probes,
+                role=seg.role,
+                model_id=lm.model_id,
+                first_position=start,
+                probe_offsets=offsets,
+                token_scores=scores[turn],
+            )
         )
         start = end
-    recon = repeat_queries(model, cache, turns, repeat_ids)
-    rows = {
-        "turn-probes": _stack(probe_rows),
-        "recon-32": _stack(
-            [
-                (
-                    [q[:, _spread(q.shape[1], PROBES)] for q in qs],
-                    torch.full((min(PROBES, qs[0].shape[1]),), end),
-                )
-                for qs, end in recon
-            ]
-        ),
-        "recon": _stack([(qs, torch.full((qs[0].shape[1],), end)) for qs, end in recon]),
-        "reply": (
+    for a in appends:
+        client.append_turn(sid, **a)
+    rows: dict[str, tuple[list[torch.Tensor], torch.Tensor]] = {}
+    if "turn-probes" in names:
+        rows["turn-probes"] = _stack(probe_rows)
+    if "recon-32" in names or "recon" in names:
+        recon = repeat_queries(model, cache, turns, repeat_ids)
+        if "recon-32" in names:
+            rows["recon-32"] = _stack(
+                [
+                    (
+                        [q[:, _spread(q.shape[1], PROBES)] for q in qs],
+                        torch.full((min(PROBES, qs[0].shape[1]),), end),
+                    )
+                    for qs, end in recon
+                ]
+            )
+        if "recon" in names:
+            rows["recon"] = _stack([(qs, torch.full((qs[0].shape[1],), end)) for qs, end in recon])
+    if "reply" in names:
+        rows["reply"] = (
             rec.probes(prefix_len, prefix_len + forced_in.shape[1]),
             torch.full((forced_in.shape[1],), hist_len),
-        ),
-    }
+        )
     results: dict[str, float] = {}
+    held: dict[str, list[int]] = {}
+    needle: dict[str, dict[str, float]] = {}
     for ratio in ratios:
         answer = client.get_cache(sid, method="sonic", keep_ratio=ratio, keep_recent_turns=1, bias=True)
         caches = {f"base@{ratio:g}": hf.cache_from_answer(answer)}
+        if "draft" in names:
+            q, dk, dv = draft(
+                model, hf.cache_from_answer(answer), forced_in[:, :header], draft_tokens or reply
+            )
+            rows["draft"] = (q, torch.full((q[0].shape[1],), hist_len))
+            # A second draft, on the answer refit to the first one's queries; the answer refit to it.
+            refit = refit_answer(answer, cache, hist_len, q, rows["draft"][1], "all")
+            q2, _, _ = draft(model, refit, forced_in[:, :header], draft_tokens or reply)
+            caches[f"draft2-all@{ratio:g}"] = refit_answer(
+                answer, cache, hist_len, q2, torch.full((q2[0].shape[1],), hist_len), "all"
+            )
+            # The same budget again, its question's share picked by the draft's queries: the draft
+            # goes in as one more raw turn whose probes are all its queries, then comes off.
+            steered = f"{sid}-draft-{ratio:g}"
+            for a in appends:
+                client.append_turn(steered, **a)
+            client.append_turn(
+                steered,
+                len(appends),
+                dk,
+                dv,
+                q,
+                role="assistant",
+                model_id=lm.model_id,
+                first_position=prefix_len,
+            )
+            picked = client.get_cache(
+                steered, method="sonic", keep_ratio=ratio, keep_recent_turns=2, bias=True
+            )
+            client.delete(steered)
+            picked = without_tail(picked, q[0].shape[1], prefix_len)
+            caches[f"draft-pick@{ratio:g}"] = hf.cache_from_answer(picked)
+            caches[f"draft-pick-all@{ratio:g}"] = refit_answer(
+                picked, cache, hist_len, q, rows["draft"][1], "all"
+            )
+            held[f"draft-pick@{ratio:g}"] = picked.entries_per_layer
+        held[f"base@{ratio:g}"] = answer.entries_per_layer
         for name, (q, horizon) in rows.items():
             for fit in FITS:
                 caches[f"{name}-{fit}@{ratio:g}"] = refit_answer(answer, cache, hist_len, q, horizon, fit)
         for key, c in caches.items():
             logp = torch.log_softmax(hf.forward(model, forced_in, c)[0, -reply:].float(), -1)
-            results[key] = compare(ref, logp, targets, None)["kl"]
+            metrics = compare(ref, logp, targets, span)
+            results[key] = metrics["kl"]
+            if span is not None:
+                needle[key] = {"logp": metrics["needle_logp"], "hit": metrics["needle_hit"]}
     client.delete(sid)
-    return {"index": index, "id": dialogue.id, "history_tokens": hist_len, "kl": results}
+    record = {"index": index, "id": dialogue.id, "history_tokens": hist_len, "kl": results, "entries": held}
+    if span is not None:
+        own = compare(ref, ref, targets, span)
+        record["needle"] = {"full": {"logp": own["needle_logp"], "hit": own["needle_hit"]}, **needle}
+    return record
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m eval.fit_study", description=__doc__.split("\n\n")[0])
     p.add_argument("--skip", type=int, default=25)
     p.add_argument("--dialogues", type=int, default=10)
+    p.add_argument(
+        "--needles", type=int, default=0, help="needle items after the dialogues, as eval.run builds them"
+    )
     p.add_argument("--ratios", default="0.1,0.2")
     p.add_argument("--server-binary", default="build/bin/nexuskv-server")
+    p.add_argument("--server-flags", default="", help="extra server flags, space separated")
     p.add_argument("--out", default="eval-out/fit-study")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--draft-tokens", type=int, default=0, help="tokens per draft (0: the reply's length)")
+    p.add_argument("--rows", default=",".join(ROWS), help=f"reference rows to fit, of {','.join(ROWS)}")
+    p.add_argument("--summary", nargs="+", metavar="RESULTS", help="only summarize these results.json files")
     args = p.parse_args(argv)
-    from eval import dialogues
+    if args.summary:
+        print(summary(merge(args.summary)))
+        return
+    names = args.rows.split(",")
+    if unknown := set(names) - set(ROWS):
+        p.error(f"unknown rows {sorted(unknown)}; choose from {','.join(ROWS)}")
+    from eval import dialogues, needle
     from eval import model as model_mod
     from nexuskv.local_server import LocalServer
 
@@ -292,17 +424,27 @@ def main(argv: list[str] | None = None) -> None:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     lm = model_mod.load()
-    selected = dialogues.select(lm.tokenizer, args.skip + args.dialogues, seed=0, max_tokens=2048)[
-        args.skip :
+    selected = dialogues.select(
+        lm.tokenizer, args.skip + args.dialogues + args.needles, seed=0, max_tokens=2048
+    )[args.skip :]
+    # eval.run's item sets: --skip S --dialogues N --needles M here are its items of the same flags.
+    items: list[tuple[Any, tuple[int, int] | None]] = [(d, None) for d in selected[: args.dialogues]]
+    items += [
+        (n.dialogue, n.value_span)
+        for n in needle.make_items(
+            lm.tokenizer, selected[args.dialogues :] + selected[: args.dialogues], args.needles, seed=1
+        )
     ]
     ratios = [float(r) for r in args.ratios.split(",")]
-    server = LocalServer(args.server_binary, log_path=out_dir / "server.log").start()
+    server = LocalServer(
+        args.server_binary, extra_args=args.server_flags.split(), log_path=out_dir / "server.log"
+    ).start()
     records = []
     try:
         client = Client(server.target)
-        for i, d in enumerate(selected):
+        for i, (d, span) in enumerate(items):
             t0 = time.perf_counter()
-            records.append(evaluate(lm, client, args.skip + i, d, ratios))
+            records.append(evaluate(lm, client, args.skip + i, d, ratios, names, span, args.draft_tokens))
             (out_dir / "results.json").write_text(json.dumps(records, indent=1))
             kl = records[-1]["kl"]
             print(
@@ -313,15 +455,43 @@ def main(argv: list[str] | None = None) -> None:
     print(summary(records))
 
 
+def _paired(diff: np.ndarray, sign: int = -1) -> str:
+    """mean +- s.e. of paired differences, and on how many items it is better (sign -1: lower is)."""
+    se = diff.std(ddof=1) / len(diff) ** 0.5 if len(diff) > 1 else float("nan")
+    return f"{diff.mean():+.4f} +- {se:.4f} (better on {int((sign * diff > 0).sum())})"
+
+
+def merge(paths: list[str]) -> list[dict[str, Any]]:
+    """The records of several runs' results.json, keeping the rows every record has."""
+    records = [r for path in paths for r in json.loads(Path(path).read_text())]
+    for part in ("kl", "needle"):
+        held = [r for r in records if part in r]
+        common = set.intersection(*(set(r[part]) for r in held)) if held else set()
+        for r in held:
+            r[part] = {k: v for k, v in r[part].items() if k in common}
+    return records
+
+
 def summary(records: list[dict[str, Any]]) -> str:
-    """Mean KL per row and its paired difference against base at the same ratio (mean +- s.e.)."""
-    lines = [f"| row | mean KL | vs base (n={len(records)}) |", "|---|---|---|"]
-    for key in records[0]["kl"]:
-        kl = np.array([r["kl"][key] for r in records])
-        base = np.array([r["kl"]["base@" + key.split("@")[1]] for r in records])
-        diff = kl - base
-        se = diff.std(ddof=1) / len(diff) ** 0.5 if len(diff) > 1 else float("nan")
-        lines.append(f"| {key} | {kl.mean():.4f} | {diff.mean():+.4f} +- {se:.4f} |")
+    """Mean and median KL per row over the dialogues and its paired difference against base at the
+    same ratio; over the needle items, the value's hits and its log p against base."""
+    lines = []
+    plain = [r for r in records if "needle" not in r]
+    if plain:
+        lines += [f"| row | mean KL | median | vs base (n={len(plain)}) |", "|---|---|---|---|"]
+        for key in plain[0]["kl"]:
+            kl = np.array([r["kl"][key] for r in plain])
+            base = np.array([r["kl"]["base@" + key.split("@")[1]] for r in plain])
+            lines.append(f"| {key} | {kl.mean():.4f} | {np.median(kl):.4f} | {_paired(kl - base)} |")
+    needles = [r for r in records if "needle" in r]
+    if needles:
+        lines += ["", f"| row | hits | value log p vs base (n={len(needles)}) |", "|---|---|---|"]
+        for key in needles[0]["needle"]:
+            logp = np.array([r["needle"][key]["logp"] for r in needles])
+            hits = sum(r["needle"][key]["hit"] for r in needles)
+            at = key.split("@")
+            base = np.array([r["needle"]["base@" + at[-1]]["logp"] for r in needles]) if len(at) > 1 else None
+            lines.append(f"| {key} | {hits:.0f} | {_paired(logp - base, +1) if base is not None else ''} |")
     return "\n".join(lines)
 
 

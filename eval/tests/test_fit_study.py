@@ -1,11 +1,15 @@
 """eval.fit_study: the least-squares fits the study compares (the study itself runs the real model)."""
 
+import json
 import math
 
+import numpy as np
+import pytest
 import torch
 
-from eval.fit_study import nnls, refit_head
-from eval.worker_cost import summary
+from eval.fit_study import merge, nnls, refit_head, summary, without_tail
+from eval.worker_cost import summary as cost_summary
+from nexuskv.types import CacheAnswer, CacheLayer
 
 
 def _history(n: int = 12, d: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -66,8 +70,61 @@ def test_worker_cost_summary_is_ratios_to_the_turns_prefill():
         {"prefill_s": 2.0, "repeat_s": 2.0, "prefill_scores_s": 0.4},
         {"prefill_s": 1.0, "repeat_s": 0.5, "prefill_scores_s": 0.3},
     ]
-    s = summary(rows)
+    s = cost_summary(rows)
     assert s["turns"] == 3 and s["prefill_s"] == 4.0
     assert s["repeat_s_median_ratio"] == 1.0 and s["repeat_s_total_ratio"] == 1.0
     assert math.isclose(s["prefill_scores_s_median_ratio"], 0.2)
     assert math.isclose(s["prefill_scores_s_total_ratio"], 0.2)
+
+
+def _answer(positions: list[list[int]], next_position: int) -> CacheAnswer:
+    pos = np.array(positions, dtype=np.int64)
+    h, n = pos.shape
+    layer = CacheLayer(
+        layer=0,
+        keys=np.arange(h * n * 2, dtype=np.float32).reshape(h, n, 2),
+        values=-np.arange(h * n * 2, dtype=np.float32).reshape(h, n, 2),
+        bias=np.zeros((h, n), dtype=np.float32),
+        positions=pos,
+    )
+    return CacheAnswer(
+        session_id="s",
+        model=None,
+        method="sonic",
+        entries_per_layer=[n],
+        original_tokens=10,
+        next_position=next_position,
+        turns=[],
+        has_bias=True,
+        cache_bytes=0,
+        notes="",
+        layers=[layer],
+    )
+
+
+def test_a_steering_turn_comes_off_the_answer_and_nothing_else_does():
+    # Two kv heads keep different history tokens, then the raw steering turn at positions 7..8.
+    answer = _answer([[0, 3, 5, 7, 8], [0, 2, 6, 7, 8]], next_position=9)
+    out = without_tail(answer, 2, 7)
+    assert out.next_position == 7 and out.entries_per_layer == [3]
+    assert out.layers[0].positions.tolist() == [[0, 3, 5], [0, 2, 6]]
+    assert np.array_equal(out.layers[0].keys, answer.layers[0].keys[:, :3])
+    assert np.array_equal(out.layers[0].values, answer.layers[0].values[:, :3])
+    assert out.layers[0].bias.shape == (2, 3)
+
+
+def test_an_answer_whose_tail_is_not_the_steering_turn_is_refused():
+    answer = _answer([[0, 3, 5, 7, 8], [0, 2, 6, 8, 9]], next_position=9)
+    with pytest.raises(ValueError, match="not the steering turn"):
+        without_tail(answer, 2, 7)
+
+
+def test_runs_pool_on_the_rows_every_record_has(tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps([{"kl": {"base@0.1": 0.2, "x@0.1": 0.1}}]))
+    b.write_text(json.dumps([{"kl": {"base@0.1": 0.4, "x@0.1": 0.1, "y@0.1": 0.3}}]))
+    records = merge([str(a), str(b)])
+    assert [sorted(r["kl"]) for r in records] == [["base@0.1", "x@0.1"]] * 2
+    table = summary(records)
+    assert "| x@0.1 | 0.1000 | 0.1000 | -0.2000 +- 0.1000 (better on 2) |" in table
+    assert "y@0.1" not in table
