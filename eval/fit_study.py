@@ -27,6 +27,9 @@ tokens before it):
                --lookahead_share, is picked by the draft), the draft's entries then taken off;
                draft-pick-all refits that answer to the draft's queries. draft2-all: a second
                draft on the answer refit to the first, and the answer refit to its queries.
+               draft-choose: draft-all or draft-pick, whichever reproduces the history's
+               attention better (history_error) for the draft's odd rows, draft-all fitted to
+               its even rows for the comparison.
 Fits:
   all          every history entry: NNLS biases (target: each row's history mass), then values
                (target: each row's history output), ridge 0.1 x mean diagonal towards the old ones.
@@ -36,6 +39,7 @@ Fits:
   .venv/bin/python -m eval.fit_study --skip 25 --dialogues 10 --out eval-out/fit-study
   .venv/bin/python -m eval.fit_study --rows draft,reply ...   # a subset of the rows
   .venv/bin/python -m eval.fit_study --summary A/results.json B/results.json   # runs' tables, pooled
+  .venv/bin/python -m eval.fit_study --pick-flags=--lookahead_share=0.5 ...   # draft-pick's server
 
 docs/experiments/sonic-fit-study.md has the results.
 """
@@ -143,6 +147,40 @@ def refit_head(
     return bias.float(), vals.float()
 
 
+def refitted(
+    answer: Any,
+    cache: Any,
+    history_len: int,
+    rows: list[torch.Tensor],
+    horizon: torch.Tensor,
+    fit: str,
+) -> Any:
+    """The answer (a CacheAnswer) with every kv head's history entries refit to rows[layer]
+    [Hq, R, D]; keys, positions and counts unchanged."""
+    k_full, v_full = hf.turn_kv(cache, 0, history_len)
+    layers = []
+    for li, layer in enumerate(answer.layers):
+        bias, values = layer.bias.copy(), layer.values.copy()
+        heads = layer.keys.shape[0]
+        group = rows[li].shape[0] // heads
+        for h in range(heads):
+            mine = _history_entries(layer, h, history_len)
+            if not mine.any():
+                continue
+            entries = {
+                "keys": torch.from_numpy(layer.keys[h])[mine],
+                "values": torch.from_numpy(layer.values[h])[mine],
+                "bias": torch.from_numpy(layer.bias[h])[mine],
+                "positions": torch.from_numpy(layer.positions[h])[mine],
+            }
+            q = rows[li][h * group : (h + 1) * group].reshape(-1, layer.keys.shape[2])
+            nb, nv = refit_head(k_full[li][h], v_full[li][h], q, horizon.repeat(group), entries, fit)
+            idx = np.nonzero(mine.numpy())[0]
+            bias[h, idx], values[h, idx] = nb.numpy(), nv.numpy()
+        layers.append(dataclasses.replace(layer, bias=bias, values=values))
+    return dataclasses.replace(answer, layers=layers)
+
+
 def refit_answer(
     answer: Any,
     cache: Any,
@@ -151,33 +189,37 @@ def refit_answer(
     horizon: torch.Tensor,
     fit: str,
 ) -> hf.NexusCache:
-    """The answer with every kv head's history entries refit to rows[layer] [Hq, R, D]."""
-    out = hf.NexusCache(answer.next_position, [None] * len(answer.layers))
+    """refitted(), as a cache the model continues from."""
+    return hf.cache_from_answer(refitted(answer, cache, history_len, rows, horizon, fit))
+
+
+def _history_entries(layer: Any, head: int, history_len: int) -> torch.Tensor:
+    pos = torch.from_numpy(layer.positions[head])
+    return (pos >= 0) & (pos < history_len) & torch.isfinite(torch.from_numpy(layer.bias[head]))
+
+
+def history_error(answer: Any, cache: Any, history_len: int, rows: list[torch.Tensor]) -> float:
+    """How far the answer's history entries are from the history for queries rows[layer]
+    [Hq, R, D] that see all of it: per row, |sum_j e^(q.k_j/sqrt(D) + b_j) v_j - sum_i
+    e^(q.k_i/sqrt(D)) v_i|^2 / |sum_i ...|^2 (the unnormalized output, so mass and output both
+    count), averaged over rows, heads and layers. Needs no reply: the draft's rows will do."""
     k_full, v_full = hf.turn_kv(cache, 0, history_len)
+    errors = []
     for li, layer in enumerate(answer.layers):
-        bias, values = layer.bias.copy(), layer.values.copy()
-        heads = layer.keys.shape[0]
+        heads, d = layer.keys.shape[0], layer.keys.shape[2]
         group = rows[li].shape[0] // heads
         for h in range(heads):
-            pos = torch.from_numpy(layer.positions[h])
-            b = torch.from_numpy(layer.bias[h])
-            mine = (pos >= 0) & (pos < history_len) & torch.isfinite(b)
-            if not mine.any():
-                continue
-            entries = {
-                "keys": torch.from_numpy(layer.keys[h])[mine],
-                "values": torch.from_numpy(layer.values[h])[mine],
-                "bias": b[mine],
-                "positions": pos[mine],
-            }
-            q = rows[li][h * group : (h + 1) * group].reshape(-1, layer.keys.shape[2])
-            nb, nv = refit_head(k_full[li][h], v_full[li][h], q, horizon.repeat(group), entries, fit)
-            idx = np.nonzero(mine.numpy())[0]
-            bias[h, idx], values[h, idx] = nb.numpy(), nv.numpy()
-        out.bias[li] = torch.from_numpy(bias)
-        DynamicCache.update(out, torch.from_numpy(layer.keys)[None], torch.from_numpy(values)[None], li)
-    out.initial_length = answer.entries_per_layer[0]
-    return out
+            q = rows[li][h * group : (h + 1) * group].reshape(-1, d).double()
+            logits = q @ k_full[li][h].double().T / d**0.5
+            top = logits.max(1, keepdim=True).values
+            want = torch.exp(logits - top) @ v_full[li][h].double()
+            mine = _history_entries(layer, h, history_len)
+            k = torch.from_numpy(layer.keys[h])[mine].double()
+            v = torch.from_numpy(layer.values[h])[mine].double()
+            b = torch.from_numpy(layer.bias[h])[mine].double()
+            got = torch.exp(q @ k.T / d**0.5 + b[None, :] - top) @ v
+            errors.append(((got - want).square().sum(1) / want.square().sum(1).clamp(min=1e-300)).mean())
+    return float(torch.stack(errors).mean())
 
 
 def repeat_queries(
@@ -261,10 +303,12 @@ def evaluate(
     names: Sequence[str] = ROWS,
     span: tuple[int, int] | None = None,
     draft_tokens: int = 0,
+    picker: Client | None = None,
 ) -> dict[str, Any]:
     """One dialogue: KL of every row against full context; with a needle item's value span, the
     value's log p and hit per row too (key "full": full context's own). draft_tokens: the drafts'
-    length (0: the reply's)."""
+    length (0: the reply's). picker: the server that answers draft-pick (default: client's)."""
+    picker = picker or client
     model, tok = lm.model, lm.tokenizer
     header = len(tok.encode(ASSISTANT_HEADER, add_special_tokens=False))
     repeat_ids = tok.encode(hf.REPEAT_PROMPT, add_special_tokens=False)
@@ -336,13 +380,18 @@ def evaluate(
     results: dict[str, float] = {}
     held: dict[str, list[int]] = {}
     needle: dict[str, dict[str, float]] = {}
+    draft_s: dict[str, float] = {}  # seconds to decode the first draft, per ratio
+    errors: dict[str, dict[str, float]] = {}  # history_error on held-out draft rows, per ratio
+    choice: dict[str, str] = {}  # the row draft-choose took, per ratio
     for ratio in ratios:
         answer = client.get_cache(sid, method="sonic", keep_ratio=ratio, keep_recent_turns=1, bias=True)
         caches = {f"base@{ratio:g}": hf.cache_from_answer(answer)}
         if "draft" in names:
+            t0 = time.perf_counter()
             q, dk, dv = draft(
                 model, hf.cache_from_answer(answer), forced_in[:, :header], draft_tokens or reply
             )
+            draft_s[f"{ratio:g}"] = time.perf_counter() - t0
             rows["draft"] = (q, torch.full((q[0].shape[1],), hist_len))
             # A second draft, on the answer refit to the first one's queries; the answer refit to it.
             refit = refit_answer(answer, cache, hist_len, q, rows["draft"][1], "all")
@@ -354,8 +403,8 @@ def evaluate(
             # goes in as one more raw turn whose probes are all its queries, then comes off.
             steered = f"{sid}-draft-{ratio:g}"
             for a in appends:
-                client.append_turn(steered, **a)
-            client.append_turn(
+                picker.append_turn(steered, **a)
+            picker.append_turn(
                 steered,
                 len(appends),
                 dk,
@@ -365,20 +414,33 @@ def evaluate(
                 model_id=lm.model_id,
                 first_position=prefix_len,
             )
-            picked = client.get_cache(
+            picked = picker.get_cache(
                 steered, method="sonic", keep_ratio=ratio, keep_recent_turns=2, bias=True
             )
-            client.delete(steered)
+            picker.delete(steered)
             picked = without_tail(picked, q[0].shape[1], prefix_len)
             caches[f"draft-pick@{ratio:g}"] = hf.cache_from_answer(picked)
             caches[f"draft-pick-all@{ratio:g}"] = refit_answer(
                 picked, cache, hist_len, q, rows["draft"][1], "all"
             )
             held[f"draft-pick@{ratio:g}"] = picked.entries_per_layer
+            # Choose between draft-all and draft-pick by the history's attention for held-out draft
+            # rows: draft-all fitted to the even rows, both judged on the odd ones.
+            even, odd = [x[:, 0::2] for x in q], [x[:, 1::2] for x in q]
+            fitted = refitted(answer, cache, hist_len, even, torch.full((even[0].shape[1],), hist_len), "all")
+            errors[f"{ratio:g}"] = {
+                "base": history_error(answer, cache, hist_len, odd),
+                "draft-all": history_error(fitted, cache, hist_len, odd),
+                "draft-pick": history_error(picked, cache, hist_len, odd),
+            }
+            chosen = min(("draft-all", "draft-pick"), key=errors[f"{ratio:g}"].__getitem__)
+            choice[f"{ratio:g}"] = chosen
         held[f"base@{ratio:g}"] = answer.entries_per_layer
         for name, (q, horizon) in rows.items():
             for fit in FITS:
                 caches[f"{name}-{fit}@{ratio:g}"] = refit_answer(answer, cache, hist_len, q, horizon, fit)
+        if f"{ratio:g}" in choice:
+            caches[f"draft-choose@{ratio:g}"] = copy.deepcopy(caches[f"{choice[f'{ratio:g}']}@{ratio:g}"])
         for key, c in caches.items():
             logp = torch.log_softmax(hf.forward(model, forced_in, c)[0, -reply:].float(), -1)
             metrics = compare(ref, logp, targets, span)
@@ -387,6 +449,8 @@ def evaluate(
                 needle[key] = {"logp": metrics["needle_logp"], "hit": metrics["needle_hit"]}
     client.delete(sid)
     record = {"index": index, "id": dialogue.id, "history_tokens": hist_len, "kl": results, "entries": held}
+    if draft_s:
+        record.update(draft_s=draft_s, draft_errors=errors, draft_choice=choice)
     if span is not None:
         own = compare(ref, ref, targets, span)
         record["needle"] = {"full": {"logp": own["needle_logp"], "hit": own["needle_hit"]}, **needle}
@@ -406,6 +470,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="eval-out/fit-study")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--draft-tokens", type=int, default=0, help="tokens per draft (0: the reply's length)")
+    p.add_argument(
+        "--pick-flags",
+        default=None,
+        help="draft-pick asks a second server with these flags (e.g. a larger share)",
+    )
     p.add_argument("--rows", default=",".join(ROWS), help=f"reference rows to fit, of {','.join(ROWS)}")
     p.add_argument("--summary", nargs="+", metavar="RESULTS", help="only summarize these results.json files")
     args = p.parse_args(argv)
@@ -439,12 +508,20 @@ def main(argv: list[str] | None = None) -> None:
     server = LocalServer(
         args.server_binary, extra_args=args.server_flags.split(), log_path=out_dir / "server.log"
     ).start()
+    picker = None
+    if args.pick_flags is not None:
+        picker = LocalServer(
+            args.server_binary, extra_args=args.pick_flags.split(), log_path=out_dir / "picker.log"
+        ).start()
     records = []
     try:
         client = Client(server.target)
+        pick = Client(picker.target) if picker is not None else None
         for i, (d, span) in enumerate(items):
             t0 = time.perf_counter()
-            records.append(evaluate(lm, client, args.skip + i, d, ratios, names, span, args.draft_tokens))
+            records.append(
+                evaluate(lm, client, args.skip + i, d, ratios, names, span, args.draft_tokens, pick)
+            )
             (out_dir / "results.json").write_text(json.dumps(records, indent=1))
             kl = records[-1]["kl"]
             print(
@@ -452,6 +529,8 @@ def main(argv: list[str] | None = None) -> None:
             )
     finally:
         server.stop()
+        if picker is not None:
+            picker.stop()
     print(summary(records))
 
 
@@ -485,13 +564,20 @@ def summary(records: list[dict[str, Any]]) -> str:
             lines.append(f"| {key} | {kl.mean():.4f} | {np.median(kl):.4f} | {_paired(kl - base)} |")
     needles = [r for r in records if "needle" in r]
     if needles:
-        lines += ["", f"| row | hits | value log p vs base (n={len(needles)}) |", "|---|---|---|"]
+        lines += [
+            "",
+            f"| row | hits | value log p vs base | hits vs full context (n={len(needles)}) |",
+            "|---|---|---|---|",
+        ]
+        full = np.array([r["needle"]["full"]["hit"] for r in needles])
         for key in needles[0]["needle"]:
             logp = np.array([r["needle"][key]["logp"] for r in needles])
-            hits = sum(r["needle"][key]["hit"] for r in needles)
+            hits = np.array([r["needle"][key]["hit"] for r in needles])
             at = key.split("@")
             base = np.array([r["needle"]["base@" + at[-1]]["logp"] for r in needles]) if len(at) > 1 else None
-            lines.append(f"| {key} | {hits:.0f} | {_paired(logp - base, +1) if base is not None else ''} |")
+            vs_base = _paired(logp - base, +1) if base is not None else ""
+            vs_full = _paired(hits - full, +1) if base is not None else ""
+            lines.append(f"| {key} | {hits.sum():.0f} | {vs_base} | {vs_full} |")
     return "\n".join(lines)
 
 

@@ -1,5 +1,6 @@
 """eval.fit_study: the least-squares fits the study compares (the study itself runs the real model)."""
 
+import dataclasses
 import json
 import math
 
@@ -7,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from eval.fit_study import merge, nnls, refit_head, summary, without_tail
+from eval.fit_study import history_error, merge, nnls, refit_head, summary, without_tail
 from eval.worker_cost import summary as cost_summary
+from nexuskv import hf
 from nexuskv.types import CacheAnswer, CacheLayer
 
 
@@ -128,3 +130,34 @@ def test_runs_pool_on_the_rows_every_record_has(tmp_path):
     table = summary(records)
     assert "| x@0.1 | 0.1000 | 0.1000 | -0.2000 +- 0.1000 (better on 2) |" in table
     assert "y@0.1" not in table
+
+
+def test_history_error_is_zero_for_the_history_itself_and_grows_when_a_token_goes():
+    g = torch.Generator().manual_seed(0)
+    k, v = torch.randn(2, 6, 4, generator=g), torch.randn(2, 6, 4, generator=g)
+    cache = hf.cache_from_tensors([k], [v], next_position=6)
+    rows = [torch.randn(4, 5, 4, generator=g)]  # 4 query heads, 2 per kv head, 5 rows each
+    answer = _answer([list(range(6))] * 2, next_position=6)
+    layer = dataclasses.replace(answer.layers[0], keys=k.numpy(), values=v.numpy())
+    whole = dataclasses.replace(answer, layers=[layer])
+    assert history_error(whole, cache, 6, rows) < 1e-12
+    # A merged entry with bias log 2 standing for two tokens with one key and value is exact too.
+    k2, v2 = k.clone(), v.clone()
+    k2[:, 5], v2[:, 5] = k2[:, 4], v2[:, 4]
+    cache2 = hf.cache_from_tensors([k2], [v2], next_position=6)
+    merged = dataclasses.replace(
+        layer,
+        keys=k2[:, :5].numpy(),
+        values=v2[:, :5].numpy(),
+        bias=np.array([[0, 0, 0, 0, np.log(2)]] * 2, dtype=np.float32),
+        positions=np.array([[0, 1, 2, 3, 5]] * 2),
+    )
+    assert history_error(dataclasses.replace(answer, layers=[merged]), cache2, 6, rows) < 1e-10
+    dropped = dataclasses.replace(
+        layer,
+        keys=k[:, :5].numpy(),
+        values=v[:, :5].numpy(),
+        bias=layer.bias[:, :5],
+        positions=layer.positions[:, :5],
+    )
+    assert history_error(dataclasses.replace(answer, layers=[dropped]), cache, 6, rows) > 1e-3
