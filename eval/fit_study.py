@@ -181,18 +181,6 @@ def refitted(
     return dataclasses.replace(answer, layers=layers)
 
 
-def refit_answer(
-    answer: Any,
-    cache: Any,
-    history_len: int,
-    rows: list[torch.Tensor],
-    horizon: torch.Tensor,
-    fit: str,
-) -> hf.NexusCache:
-    """refitted(), as a cache the model continues from."""
-    return hf.cache_from_answer(refitted(answer, cache, history_len, rows, horizon, fit))
-
-
 def _history_entries(layer: Any, head: int, history_len: int) -> torch.Tensor:
     pos = torch.from_numpy(layer.positions[head])
     return (pos >= 0) & (pos < history_len) & torch.isfinite(torch.from_numpy(layer.bias[head]))
@@ -394,10 +382,10 @@ def evaluate(
             draft_s[f"{ratio:g}"] = time.perf_counter() - t0
             rows["draft"] = (q, torch.full((q[0].shape[1],), hist_len))
             # A second draft, on the answer refit to the first one's queries; the answer refit to it.
-            refit = refit_answer(answer, cache, hist_len, q, rows["draft"][1], "all")
+            refit = hf.cache_from_answer(refitted(answer, cache, hist_len, q, rows["draft"][1], "all"))
             q2, _, _ = draft(model, refit, forced_in[:, :header], draft_tokens or reply)
-            caches[f"draft2-all@{ratio:g}"] = refit_answer(
-                answer, cache, hist_len, q2, torch.full((q2[0].shape[1],), hist_len), "all"
+            caches[f"draft2-all@{ratio:g}"] = hf.cache_from_answer(
+                refitted(answer, cache, hist_len, q2, torch.full((q2[0].shape[1],), hist_len), "all")
             )
             # The same budget again, its question's share picked by the draft's queries: the draft
             # goes in as one more raw turn whose probes are all its queries, then comes off.
@@ -420,8 +408,8 @@ def evaluate(
             picker.delete(steered)
             picked = without_tail(picked, q[0].shape[1], prefix_len)
             caches[f"draft-pick@{ratio:g}"] = hf.cache_from_answer(picked)
-            caches[f"draft-pick-all@{ratio:g}"] = refit_answer(
-                picked, cache, hist_len, q, rows["draft"][1], "all"
+            caches[f"draft-pick-all@{ratio:g}"] = hf.cache_from_answer(
+                refitted(picked, cache, hist_len, q, rows["draft"][1], "all")
             )
             held[f"draft-pick@{ratio:g}"] = picked.entries_per_layer
             # Choose between draft-all and draft-pick by the history's attention for held-out draft
@@ -438,7 +426,9 @@ def evaluate(
         held[f"base@{ratio:g}"] = answer.entries_per_layer
         for name, (q, horizon) in rows.items():
             for fit in FITS:
-                caches[f"{name}-{fit}@{ratio:g}"] = refit_answer(answer, cache, hist_len, q, horizon, fit)
+                caches[f"{name}-{fit}@{ratio:g}"] = hf.cache_from_answer(
+                    refitted(answer, cache, hist_len, q, horizon, fit)
+                )
         if f"{ratio:g}" in choice:
             caches[f"draft-choose@{ratio:g}"] = copy.deepcopy(caches[f"{choice[f'{ratio:g}']}@{ratio:g}"])
         for key, c in caches.items():
